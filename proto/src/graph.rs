@@ -1,0 +1,440 @@
+//! The Kademlia node graph: 256 buckets by XOR distance, k contacts each, plus a bounded
+//! pending list per bucket for newcomers that arrive while the bucket is full.
+//!
+//! This module is pure bookkeeping. It decides nothing about the network: who to ping, when
+//! to evict and when to refresh are decided by [`crate::node::Node`], which calls in here.
+//! Persistence is the shell's job; it receives every change as a [`GraphChange`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::NodeId;
+use crate::time::Time;
+use crate::wire::{MAX_ADDRS_PER_PEER, PeerInfo};
+
+/// Number of buckets: one per bit of the id.
+pub const BUCKETS: usize = 256;
+
+/// How a connection to a peer was established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConnMode {
+    /// A plain dial that reached the peer.
+    Direct,
+    /// A dial that needed a simultaneous open through NATs.
+    Punched,
+    /// Through a relay node.
+    Relayed,
+}
+
+impl ConnMode {
+    /// Bounded label for metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnMode::Direct => "direct",
+            ConnMode::Punched => "punched",
+            ConnMode::Relayed => "relayed",
+        }
+    }
+}
+
+/// A node's NAT type, as it classifies itself (RFC 4787 terms in the docs of each variant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum NatType {
+    /// Not enough observations yet.
+    #[default]
+    Unknown,
+    /// No NAT: observed address equals a listen address.
+    Public,
+    /// Endpoint-independent mapping whose filtering is not yet known.
+    Cone,
+    /// EIM + endpoint-independent filtering.
+    FullCone,
+    /// EIM + address-dependent filtering.
+    RestrictedCone,
+    /// EIM + address-and-port-dependent filtering.
+    PortRestrictedCone,
+    /// Endpoint-dependent mapping.
+    Symmetric,
+}
+
+impl NatType {
+    /// Every variant, for tests and label enumeration.
+    pub const ALL: [NatType; 7] = [
+        NatType::Unknown,
+        NatType::Public,
+        NatType::Cone,
+        NatType::FullCone,
+        NatType::RestrictedCone,
+        NatType::PortRestrictedCone,
+        NatType::Symmetric,
+    ];
+
+    /// Bounded label for metrics and JSON, in the scenario file's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatType::Unknown => "unknown",
+            NatType::Public => "none",
+            NatType::Cone => "cone",
+            NatType::FullCone => "full-cone",
+            NatType::RestrictedCone => "restricted-cone",
+            NatType::PortRestrictedCone => "port-restricted-cone",
+            NatType::Symmetric => "symmetric",
+        }
+    }
+}
+
+/// Everything the node knows about one peer. This is also the persisted record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    /// The peer.
+    pub id: NodeId,
+    /// Up to [`MAX_ADDRS_PER_PEER`] addresses, most recently confirmed first.
+    pub addrs: Vec<SocketAddr>,
+    /// How we last connected to it.
+    pub mode: ConnMode,
+    /// The NAT type it advertised.
+    pub nat: NatType,
+    /// When it first answered us.
+    pub first_seen: Time,
+    /// When it last answered us or connected to us.
+    pub last_seen: Time,
+    /// Smoothed round-trip time in microseconds (RFC 6298 style, alpha 1/8), if measured.
+    pub srtt_us: Option<u64>,
+    /// Requests it answered.
+    pub successes: u32,
+    /// Requests to it that failed or timed out.
+    pub failures: u32,
+}
+
+impl Contact {
+    /// A contact first seen now at `addr`.
+    pub fn new(id: NodeId, addr: Option<SocketAddr>, now: Time) -> Contact {
+        Contact {
+            id,
+            addrs: addr.into_iter().collect(),
+            mode: ConnMode::Direct,
+            nat: NatType::Unknown,
+            first_seen: now,
+            last_seen: now,
+            srtt_us: None,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Puts `addr` first, keeping at most [`MAX_ADDRS_PER_PEER`] distinct addresses.
+    pub fn note_addr(&mut self, addr: SocketAddr) {
+        self.addrs.retain(|a| *a != addr);
+        self.addrs.insert(0, addr);
+        self.addrs.truncate(MAX_ADDRS_PER_PEER);
+    }
+
+    /// Folds in an RTT sample.
+    pub fn note_rtt(&mut self, rtt: Duration) {
+        let sample = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+        self.srtt_us = Some(match self.srtt_us {
+            None => sample,
+            Some(s) => (s * 7 + sample) / 8,
+        });
+    }
+
+    /// Fraction of requests it answered, with a neutral prior so a newcomer is not perfect.
+    pub fn reliability(&self) -> f64 {
+        (f64::from(self.successes) + 1.0) / (f64::from(self.successes) + f64::from(self.failures) + 2.0)
+    }
+
+    /// Peer-choice score: higher is better. Prefers low RTT, high reliability and long
+    /// uptime (time since first seen, saturating at one hour).
+    pub fn score(&self, now: Time) -> f64 {
+        let rtt_ms = self.srtt_us.map_or(100.0, |us| us as f64 / 1000.0);
+        let uptime_h = now.since(self.first_seen).as_secs_f64().min(3600.0) / 3600.0;
+        self.reliability() * (0.5 + 0.5 * uptime_h) / (1.0 + rtt_ms / 50.0)
+    }
+
+    /// The wire form of this contact.
+    pub fn to_peer_info(&self) -> PeerInfo {
+        PeerInfo { id: self.id, addrs: self.addrs.clone(), mode: self.mode, nat: self.nat }
+    }
+}
+
+/// A change to the persisted graph, for the shell to write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GraphChange {
+    /// Insert or replace this contact.
+    Upsert(Contact),
+    /// Forget this peer.
+    Remove(NodeId),
+}
+
+/// What [`RoutingTable::observe`] did with a contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// Added to a bucket with room.
+    Inserted,
+    /// Already in its bucket; refreshed.
+    Updated,
+    /// Its bucket is full: parked in the pending list.
+    Pending,
+    /// It is ourselves; ignored.
+    SelfId,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Bucket {
+    entries: Vec<Contact>,
+    pending: VecDeque<Contact>,
+    last_activity: Time,
+}
+
+/// The routing table. Bounded: at most `k` contacts and `pending_cap` pending per bucket.
+#[derive(Clone, Debug)]
+pub struct RoutingTable {
+    me: NodeId,
+    k: usize,
+    pending_cap: usize,
+    buckets: Vec<Bucket>,
+}
+
+impl RoutingTable {
+    /// An empty table around `me`.
+    pub fn new(me: NodeId, k: usize, pending_cap: usize) -> RoutingTable {
+        RoutingTable { me, k, pending_cap, buckets: vec![Bucket::default(); BUCKETS] }
+    }
+
+    /// Our own id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// Records that `contact.id` answered or connected at `now`. Existing entries keep their
+    /// history; the new address goes first.
+    pub fn observe(&mut self, contact: Contact, now: Time) -> Observed {
+        let Some(b) = self.me.bucket_of(&contact.id) else {
+            return Observed::SelfId;
+        };
+        let k = self.k;
+        let cap = self.pending_cap;
+        let bucket = &mut self.buckets[b];
+        bucket.last_activity = now;
+        if let Some(existing) = bucket.entries.iter_mut().find(|c| c.id == contact.id) {
+            merge(existing, &contact);
+            existing.last_seen = now;
+            return Observed::Updated;
+        }
+        if bucket.entries.len() < k {
+            let mut c = contact;
+            c.last_seen = now;
+            bucket.entries.push(c);
+            return Observed::Inserted;
+        }
+        if let Some(p) = bucket.pending.iter_mut().find(|c| c.id == contact.id) {
+            merge(p, &contact);
+            p.last_seen = now;
+        } else {
+            if bucket.pending.len() >= cap {
+                bucket.pending.pop_front();
+            }
+            let mut c = contact;
+            c.last_seen = now;
+            bucket.pending.push_back(c);
+        }
+        Observed::Pending
+    }
+
+    /// Mutable access to a contact in a bucket (not the pending list).
+    pub fn get_mut(&mut self, id: &NodeId) -> Option<&mut Contact> {
+        let b = self.me.bucket_of(id)?;
+        self.buckets[b].entries.iter_mut().find(|c| c.id == *id)
+    }
+
+    /// A contact in a bucket (not the pending list).
+    pub fn get(&self, id: &NodeId) -> Option<&Contact> {
+        let b = self.me.bucket_of(id)?;
+        self.buckets[b].entries.iter().find(|c| c.id == *id)
+    }
+
+    /// Removes `id` from its bucket and promotes the most recently seen pending contact into
+    /// the freed slot. Returns the removed contact and the promoted one.
+    pub fn evict(&mut self, id: &NodeId) -> (Option<Contact>, Option<Contact>) {
+        let Some(b) = self.me.bucket_of(id) else { return (None, None) };
+        let bucket = &mut self.buckets[b];
+        let Some(pos) = bucket.entries.iter().position(|c| c.id == *id) else {
+            bucket.pending.retain(|c| c.id != *id);
+            return (None, None);
+        };
+        let removed = bucket.entries.swap_remove(pos);
+        let promoted = bucket.pending.pop_back();
+        if let Some(p) = &promoted {
+            bucket.entries.push(p.clone());
+        }
+        (Some(removed), promoted)
+    }
+
+    /// The `n` contacts of bucket `b` seen longest ago.
+    pub fn oldest(&self, b: usize, n: usize) -> Vec<NodeId> {
+        let mut entries: Vec<&Contact> = self.buckets[b].entries.iter().collect();
+        entries.sort_by_key(|c| c.last_seen);
+        entries.into_iter().take(n).map(|c| c.id).collect()
+    }
+
+    /// Buckets that have contacts waiting in their pending list.
+    pub fn buckets_with_pending(&self) -> Vec<usize> {
+        (0..BUCKETS).filter(|&b| !self.buckets[b].pending.is_empty()).collect()
+    }
+
+    /// Number of pending contacts in all buckets.
+    pub fn pending_len(&self) -> usize {
+        self.buckets.iter().map(|b| b.pending.len()).sum()
+    }
+
+    /// The `n` known contacts closest to `target`, nearest first.
+    pub fn closest(&self, target: &NodeId, n: usize) -> Vec<Contact> {
+        let mut all: Vec<([u8; 32], &Contact)> = self.iter().map(|c| (c.id.distance(target), c)).collect();
+        if n == 0 {
+            return Vec::new();
+        }
+        if all.len() > n {
+            all.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
+            all.truncate(n);
+        }
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// Every contact in the buckets.
+    pub fn iter(&self) -> impl Iterator<Item = &Contact> {
+        self.buckets.iter().flat_map(|b| b.entries.iter())
+    }
+
+    /// Number of contacts in the buckets.
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(|b| b.entries.len()).sum()
+    }
+
+    /// True when no bucket holds a contact.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Contacts per bucket, indexed by bucket.
+    pub fn fill(&self) -> Vec<usize> {
+        self.buckets.iter().map(|b| b.entries.len()).collect()
+    }
+
+    /// When bucket `b` last saw activity.
+    pub fn last_activity(&self, b: usize) -> Time {
+        self.buckets[b].last_activity
+    }
+
+    /// Marks bucket `b` as active now (after a refresh lookup).
+    pub fn touch(&mut self, b: usize, now: Time) {
+        self.buckets[b].last_activity = now;
+    }
+
+    /// Index of the highest non-empty bucket, if any.
+    pub fn highest_nonempty(&self) -> Option<usize> {
+        (0..BUCKETS).rev().find(|&b| !self.buckets[b].entries.is_empty())
+    }
+
+    /// Index of the lowest non-empty bucket, if any: our nearest neighbours live there.
+    pub fn lowest_nonempty(&self) -> Option<usize> {
+        (0..BUCKETS).find(|&b| !self.buckets[b].entries.is_empty())
+    }
+}
+
+fn merge(existing: &mut Contact, new: &Contact) {
+    for addr in new.addrs.iter().rev() {
+        existing.note_addr(*addr);
+    }
+    existing.mode = new.mode;
+    if new.nat != NatType::Unknown {
+        existing.nat = new.nat;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_in_bucket(me: &NodeId, b: usize, salt: u8) -> NodeId {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(u64::from(salt) << 16 | b as u64);
+        me.random_in_bucket(b, &mut rng)
+    }
+
+    #[test]
+    fn full_bucket_parks_newcomers_and_eviction_promotes_them() {
+        let me = NodeId([0; 32]);
+        let mut t = RoutingTable::new(me, 2, 2);
+        let a = id_in_bucket(&me, 200, 1);
+        let b = id_in_bucket(&me, 200, 2);
+        let c = id_in_bucket(&me, 200, 3);
+        assert_eq!(t.observe(Contact::new(a, None, Time(1)), Time(1)), Observed::Inserted);
+        assert_eq!(t.observe(Contact::new(b, None, Time(2)), Time(2)), Observed::Inserted);
+        assert_eq!(t.observe(Contact::new(c, None, Time(3)), Time(3)), Observed::Pending);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.buckets_with_pending(), vec![200]);
+        assert_eq!(t.oldest(200, 1), vec![a]);
+        let (removed, promoted) = t.evict(&a);
+        assert_eq!(removed.map(|c| c.id), Some(a));
+        assert_eq!(promoted.map(|c| c.id), Some(c));
+        assert!(t.get(&c).is_some());
+        assert_eq!(t.pending_len(), 0);
+    }
+
+    #[test]
+    fn pending_list_is_bounded() {
+        let me = NodeId([0; 32]);
+        let mut t = RoutingTable::new(me, 1, 3);
+        for salt in 0..10 {
+            t.observe(Contact::new(id_in_bucket(&me, 100, salt), None, Time(0)), Time(0));
+        }
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.pending_len(), 3);
+    }
+
+    #[test]
+    fn addresses_are_bounded_and_most_recent_first() {
+        let mut c = Contact::new(NodeId([1; 32]), None, Time(0));
+        for port in 1..=8u16 {
+            c.note_addr(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        assert_eq!(c.addrs.len(), MAX_ADDRS_PER_PEER);
+        assert_eq!(c.addrs[0].port(), 8);
+        c.note_addr(SocketAddr::from(([127, 0, 0, 1], 5)));
+        assert_eq!(c.addrs[0].port(), 5);
+        assert_eq!(c.addrs.len(), MAX_ADDRS_PER_PEER);
+    }
+
+    #[test]
+    fn closest_orders_by_xor_distance() {
+        let me = NodeId([0; 32]);
+        let mut t = RoutingTable::new(me, 20, 5);
+        let ids: Vec<NodeId> = (0..50u8).map(|i| NodeId([i; 32])).collect();
+        for id in &ids {
+            t.observe(Contact::new(*id, None, Time(0)), Time(0));
+        }
+        let target = NodeId([3; 32]);
+        let got: Vec<NodeId> = t.closest(&target, 3).into_iter().map(|c| c.id).collect();
+        assert_eq!(got[0], target);
+        for w in got.windows(2) {
+            assert!(w[0].distance(&target) <= w[1].distance(&target));
+        }
+    }
+
+    #[test]
+    fn score_prefers_fast_reliable_peers() {
+        let now = Time::from_millis(3_600_000);
+        let mut fast = Contact::new(NodeId([1; 32]), None, Time(0));
+        fast.note_rtt(Duration::from_millis(5));
+        fast.successes = 10;
+        let mut slow = fast.clone();
+        slow.srtt_us = Some(300_000);
+        let mut flaky = fast.clone();
+        flaky.failures = 30;
+        assert!(fast.score(now) > slow.score(now));
+        assert!(fast.score(now) > flaky.score(now));
+    }
+}

@@ -1,0 +1,1317 @@
+//! The node state machine: bootstrap, iterative lookups, peer exchange, GC of the node
+//! graph, bucket refresh, peer choice and the autonomous task loop.
+//!
+//! [`Node`] is sans-io. It does not dial, send, sleep or read a clock: it is told what
+//! happened (`handle_*`) and says what to do ([`Node::poll_output`], [`Node::poll_timeout`]).
+//! Global behaviour lives here; per-connection I/O (streams, TLS, framing) lives in the shell.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
+
+use crate::graph::{BUCKETS, ConnMode, Contact, GraphChange, NatType, Observed, RoutingTable};
+use crate::id::NodeId;
+use crate::time::Time;
+use crate::wire::{ErrorCode, MAX_ECHO_LEN, MAX_NODES_PER_RESPONSE, PeerInfo, Request, Response};
+
+/// Relative weights of the autonomous tasks. A zero weight disables that task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskWeights {
+    /// Ping a random known node. Default 4.
+    pub ping: u32,
+    /// Look up a random id. Default 3.
+    pub lookup: u32,
+    /// Connect to a random known node. Default 2.
+    pub connect: u32,
+    /// Echo `echo_bytes` bytes off a random known node. Default 1.
+    pub echo: u32,
+}
+
+impl Default for TaskWeights {
+    fn default() -> Self {
+        TaskWeights { ping: 4, lookup: 3, connect: 2, echo: 1 }
+    }
+}
+
+/// Configuration of a [`Node`]. Every field has a documented default (see [`Default`]).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Addresses this node listens on; used to tell "no NAT" from a cone NAT.
+    pub listen_addrs: Vec<SocketAddr>,
+    /// Bootstrap nodes. Entries equal to `id` are ignored.
+    pub seeds: Vec<(NodeId, SocketAddr)>,
+    /// Seed of every random choice the node makes. Default 0.
+    pub rng_seed: u64,
+    /// Bucket size. Default 20.
+    pub k: usize,
+    /// Lookup parallelism. Default 3.
+    pub alpha: usize,
+    /// Pending contacts kept per full bucket. Default 10.
+    pub pending_per_bucket: usize,
+    /// Deadline of a request. Default 5,000 ms.
+    pub request_timeout_ms: u64,
+    /// Deadline of a connect. Default 10,000 ms.
+    pub connect_timeout_ms: u64,
+    /// Mean interval between idle-bucket refreshes; each bucket's next refresh is drawn
+    /// uniformly within ±50% of it. Default 3,600,000 ms (1 h); chaos runs use seconds.
+    pub bucket_refresh_ms: u64,
+    /// How often GC looks at buckets with pending contacts. Default 30,000 ms.
+    pub gc_interval_ms: u64,
+    /// Contacts GC pings at once. Default 3.
+    pub gc_parallelism: usize,
+    /// Consecutive failures after which a contact not seen for `stale_after_ms` is dropped
+    /// even without a replacement waiting. Default 5.
+    pub max_consecutive_failures: u32,
+    /// See `max_consecutive_failures`. Default 300,000 ms.
+    pub stale_after_ms: u64,
+    /// First retry delay of a failed bootstrap; doubles up to 30 s. Default 1,000 ms.
+    pub bootstrap_retry_ms: u64,
+    /// Mean autonomous tasks per second (Poisson). 0 disables the loop. Default 1.0.
+    pub task_rate_per_s: f64,
+    /// Task mix.
+    pub task_weights: TaskWeights,
+    /// Payload of the echo task, capped at the wire limit. Default 1,024 bytes.
+    pub echo_bytes: usize,
+    /// Connections kept open; above this the lowest-scoring idle ones are closed. Default 64.
+    pub max_connections: usize,
+    /// Lookups running at once; tasks beyond this are skipped as busy. Default 16.
+    pub max_lookups: usize,
+    /// Requests in flight at once; tasks beyond this are skipped as busy. Default 256.
+    pub max_inflight: usize,
+    /// Minimum interval between two persists of the same contact's counters. Default 30,000 ms.
+    pub persist_interval_ms: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for node `id`.
+    pub fn new(id: NodeId) -> NodeConfig {
+        NodeConfig {
+            id,
+            listen_addrs: Vec::new(),
+            seeds: Vec::new(),
+            rng_seed: 0,
+            k: 20,
+            alpha: 3,
+            pending_per_bucket: 10,
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 10_000,
+            bucket_refresh_ms: 3_600_000,
+            gc_interval_ms: 30_000,
+            gc_parallelism: 3,
+            max_consecutive_failures: 5,
+            stale_after_ms: 300_000,
+            bootstrap_retry_ms: 1_000,
+            task_rate_per_s: 1.0,
+            task_weights: TaskWeights::default(),
+            echo_bytes: 1024,
+            max_connections: 64,
+            max_lookups: 16,
+            max_inflight: 256,
+            persist_interval_ms: 30_000,
+        }
+    }
+}
+
+/// Identifies an outbound request or connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// Identifies an inbound request, chosen by the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InboundId(pub u64);
+
+/// Identifies a command given through [`Node::command`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommandId(pub u64);
+
+/// Why an outbound request or connect failed, as reported by the shell (or by a deadline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// No answer before the deadline.
+    Timeout,
+    /// The peer could not be reached (no address, dial failed, connection lost).
+    Unreachable,
+    /// The handshake was refused (wrong network, bad key, identity mismatch).
+    Refused,
+    /// The peer answered with something that is not a valid answer.
+    Protocol,
+    /// The peer or we were shedding load.
+    Busy,
+}
+
+impl Failure {
+    /// Bounded label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Unreachable => "unreachable",
+            Failure::Refused => "refused",
+            Failure::Protocol => "protocol",
+            Failure::Busy => "busy",
+        }
+    }
+}
+
+/// A successful connect, as reported by the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connected {
+    /// How the connection was made.
+    pub mode: ConnMode,
+    /// The peer's address as seen on the connection.
+    pub remote: SocketAddr,
+}
+
+/// The autonomous tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskKind {
+    /// Ping a random known node.
+    Ping,
+    /// Look up a random id.
+    Lookup,
+    /// Connect to a random known node.
+    Connect,
+    /// Echo bytes off a random known node.
+    Echo,
+}
+
+impl TaskKind {
+    /// Every kind, for label enumeration.
+    pub const ALL: [TaskKind; 4] = [TaskKind::Ping, TaskKind::Lookup, TaskKind::Connect, TaskKind::Echo];
+
+    /// Bounded label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Ping => "ping",
+            TaskKind::Lookup => "lookup",
+            TaskKind::Connect => "connect",
+            TaskKind::Echo => "echo",
+        }
+    }
+}
+
+/// How a task or command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskOutcome {
+    /// It did what it set out to do.
+    Ok,
+    /// It failed for this reason.
+    Failed(Failure),
+    /// A lookup completed but did not find its target.
+    NotFound,
+    /// No known node to act on.
+    NoPeers,
+    /// Skipped because too much was already in flight.
+    Skipped,
+}
+
+impl TaskOutcome {
+    /// Bounded label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskOutcome::Ok => "ok",
+            TaskOutcome::Failed(f) => f.as_str(),
+            TaskOutcome::NotFound => "not_found",
+            TaskOutcome::NoPeers => "no_peers",
+            TaskOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// Something asked of the node from outside the protocol (the control API, a test).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Connect to `peer`, looking it up first when its address is unknown. With `fresh`,
+    /// the shell must open a new connection even if one exists.
+    Connect {
+        /// The node to reach.
+        peer: NodeId,
+        /// Open a new connection rather than reuse one.
+        fresh: bool,
+    },
+    /// Iterative lookup of `target`.
+    Lookup {
+        /// The id to find.
+        target: NodeId,
+    },
+    /// Ping a known node.
+    Ping {
+        /// The node to ping.
+        peer: NodeId,
+    },
+    /// Echo `len` bytes off a known node.
+    Echo {
+        /// The node to echo off.
+        peer: NodeId,
+        /// Payload size, at most [`MAX_ECHO_LEN`].
+        len: usize,
+    },
+}
+
+/// The result of a [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CommandResult {
+    /// How it ended.
+    pub outcome: TaskOutcome,
+    /// Time from the command to its end.
+    pub elapsed: Duration,
+    /// For connects: how the connection was made.
+    pub mode: Option<ConnMode>,
+    /// For lookups: the closest nodes that answered, nearest first.
+    pub closest: Vec<NodeId>,
+}
+
+/// Something that happened, for metrics, logs and callers of [`Node::command`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The node completed its bootstrap and knows at least one live peer (or is the first).
+    Joined,
+    /// An autonomous task ended.
+    TaskFinished {
+        /// Which task.
+        kind: TaskKind,
+        /// How it ended.
+        outcome: TaskOutcome,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// A command ended.
+    CommandFinished {
+        /// The id [`Node::command`] returned.
+        id: CommandId,
+        /// The result.
+        result: CommandResult,
+    },
+    /// An iterative lookup ended (for any reason: task, command, bootstrap, refresh).
+    LookupFinished {
+        /// Whether the target itself was found.
+        found: bool,
+        /// Rounds of the deepest node queried.
+        hops: u32,
+        /// Nodes queried.
+        queried: u32,
+        /// Duration of the lookup.
+        elapsed: Duration,
+    },
+    /// A request was answered after `rtt`.
+    Rtt {
+        /// Round-trip time of the request.
+        rtt: Duration,
+    },
+    /// An outbound request failed.
+    RequestFailed {
+        /// Why.
+        failure: Failure,
+    },
+    /// A contact entered a bucket.
+    ContactAdded,
+    /// A contact was parked in a full bucket's pending list.
+    ContactPending,
+    /// GC or staleness removed a contact.
+    ContactEvicted,
+    /// A connection was closed to keep the best `max_connections`.
+    ConnectionPruned,
+    /// An inbound request was answered with an error.
+    InboundRefused {
+        /// The error sent.
+        code: ErrorCode,
+    },
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send `request` to `peer` (dialing `addrs` in order if no connection exists) and
+    /// report the answer with [`Node::handle_response`] under `id`.
+    Request {
+        /// Correlates the answer.
+        id: RequestId,
+        /// The peer.
+        peer: NodeId,
+        /// Where to dial it if not connected, best first.
+        addrs: Vec<SocketAddr>,
+        /// What to send.
+        request: Request,
+    },
+    /// Answer the inbound request `inbound`.
+    Respond {
+        /// The id the shell gave in [`Node::handle_request`].
+        inbound: InboundId,
+        /// The answer.
+        response: Response,
+    },
+    /// Connect to `peer` and report with [`Node::handle_connect_result`] under `id`.
+    Connect {
+        /// Correlates the result.
+        id: RequestId,
+        /// The peer.
+        peer: NodeId,
+        /// Where to dial it, best first.
+        addrs: Vec<SocketAddr>,
+        /// Open a new connection even if one exists.
+        fresh: bool,
+    },
+    /// Close the connection to `peer`.
+    Disconnect {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// Write this change to the persisted node graph.
+    Persist(GraphChange),
+    /// Record this event.
+    Event(Event),
+}
+
+/// A live connection as the core sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// How it was made.
+    pub mode: ConnMode,
+    /// The peer's address on it.
+    pub remote: SocketAddr,
+    /// When it came up.
+    pub since: Time,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Deadline(RequestId),
+    Task,
+    Gc,
+    Refresh,
+    Bootstrap,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    Task(TaskKind),
+    Command(CommandId),
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    origin: Origin,
+    started: Time,
+    echo: Option<Vec<u8>>,
+}
+
+type OpId = u64;
+type LookupId = u64;
+
+#[derive(Clone, Copy, Debug)]
+enum LookupPurpose {
+    Op(OpId),
+    Bootstrap,
+    Refresh,
+    ConnectTarget { op: OpId, fresh: bool },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    Lookup(LookupId),
+    Bootstrap,
+    Gc,
+    Introduce,
+    Verify,
+    Op(OpId),
+    Connect(OpId),
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    peer: NodeId,
+    sent: Time,
+    purpose: Purpose,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CandState {
+    New,
+    InFlight,
+    Done,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Cand {
+    id: NodeId,
+    addrs: Vec<SocketAddr>,
+    state: CandState,
+    hop: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Lookup {
+    target: NodeId,
+    started: Time,
+    purpose: LookupPurpose,
+    cands: Vec<Cand>,
+    inflight: usize,
+    found: Option<Vec<SocketAddr>>,
+    queried: u32,
+}
+
+/// Most candidates a lookup tracks; bounds its memory whatever peers answer.
+const MAX_LOOKUP_CANDIDATES: usize = 128;
+/// Observed addresses remembered, most recent first.
+const MAX_OBSERVED: usize = 16;
+/// Peers from one `Introduce` answer that get verified with a ping.
+const INTRODUCE_VERIFY: usize = 3;
+/// Cap of the bootstrap retry backoff.
+const BOOTSTRAP_BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Refresh lookups started per refresh check, so a cold table does not burst.
+const REFRESH_PER_CHECK: usize = 2;
+
+/// The protocol core of one agent.
+///
+/// # Driving contract
+///
+/// 1. Create it with [`Node::new`], passing contacts restored from storage, then call
+///    [`Node::start`] once.
+/// 2. After **every** `handle_*`, [`Node::command`] or [`Node::start`] call, drain
+///    [`Node::poll_output`] until it returns `None`, carrying out each [`Output`].
+/// 3. Then ask [`Node::poll_timeout`] and call [`Node::handle_timeout`] once that time has
+///    come (earlier or repeated calls are harmless no-ops). Drain outputs again.
+///
+/// Every input takes `now`, which must never go backwards. Every random choice comes from
+/// an rng seeded with [`NodeConfig::rng_seed`], so the same inputs give the same outputs.
+/// Each input produces a bounded number of outputs; the output queue is bounded by that
+/// and by draining it.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    rng: StdRng,
+    table: RoutingTable,
+    conns: HashMap<NodeId, ConnInfo>,
+    outputs: VecDeque<Output>,
+    timers: BTreeSet<(Time, Timer)>,
+    next_id: u64,
+    pending: HashMap<RequestId, Pending>,
+    ops: HashMap<OpId, Op>,
+    lookups: HashMap<LookupId, Lookup>,
+    gc_probing: HashSet<NodeId>,
+    consecutive_failures: HashMap<NodeId, u32>,
+    last_persist: HashMap<NodeId, Time>,
+    next_refresh: Vec<Time>,
+    observed: VecDeque<(SocketAddr, NodeId)>,
+    joined: bool,
+    started: bool,
+    bootstrapping: bool,
+    bootstrap_backoff: Duration,
+    tasks_paused: bool,
+}
+
+impl Node {
+    /// A node with `restored` contacts from storage (oldest state first is fine).
+    pub fn new(cfg: NodeConfig, restored: Vec<Contact>) -> Node {
+        let rng = StdRng::seed_from_u64(cfg.rng_seed);
+        let mut table = RoutingTable::new(cfg.id, cfg.k, cfg.pending_per_bucket);
+        for c in restored {
+            let seen = c.last_seen;
+            table.observe(c, seen);
+        }
+        let backoff = Duration::from_millis(cfg.bootstrap_retry_ms.max(1));
+        Node {
+            cfg,
+            rng,
+            table,
+            conns: HashMap::new(),
+            outputs: VecDeque::new(),
+            timers: BTreeSet::new(),
+            next_id: 1,
+            pending: HashMap::new(),
+            ops: HashMap::new(),
+            lookups: HashMap::new(),
+            gc_probing: HashSet::new(),
+            consecutive_failures: HashMap::new(),
+            last_persist: HashMap::new(),
+            next_refresh: vec![Time::ZERO; BUCKETS],
+            observed: VecDeque::new(),
+            joined: false,
+            started: false,
+            bootstrapping: false,
+            bootstrap_backoff: backoff,
+            tasks_paused: false,
+        }
+    }
+
+    /// Starts bootstrap, GC, refresh and the task loop. Later calls do nothing.
+    pub fn start(&mut self, now: Time) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        for b in 0..BUCKETS {
+            self.next_refresh[b] = now + self.refresh_delay();
+        }
+        self.set_timer(now + Duration::from_millis(self.cfg.gc_interval_ms.max(1)), Timer::Gc);
+        self.set_timer(now + self.refresh_check_interval(), Timer::Refresh);
+        self.schedule_task(now);
+        self.bootstrap(now);
+    }
+
+    // ----- read-only state -----
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Whether bootstrap has completed.
+    pub fn joined(&self) -> bool {
+        self.joined
+    }
+
+    /// The node graph.
+    pub fn graph(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// Live connections.
+    pub fn connections(&self) -> impl Iterator<Item = (&NodeId, &ConnInfo)> {
+        self.conns.iter()
+    }
+
+    /// Addresses peers reported seeing us at, most recent first, deduplicated.
+    pub fn observed_addrs(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for (a, _) in &self.observed {
+            if !out.contains(a) {
+                out.push(*a);
+            }
+        }
+        out
+    }
+
+    /// Self-classification from observed addresses. Needs two distinct observers; filtering
+    /// behaviour is not probed yet, so an endpoint-independent mapping behind a NAT is `Cone`.
+    pub fn nat_type(&self) -> NatType {
+        let observers: HashSet<NodeId> = self.observed.iter().map(|(_, o)| *o).collect();
+        if observers.len() < 2 {
+            return NatType::Unknown;
+        }
+        let addrs = self.observed_addrs();
+        if addrs.iter().any(|a| self.cfg.listen_addrs.contains(a)) {
+            return NatType::Public;
+        }
+        // Only the most recent observation per observer counts: a remap is not EDM.
+        let mut latest: HashMap<NodeId, SocketAddr> = HashMap::new();
+        for (a, o) in &self.observed {
+            latest.entry(*o).or_insert(*a);
+        }
+        let distinct: HashSet<SocketAddr> = latest.values().copied().collect();
+        if distinct.len() == 1 { NatType::Cone } else { NatType::Symmetric }
+    }
+
+    /// Whether the task loop is paused.
+    pub fn tasks_paused(&self) -> bool {
+        self.tasks_paused
+    }
+
+    /// Outbound requests and connects in flight.
+    pub fn inflight(&self) -> usize {
+        self.pending.len()
+    }
+
+    // ----- inputs -----
+
+    /// Pauses or resumes the autonomous task loop.
+    pub fn set_tasks_paused(&mut self, paused: bool) {
+        self.tasks_paused = paused;
+    }
+
+    /// A connection to `peer` is up (dialed by us or accepted), authenticated by the shell.
+    pub fn handle_connection_up(&mut self, now: Time, peer: NodeId, remote: SocketAddr, mode: ConnMode) {
+        if peer == self.cfg.id {
+            return;
+        }
+        self.conns.insert(peer, ConnInfo { mode, remote, since: now });
+        let mut c = Contact::new(peer, Some(remote), now);
+        c.mode = mode;
+        self.observe_contact(now, c, true);
+        self.prune_connections(now, peer);
+    }
+
+    /// The connection to `peer` closed.
+    pub fn handle_connection_down(&mut self, _now: Time, peer: NodeId) {
+        self.conns.remove(&peer);
+    }
+
+    /// A peer sent a request on a connection the shell authenticated. Answer with
+    /// [`Output::Respond`] under `inbound`.
+    pub fn handle_request(&mut self, _now: Time, from: NodeId, inbound: InboundId, request: Request) {
+        let response = match request {
+            Request::Ping { nonce } => {
+                Response::Pong { nonce, observed: self.conns.get(&from).map(|c| c.remote) }
+            }
+            Request::FindNode { target } => {
+                let peers = self
+                    .table
+                    .closest(&target, self.cfg.k.min(MAX_NODES_PER_RESPONSE) + 1)
+                    .into_iter()
+                    .filter(|c| c.id != from)
+                    .take(self.cfg.k.min(MAX_NODES_PER_RESPONSE))
+                    .map(|c| c.to_peer_info())
+                    .collect();
+                Response::Nodes { peers }
+            }
+            Request::Introduce { max } => {
+                let want = usize::from(max).min(MAX_NODES_PER_RESPONSE);
+                let mut all: Vec<&Contact> = self.table.iter().filter(|c| c.id != from).collect();
+                // Partial Fisher-Yates: the first `want` entries become a uniform sample.
+                for i in 0..want.min(all.len()) {
+                    let j = self.rng.random_range(i..all.len());
+                    all.swap(i, j);
+                }
+                let peers = all.into_iter().take(want).map(|c| c.to_peer_info()).collect();
+                Response::Nodes { peers }
+            }
+            Request::Echo { payload } => Response::Echo { payload },
+        };
+        self.outputs.push_back(Output::Respond { inbound, response });
+    }
+
+    /// The answer to the request `id`, or why there is none.
+    pub fn handle_response(&mut self, now: Time, id: RequestId, result: Result<Response, Failure>) {
+        let Some(p) = self.pending.remove(&id) else {
+            return; // late answer after its deadline: already handled as a timeout
+        };
+        let result = match result {
+            Ok(Response::Error { code: ErrorCode::Busy }) => Err(Failure::Busy),
+            Ok(Response::Error { .. }) => Err(Failure::Protocol),
+            other => other,
+        };
+        if let Ok(Response::Pong { observed: Some(addr), .. }) = &result {
+            // Every pong, whatever asked for it, feeds NAT self-classification.
+            self.note_observed(p.peer, *addr);
+        }
+        match &result {
+            Ok(_) => self.note_success(now, p.peer, now.since(p.sent)),
+            Err(f) => self.note_failure(now, p.peer, *f),
+        }
+        match p.purpose {
+            Purpose::Lookup(l) => self.lookup_answer(now, l, p.peer, result),
+            Purpose::Bootstrap => self.bootstrap_answer(now, p.peer, result.is_ok()),
+            Purpose::Gc => self.gc_answer(now, p.peer, result.is_ok()),
+            Purpose::Introduce => self.introduce_answer(now, result),
+            Purpose::Verify => {}
+            Purpose::Op(op) => self.op_answer(now, op, result),
+            Purpose::Connect(_) => {} // connects report through handle_connect_result
+        }
+    }
+
+    /// The result of [`Output::Connect`] `id`.
+    pub fn handle_connect_result(&mut self, now: Time, id: RequestId, result: Result<Connected, Failure>) {
+        let Some(p) = self.pending.remove(&id) else { return };
+        let Purpose::Connect(op) = p.purpose else { return };
+        let elapsed = now.since(p.sent);
+        match result {
+            Ok(c) => {
+                self.note_success(now, p.peer, elapsed);
+                self.finish_op(now, op, TaskOutcome::Ok, Some(c.mode), Vec::new());
+            }
+            Err(f) => {
+                self.note_failure(now, p.peer, f);
+                self.finish_op(now, op, TaskOutcome::Failed(f), None, Vec::new());
+            }
+        }
+    }
+
+    /// Starts a command; its end is reported as [`Event::CommandFinished`] with this id.
+    pub fn command(&mut self, now: Time, command: Command) -> CommandId {
+        let id = CommandId(self.fresh_id());
+        let op = self.new_op(now, Origin::Command(id));
+        match command {
+            Command::Connect { peer, fresh } => self.start_connect(now, op, peer, fresh),
+            Command::Lookup { target } => self.start_lookup(now, target, LookupPurpose::Op(op)),
+            Command::Ping { peer } => self.start_ping(now, op, peer),
+            Command::Echo { peer, len } => self.start_echo(now, op, peer, len),
+        }
+        id
+    }
+
+    /// Time has come for timers due at or before `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(&(t, timer)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Deadline(id) => {
+                    if self.pending.contains_key(&id) {
+                        if matches!(self.pending.get(&id).map(|p| p.purpose), Some(Purpose::Connect(_))) {
+                            self.handle_connect_result(now, id, Err(Failure::Timeout));
+                        } else {
+                            self.handle_response(now, id, Err(Failure::Timeout));
+                        }
+                    }
+                }
+                Timer::Task => self.run_task(now),
+                Timer::Gc => self.run_gc(now),
+                Timer::Refresh => self.run_refresh(now),
+                Timer::Bootstrap => self.bootstrap(now),
+            }
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next thing for the shell to do.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    // ----- internals: bookkeeping -----
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn set_timer(&mut self, at: Time, timer: Timer) {
+        self.timers.insert((at, timer));
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+
+    fn new_op(&mut self, now: Time, origin: Origin) -> OpId {
+        let id = self.fresh_id();
+        self.ops.insert(id, Op { origin, started: now, echo: None });
+        id
+    }
+
+    fn refresh_delay(&mut self) -> Duration {
+        let base = self.cfg.bucket_refresh_ms.max(1) as f64;
+        Duration::from_millis((base * self.rng.random_range(0.5..1.5)) as u64)
+    }
+
+    fn refresh_check_interval(&self) -> Duration {
+        Duration::from_millis((self.cfg.bucket_refresh_ms / 10).clamp(100, 60_000))
+    }
+
+    fn send_request(&mut self, now: Time, peer: NodeId, addrs: Vec<SocketAddr>, request: Request, purpose: Purpose) {
+        let id = RequestId(self.fresh_id());
+        self.pending.insert(id, Pending { peer, sent: now, purpose });
+        self.set_timer(now + Duration::from_millis(self.cfg.request_timeout_ms), Timer::Deadline(id));
+        self.outputs.push_back(Output::Request { id, peer, addrs, request });
+    }
+
+    fn addrs_of(&self, peer: &NodeId) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.conns.get(peer).map(|c| vec![c.remote]).unwrap_or_default();
+        if let Some(c) = self.table.get(peer) {
+            for a in &c.addrs {
+                if !addrs.contains(a) {
+                    addrs.push(*a);
+                }
+            }
+        }
+        addrs
+    }
+
+    fn observe_contact(&mut self, now: Time, contact: Contact, persist: bool) {
+        let id = contact.id;
+        match self.table.observe(contact, now) {
+            Observed::Inserted => {
+                self.emit(Event::ContactAdded);
+                self.persist(now, id, true);
+            }
+            Observed::Updated => {
+                if persist {
+                    self.persist(now, id, false);
+                }
+            }
+            Observed::Pending => self.emit(Event::ContactPending),
+            Observed::SelfId => {}
+        }
+    }
+
+    /// Persists `id`'s bucket entry; counter-only updates are rate-limited.
+    fn persist(&mut self, now: Time, id: NodeId, force: bool) {
+        let interval = Duration::from_millis(self.cfg.persist_interval_ms);
+        if !force {
+            if let Some(last) = self.last_persist.get(&id) {
+                if now.since(*last) < interval {
+                    return;
+                }
+            }
+        }
+        if let Some(c) = self.table.get(&id) {
+            self.last_persist.insert(id, now);
+            self.outputs.push_back(Output::Persist(GraphChange::Upsert(c.clone())));
+        }
+    }
+
+    fn note_success(&mut self, now: Time, peer: NodeId, rtt: Duration) {
+        self.consecutive_failures.remove(&peer);
+        self.emit(Event::Rtt { rtt });
+        if let Some(c) = self.table.get_mut(&peer) {
+            c.successes = c.successes.saturating_add(1);
+            c.note_rtt(rtt);
+            c.last_seen = now;
+            self.persist(now, peer, false);
+        }
+    }
+
+    fn note_failure(&mut self, now: Time, peer: NodeId, failure: Failure) {
+        self.emit(Event::RequestFailed { failure });
+        let n = self.consecutive_failures.entry(peer).or_insert(0);
+        *n = n.saturating_add(1);
+        let n = *n;
+        let stale_after = Duration::from_millis(self.cfg.stale_after_ms);
+        let mut evict = false;
+        if let Some(c) = self.table.get_mut(&peer) {
+            c.failures = c.failures.saturating_add(1);
+            evict = n >= self.cfg.max_consecutive_failures && now.since(c.last_seen) >= stale_after;
+        }
+        if evict {
+            self.evict(now, peer);
+        }
+    }
+
+    fn evict(&mut self, now: Time, peer: NodeId) {
+        let (removed, promoted) = self.table.evict(&peer);
+        if removed.is_some() {
+            self.emit(Event::ContactEvicted);
+            self.consecutive_failures.remove(&peer);
+            self.last_persist.remove(&peer);
+            self.outputs.push_back(Output::Persist(GraphChange::Remove(peer)));
+        }
+        if let Some(p) = promoted {
+            self.emit(Event::ContactAdded);
+            self.persist(now, p.id, true);
+        }
+    }
+
+    fn note_observed(&mut self, observer: NodeId, addr: SocketAddr) {
+        self.observed.retain(|(_, o)| *o != observer);
+        self.observed.push_front((addr, observer));
+        self.observed.truncate(MAX_OBSERVED);
+    }
+
+    /// Keeps at most `max_connections`, closing the lowest-scoring idle ones.
+    fn prune_connections(&mut self, now: Time, keep: NodeId) {
+        while self.conns.len() > self.cfg.max_connections {
+            let busy: HashSet<NodeId> = self.pending.values().map(|p| p.peer).collect();
+            let worst = self
+                .conns
+                .keys()
+                .filter(|p| **p != keep && !busy.contains(p))
+                .map(|p| (*p, self.table.get(p).map_or(0.0, |c| c.score(now))))
+                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            let Some((peer, _)) = worst else { break };
+            self.conns.remove(&peer);
+            self.emit(Event::ConnectionPruned);
+            self.outputs.push_back(Output::Disconnect { peer });
+        }
+    }
+
+    // ----- bootstrap and peer exchange -----
+
+    fn bootstrap(&mut self, now: Time) {
+        let seeds: Vec<(NodeId, SocketAddr)> =
+            self.cfg.seeds.iter().copied().filter(|(id, _)| *id != self.cfg.id).collect();
+        // Restored contacts most recently seen first: they are the likeliest to be alive.
+        let mut restored: Vec<Contact> = self.table.iter().cloned().collect();
+        restored.sort_by_key(|c| std::cmp::Reverse(c.last_seen));
+        restored.truncate(8);
+        if seeds.is_empty() && restored.is_empty() {
+            self.mark_joined();
+            return;
+        }
+        self.bootstrapping = true;
+        for (id, addr) in seeds {
+            let mut addrs = self.addrs_of(&id);
+            if !addrs.contains(&addr) {
+                addrs.insert(0, addr);
+            }
+            let nonce = self.rng.next_u64();
+            self.send_request(now, id, addrs, Request::Ping { nonce }, Purpose::Bootstrap);
+        }
+        for c in restored {
+            if self.cfg.seeds.iter().any(|(id, _)| *id == c.id) {
+                continue;
+            }
+            let nonce = self.rng.next_u64();
+            self.send_request(now, c.id, c.addrs.clone(), Request::Ping { nonce }, Purpose::Bootstrap);
+        }
+    }
+
+    fn bootstrap_answer(&mut self, now: Time, peer: NodeId, ok: bool) {
+        if ok && self.bootstrapping {
+            self.bootstrapping = false;
+            let addrs = self.addrs_of(&peer);
+            self.send_request(now, peer, addrs, Request::Introduce { max: 16 }, Purpose::Introduce);
+            self.start_lookup(now, self.cfg.id, LookupPurpose::Bootstrap);
+            return;
+        }
+        let still_waiting = self.pending.values().any(|p| matches!(p.purpose, Purpose::Bootstrap));
+        if self.bootstrapping && !still_waiting {
+            self.retry_bootstrap(now);
+        }
+    }
+
+    fn retry_bootstrap(&mut self, now: Time) {
+        self.bootstrapping = false;
+        let delay = self.bootstrap_backoff;
+        self.bootstrap_backoff = (delay * 2).min(BOOTSTRAP_BACKOFF_CAP);
+        self.set_timer(now + delay, Timer::Bootstrap);
+    }
+
+    fn mark_joined(&mut self) {
+        if !self.joined {
+            self.joined = true;
+            self.emit(Event::Joined);
+        }
+    }
+
+    fn introduce_answer(&mut self, now: Time, result: Result<Response, Failure>) {
+        let Ok(Response::Nodes { peers }) = result else { return };
+        let fresh: Vec<PeerInfo> = peers
+            .into_iter()
+            .filter(|p| p.id != self.cfg.id && self.table.get(&p.id).is_none() && !p.addrs.is_empty())
+            .take(INTRODUCE_VERIFY)
+            .collect();
+        for p in fresh {
+            let nonce = self.rng.next_u64();
+            self.send_request(now, p.id, p.addrs, Request::Ping { nonce }, Purpose::Verify);
+        }
+    }
+
+    // ----- lookups -----
+
+    fn start_lookup(&mut self, now: Time, target: NodeId, purpose: LookupPurpose) {
+        let cands: Vec<Cand> = self
+            .table
+            .closest(&target, self.cfg.k)
+            .into_iter()
+            .map(|c| Cand { id: c.id, addrs: self.addrs_of(&c.id), state: CandState::New, hop: 0 })
+            .collect();
+        let found = cands.iter().find(|c| c.id == target).map(|c| c.addrs.clone());
+        let id = self.fresh_id();
+        self.lookups.insert(
+            id,
+            Lookup { target, started: now, purpose, cands, inflight: 0, found, queried: 0 },
+        );
+        self.lookup_step(now, id);
+    }
+
+    fn lookup_step(&mut self, now: Time, id: LookupId) {
+        let k = self.cfg.k;
+        let alpha = self.cfg.alpha;
+        let mut to_send: Vec<(NodeId, Vec<SocketAddr>)> = Vec::new();
+        let done;
+        {
+            let Some(l) = self.lookups.get_mut(&id) else { return };
+            let mut considered = 0usize;
+            for c in l.cands.iter_mut() {
+                if c.state == CandState::Failed {
+                    continue;
+                }
+                considered += 1;
+                if considered > k {
+                    break;
+                }
+                if c.state == CandState::New && l.inflight < alpha {
+                    c.state = CandState::InFlight;
+                    l.inflight += 1;
+                    l.queried += 1;
+                    to_send.push((c.id, c.addrs.clone()));
+                }
+            }
+            done = l.inflight == 0;
+        }
+        for (peer, addrs) in to_send {
+            let target = self.lookups.get(&id).map(|l| l.target).unwrap_or(self.cfg.id);
+            self.send_request(now, peer, addrs, Request::FindNode { target }, Purpose::Lookup(id));
+        }
+        if done {
+            self.finish_lookup(now, id);
+        }
+    }
+
+    fn lookup_answer(&mut self, now: Time, id: LookupId, from: NodeId, result: Result<Response, Failure>) {
+        let me = self.cfg.id;
+        {
+            let Some(l) = self.lookups.get_mut(&id) else { return };
+            let target = l.target;
+            l.inflight = l.inflight.saturating_sub(1);
+            let Some(pos) = l.cands.iter().position(|c| c.id == from) else { return };
+            let hop = l.cands[pos].hop;
+            match result {
+                Ok(Response::Nodes { peers }) => {
+                    l.cands[pos].state = CandState::Done;
+                    if from == target {
+                        l.found = Some(l.cands[pos].addrs.clone());
+                    }
+                    for p in peers {
+                        if p.id == me || p.addrs.is_empty() {
+                            continue;
+                        }
+                        if p.id == target && l.found.is_none() {
+                            l.found = Some(p.addrs.clone());
+                        }
+                        if l.cands.iter().any(|c| c.id == p.id) {
+                            continue;
+                        }
+                        l.cands.push(Cand { id: p.id, addrs: p.addrs, state: CandState::New, hop: hop + 1 });
+                    }
+                    l.cands.sort_by_key(|c| c.id.distance(&target));
+                    // Drop the farthest candidates that are not in flight, keeping memory bounded.
+                    while l.cands.len() > MAX_LOOKUP_CANDIDATES {
+                        match l.cands.iter().rposition(|c| c.state != CandState::InFlight) {
+                            Some(i) => {
+                                l.cands.remove(i);
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                _ => l.cands[pos].state = CandState::Failed,
+            }
+        }
+        self.lookup_step(now, id);
+    }
+
+    fn finish_lookup(&mut self, now: Time, id: LookupId) {
+        let Some(l) = self.lookups.remove(&id) else { return };
+        let done: Vec<&Cand> = l.cands.iter().filter(|c| c.state == CandState::Done).collect();
+        let hops = done.iter().take(self.cfg.k).map(|c| c.hop + 1).max().unwrap_or(0);
+        let closest: Vec<NodeId> = done.iter().take(self.cfg.k).map(|c| c.id).collect();
+        let found = l.found.is_some();
+        self.emit(Event::LookupFinished { found, hops, queried: l.queried, elapsed: now.since(l.started) });
+        match l.purpose {
+            LookupPurpose::Op(op) => {
+                let is_task = matches!(self.ops.get(&op).map(|o| o.origin), Some(Origin::Task(_)));
+                // A random-id task lookup succeeds when peers answered; a command must find its target.
+                let outcome = if is_task {
+                    if closest.is_empty() { TaskOutcome::Failed(Failure::Unreachable) } else { TaskOutcome::Ok }
+                } else if found {
+                    TaskOutcome::Ok
+                } else {
+                    TaskOutcome::NotFound
+                };
+                self.finish_op(now, op, outcome, None, closest);
+            }
+            LookupPurpose::Bootstrap => {
+                if self.table.is_empty() {
+                    self.retry_bootstrap(now);
+                } else {
+                    self.mark_joined();
+                    // Fill the far buckets now rather than after the first refresh period.
+                    if let Some(low) = self.table.lowest_nonempty() {
+                        for b in (low + 1..BUCKETS).rev().take(4) {
+                            let target = self.cfg.id.random_in_bucket(b, &mut self.rng);
+                            self.start_lookup(now, target, LookupPurpose::Refresh);
+                        }
+                    }
+                }
+            }
+            LookupPurpose::Refresh => {}
+            LookupPurpose::ConnectTarget { op, fresh } => match l.found {
+                Some(addrs) if !addrs.is_empty() => self.connect_addrs(now, op, l.target, addrs, fresh),
+                _ => self.finish_op(now, op, TaskOutcome::NotFound, None, closest),
+            },
+        }
+    }
+
+    // ----- operations (tasks and commands) -----
+
+    fn start_connect(&mut self, now: Time, op: OpId, peer: NodeId, fresh: bool) {
+        if peer == self.cfg.id {
+            self.finish_op(now, op, TaskOutcome::Failed(Failure::Unreachable), None, Vec::new());
+            return;
+        }
+        let addrs = self.addrs_of(&peer);
+        if addrs.is_empty() {
+            self.start_lookup(now, peer, LookupPurpose::ConnectTarget { op, fresh });
+        } else {
+            self.connect_addrs(now, op, peer, addrs, fresh);
+        }
+    }
+
+    fn connect_addrs(&mut self, now: Time, op: OpId, peer: NodeId, addrs: Vec<SocketAddr>, fresh: bool) {
+        let id = RequestId(self.fresh_id());
+        self.pending.insert(id, Pending { peer, sent: now, purpose: Purpose::Connect(op) });
+        self.set_timer(now + Duration::from_millis(self.cfg.connect_timeout_ms), Timer::Deadline(id));
+        self.outputs.push_back(Output::Connect { id, peer, addrs, fresh });
+    }
+
+    fn start_ping(&mut self, now: Time, op: OpId, peer: NodeId) {
+        let addrs = self.addrs_of(&peer);
+        if addrs.is_empty() {
+            self.finish_op(now, op, TaskOutcome::Failed(Failure::Unreachable), None, Vec::new());
+            return;
+        }
+        let nonce = self.rng.next_u64();
+        self.send_request(now, peer, addrs, Request::Ping { nonce }, Purpose::Op(op));
+    }
+
+    fn start_echo(&mut self, now: Time, op: OpId, peer: NodeId, len: usize) {
+        let addrs = self.addrs_of(&peer);
+        if addrs.is_empty() {
+            self.finish_op(now, op, TaskOutcome::Failed(Failure::Unreachable), None, Vec::new());
+            return;
+        }
+        let mut payload = vec![0u8; len.min(MAX_ECHO_LEN)];
+        self.rng.fill_bytes(&mut payload);
+        if let Some(o) = self.ops.get_mut(&op) {
+            o.echo = Some(payload.clone());
+        }
+        self.send_request(now, peer, addrs, Request::Echo { payload }, Purpose::Op(op));
+    }
+
+    fn op_answer(&mut self, now: Time, op: OpId, result: Result<Response, Failure>) {
+        let expected = self.ops.get(&op).and_then(|o| o.echo.clone());
+        let outcome = match (result, expected) {
+            (Ok(Response::Pong { .. }), None) => TaskOutcome::Ok,
+            (Ok(Response::Echo { payload }), Some(sent)) if payload == sent => TaskOutcome::Ok,
+            (Ok(_), _) => TaskOutcome::Failed(Failure::Protocol),
+            (Err(f), _) => TaskOutcome::Failed(f),
+        };
+        self.finish_op(now, op, outcome, None, Vec::new());
+    }
+
+    fn finish_op(&mut self, now: Time, op: OpId, outcome: TaskOutcome, mode: Option<ConnMode>, closest: Vec<NodeId>) {
+        let Some(o) = self.ops.remove(&op) else { return };
+        let elapsed = now.since(o.started);
+        match o.origin {
+            Origin::Task(kind) => self.emit(Event::TaskFinished { kind, outcome, elapsed }),
+            Origin::Command(id) => {
+                self.emit(Event::CommandFinished { id, result: CommandResult { outcome, elapsed, mode, closest } })
+            }
+        }
+    }
+
+    fn schedule_task(&mut self, now: Time) {
+        let rate = self.cfg.task_rate_per_s;
+        if !(rate > 0.0 && rate.is_finite()) {
+            return;
+        }
+        // Exponential inter-arrival times make the task stream a Poisson process.
+        let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+        let secs = (-u.ln() / rate).min(3600.0);
+        self.set_timer(now + Duration::from_secs_f64(secs), Timer::Task);
+    }
+
+    fn run_task(&mut self, now: Time) {
+        self.schedule_task(now);
+        if self.tasks_paused || !self.joined {
+            return;
+        }
+        let w = self.cfg.task_weights;
+        let total = u64::from(w.ping) + u64::from(w.lookup) + u64::from(w.connect) + u64::from(w.echo);
+        if total == 0 {
+            return;
+        }
+        let mut pick = self.rng.random_range(0..total);
+        let mut kind = TaskKind::Echo;
+        for (k, weight) in [
+            (TaskKind::Ping, w.ping),
+            (TaskKind::Lookup, w.lookup),
+            (TaskKind::Connect, w.connect),
+            (TaskKind::Echo, w.echo),
+        ] {
+            if pick < u64::from(weight) {
+                kind = k;
+                break;
+            }
+            pick -= u64::from(weight);
+        }
+        let op = self.new_op(now, Origin::Task(kind));
+        if self.pending.len() >= self.cfg.max_inflight
+            || (kind == TaskKind::Lookup && self.lookups.len() >= self.cfg.max_lookups)
+        {
+            self.finish_op(now, op, TaskOutcome::Skipped, None, Vec::new());
+            return;
+        }
+        if kind == TaskKind::Lookup {
+            let target = NodeId(std::array::from_fn(|_| self.rng.random()));
+            self.start_lookup(now, target, LookupPurpose::Op(op));
+            return;
+        }
+        let n = self.table.len();
+        if n == 0 {
+            self.finish_op(now, op, TaskOutcome::NoPeers, None, Vec::new());
+            return;
+        }
+        let idx = self.rng.random_range(0..n);
+        let Some(peer) = self.table.iter().nth(idx).map(|c| c.id) else { return };
+        match kind {
+            TaskKind::Ping => self.start_ping(now, op, peer),
+            TaskKind::Connect => self.start_connect(now, op, peer, false),
+            TaskKind::Echo => self.start_echo(now, op, peer, self.cfg.echo_bytes),
+            TaskKind::Lookup => {}
+        }
+    }
+
+    // ----- GC and refresh -----
+
+    fn run_gc(&mut self, now: Time) {
+        self.set_timer(now + Duration::from_millis(self.cfg.gc_interval_ms.max(1)), Timer::Gc);
+        for b in self.table.buckets_with_pending() {
+            for peer in self.table.oldest(b, self.cfg.gc_parallelism) {
+                if self.gc_probing.len() >= self.cfg.gc_parallelism {
+                    return;
+                }
+                if !self.gc_probing.insert(peer) {
+                    continue;
+                }
+                let addrs = self.addrs_of(&peer);
+                let nonce = self.rng.next_u64();
+                self.send_request(now, peer, addrs, Request::Ping { nonce }, Purpose::Gc);
+            }
+        }
+    }
+
+    fn gc_answer(&mut self, now: Time, peer: NodeId, ok: bool) {
+        self.gc_probing.remove(&peer);
+        if !ok {
+            self.evict(now, peer);
+        }
+    }
+
+    fn run_refresh(&mut self, now: Time) {
+        self.set_timer(now + self.refresh_check_interval(), Timer::Refresh);
+        if !self.joined {
+            return;
+        }
+        let Some(low) = self.table.lowest_nonempty() else { return };
+        let mut started = 0;
+        for b in low..BUCKETS {
+            if started >= REFRESH_PER_CHECK || self.lookups.len() >= self.cfg.max_lookups {
+                break;
+            }
+            // A bucket is refreshed when its jittered deadline has passed and it has been
+            // idle for at least half the refresh period.
+            let min_idle = Duration::from_millis(self.cfg.bucket_refresh_ms / 2);
+            if now < self.next_refresh[b] || now.since(self.table.last_activity(b)) < min_idle {
+                continue;
+            }
+            self.next_refresh[b] = now + self.refresh_delay();
+            self.table.touch(b, now);
+            let target = self.cfg.id.random_in_bucket(b, &mut self.rng);
+            self.start_lookup(now, target, LookupPurpose::Refresh);
+            started += 1;
+        }
+    }
+}

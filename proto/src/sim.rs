@@ -1,0 +1,460 @@
+//! A deterministic virtual-time harness: many [`Node`]s over a seeded in-memory network.
+//!
+//! The harness plays the shell's part for every node: it dials, carries requests and
+//! responses with per-link latency, jitter and loss, fires timers and keeps each node's
+//! persisted graph so nodes can be killed and restarted. Time jumps from event to event, so a
+//! minute of a 200-node network runs in well under a second of CPU.
+//!
+//! It models no NATs yet; links are the extension point where NAT models plug in. It is a
+//! test tool, not a simulator of QUIC: a handshake costs one round trip and never fails
+//! except through loss or an unreachable peer.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
+
+use crate::graph::{ConnMode, Contact, GraphChange};
+use crate::id::NodeId;
+use crate::node::{Command, CommandId, CommandResult, Connected, Event, Failure, InboundId, Node, NodeConfig, Output, RequestId};
+use crate::time::Time;
+use crate::wire::{Request, Response};
+
+/// Behaviour of a link between two nodes, applied to each message independently.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkModel {
+    /// One-way latency. Default 20 ms.
+    pub latency_ms: u64,
+    /// Uniform extra delay in `0..=jitter_ms`. Default 5 ms.
+    pub jitter_ms: u64,
+    /// Chance that a message is lost, in percent. Default 0.
+    pub loss_pct: f64,
+}
+
+impl Default for LinkModel {
+    fn default() -> Self {
+        LinkModel { latency_ms: 20, jitter_ms: 5, loss_pct: 0.0 }
+    }
+}
+
+/// Harness configuration.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Seed of the network's randomness and of the node ids. Default 0.
+    pub seed: u64,
+    /// Link used between any two nodes without an override.
+    pub link: LinkModel,
+    /// How long a dial to a dead or absent address takes to fail. Default 3,000 ms.
+    pub unreachable_after_ms: u64,
+    /// Keep every node's events (memory grows with the run). Default true.
+    pub record_events: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig { seed: 0, link: LinkModel::default(), unreachable_after_ms: 3_000, record_events: true }
+    }
+}
+
+/// One node of the world.
+#[derive(Debug)]
+pub struct SimNode {
+    /// The core.
+    pub node: Node,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Whether it is running.
+    pub up: bool,
+    /// What it reported, if the world records events.
+    pub events: Vec<(Time, Event)>,
+    /// Its persisted node graph, as the shell would keep it on disk.
+    pub store: BTreeMap<NodeId, Contact>,
+    config: NodeConfig,
+    conns: HashSet<usize>,
+    wake: Option<Time>,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Start,
+    Wake,
+    Request { from: usize, id: RequestId, request: Request },
+    Response { id: RequestId, result: Result<Response, Failure> },
+    ConnectResult { id: RequestId, result: Result<Connected, Failure> },
+    ConnUp { peer: usize },
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    to: usize,
+    msg: Msg,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Counters of the network itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Messages put on a link.
+    pub sent: u64,
+    /// Messages the link lost.
+    pub lost: u64,
+    /// Dials that reached their peer.
+    pub dials: u64,
+}
+
+/// The simulated network.
+#[derive(Debug)]
+pub struct World {
+    cfg: SimConfig,
+    now: Time,
+    rng: StdRng,
+    nodes: Vec<SimNode>,
+    by_addr: HashMap<SocketAddr, usize>,
+    links: HashMap<(usize, usize), LinkModel>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    inbound: HashMap<(usize, InboundId), (usize, RequestId)>,
+    next_inbound: u64,
+    results: HashMap<(usize, CommandId), CommandResult>,
+    digest: DefaultHasher,
+    /// Network counters.
+    pub stats: SimStats,
+}
+
+impl World {
+    /// An empty world at time zero.
+    pub fn new(cfg: SimConfig) -> World {
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        World {
+            cfg,
+            now: Time::ZERO,
+            rng,
+            nodes: Vec::new(),
+            by_addr: HashMap::new(),
+            links: HashMap::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            inbound: HashMap::new(),
+            next_inbound: 0,
+            results: HashMap::new(),
+            digest: DefaultHasher::new(),
+            stats: SimStats::default(),
+        }
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// Adds a node (not started) with a fresh id and address; `seeds` are indices of nodes
+    /// it bootstraps from. `tweak` adjusts its config (task rate, timeouts...).
+    pub fn add_node(&mut self, seeds: &[usize], tweak: impl FnOnce(&mut NodeConfig)) -> usize {
+        let idx = self.nodes.len();
+        let mut id = [0u8; 32];
+        self.rng.fill_bytes(&mut id);
+        let addr = SocketAddr::from(([10, (idx >> 16) as u8, (idx >> 8) as u8, idx as u8], 4433));
+        let mut cfg = NodeConfig::new(NodeId(id));
+        cfg.listen_addrs = vec![addr];
+        cfg.rng_seed = self.rng.next_u64();
+        cfg.seeds = seeds.iter().map(|&s| (self.nodes[s].node.id(), self.nodes[s].addr)).collect();
+        tweak(&mut cfg);
+        let node = Node::new(cfg.clone(), Vec::new());
+        self.by_addr.insert(addr, idx);
+        self.nodes.push(SimNode {
+            node,
+            addr,
+            up: false,
+            events: Vec::new(),
+            store: BTreeMap::new(),
+            config: cfg,
+            conns: HashSet::new(),
+            wake: None,
+        });
+        idx
+    }
+
+    /// Overrides the link between `a` and `b` (both directions).
+    pub fn set_link(&mut self, a: usize, b: usize, link: LinkModel) {
+        self.links.insert((a.min(b), a.max(b)), link);
+    }
+
+    /// Starts node `idx` at time `at` (now if in the past).
+    pub fn start_at(&mut self, idx: usize, at: Time) {
+        self.schedule(at.max(self.now), idx, Msg::Start);
+    }
+
+    /// Node `idx`.
+    pub fn node(&self, idx: usize) -> &SimNode {
+        &self.nodes[idx]
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when the world has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A digest of every event every node emitted, with its time: equal digests mean equal runs.
+    pub fn digest(&self) -> u64 {
+        self.digest.finish()
+    }
+
+    /// Gives node `idx` a command now.
+    pub fn command(&mut self, idx: usize, command: Command) -> CommandId {
+        let now = self.now;
+        let id = self.nodes[idx].node.command(now, command);
+        self.drain(idx);
+        id
+    }
+
+    /// The result of a command, once it finished.
+    pub fn result(&self, idx: usize, id: CommandId) -> Option<&CommandResult> {
+        self.results.get(&(idx, id))
+    }
+
+    /// Stops node `idx` as `kill -9` would: its connections drop, its store survives.
+    pub fn kill(&mut self, idx: usize) {
+        self.nodes[idx].up = false;
+        let peers: Vec<usize> = self.nodes[idx].conns.drain().collect();
+        let now = self.now;
+        let id = self.nodes[idx].node.id();
+        for p in peers {
+            self.nodes[p].conns.remove(&idx);
+            if self.nodes[p].up {
+                self.nodes[p].node.handle_connection_down(now, id);
+                self.drain(p);
+            }
+        }
+    }
+
+    /// Restarts a killed node from its persisted graph, as the agent does after a crash.
+    pub fn restart(&mut self, idx: usize) {
+        let restored: Vec<Contact> = self.nodes[idx].store.values().cloned().collect();
+        let cfg = self.nodes[idx].config.clone();
+        self.nodes[idx].node = Node::new(cfg, restored);
+        self.nodes[idx].wake = None;
+        self.start_at(idx, self.now);
+    }
+
+    /// Runs until virtual time `until`.
+    pub fn run_until(&mut self, until: Time) {
+        while let Some(Reverse(head)) = self.queue.peek() {
+            if head.at > until {
+                break;
+            }
+            let Some(Reverse(ev)) = self.queue.pop() else { break };
+            self.now = ev.at;
+            self.deliver(ev.to, ev.msg);
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    // ----- internals -----
+
+    fn schedule(&mut self, at: Time, to: usize, msg: Msg) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at, seq: self.seq, to, msg }));
+    }
+
+    fn link(&self, a: usize, b: usize) -> LinkModel {
+        self.links.get(&(a.min(b), a.max(b))).copied().unwrap_or(self.cfg.link)
+    }
+
+    /// One-way delay of a message on the a-b link, or `None` if it is lost.
+    fn transit(&mut self, a: usize, b: usize) -> Option<Duration> {
+        let link = self.link(a, b);
+        self.stats.sent += 1;
+        if link.loss_pct > 0.0 && self.rng.random_range(0.0..100.0) < link.loss_pct {
+            self.stats.lost += 1;
+            return None;
+        }
+        let jitter = if link.jitter_ms > 0 { self.rng.random_range(0..=link.jitter_ms) } else { 0 };
+        Some(Duration::from_millis(link.latency_ms + jitter))
+    }
+
+    /// Dials from `from` to whoever answers at `addrs` claiming to be `peer`. Returns when
+    /// the connection will be up, or `None` if the dial fails.
+    fn dial(&mut self, from: usize, peer: NodeId, addrs: &[SocketAddr]) -> Option<(usize, Time)> {
+        let to = addrs
+            .iter()
+            .filter_map(|a| self.by_addr.get(a).copied())
+            .find(|&i| self.nodes[i].up && self.nodes[i].node.id() == peer)?;
+        // A handshake is one round trip; either leg may be lost.
+        let there = self.transit(from, to)?;
+        let back = self.transit(to, from)?;
+        let up_at = self.now + there + back;
+        self.stats.dials += 1;
+        self.schedule(self.now + there, to, Msg::ConnUp { peer: from });
+        self.schedule(up_at, from, Msg::ConnUp { peer: to });
+        Some((to, up_at))
+    }
+
+    fn deliver(&mut self, idx: usize, msg: Msg) {
+        let now = self.now;
+        if !self.nodes[idx].up && !matches!(msg, Msg::Start) {
+            return;
+        }
+        match msg {
+            Msg::Start => {
+                self.nodes[idx].up = true;
+                self.nodes[idx].node.start(now);
+            }
+            Msg::Wake => {
+                if self.nodes[idx].wake.is_some_and(|w| w <= now) {
+                    self.nodes[idx].wake = None;
+                }
+                self.nodes[idx].node.handle_timeout(now);
+            }
+            Msg::Request { from, id, request } => {
+                if !self.nodes[from].up {
+                    return;
+                }
+                self.next_inbound += 1;
+                let inbound = InboundId(self.next_inbound);
+                self.inbound.insert((idx, inbound), (from, id));
+                let from_id = self.nodes[from].node.id();
+                self.nodes[idx].node.handle_request(now, from_id, inbound, request);
+            }
+            Msg::Response { id, result } => self.nodes[idx].node.handle_response(now, id, result),
+            Msg::ConnectResult { id, result } => self.nodes[idx].node.handle_connect_result(now, id, result),
+            Msg::ConnUp { peer } => {
+                if !self.nodes[peer].up {
+                    return;
+                }
+                self.nodes[idx].conns.insert(peer);
+                let (pid, paddr) = (self.nodes[peer].node.id(), self.nodes[peer].addr);
+                self.nodes[idx].node.handle_connection_up(now, pid, paddr, ConnMode::Direct);
+            }
+        }
+        self.drain(idx);
+    }
+
+    fn drain(&mut self, idx: usize) {
+        let now = self.now;
+        while let Some(out) = self.nodes[idx].node.poll_output() {
+            match out {
+                Output::Request { id, peer, addrs, request } => self.carry_request(idx, id, peer, &addrs, request),
+                Output::Respond { inbound, response } => {
+                    if let Some((to, id)) = self.inbound.remove(&(idx, inbound)) {
+                        if let Some(d) = self.transit(idx, to) {
+                            self.schedule(now + d, to, Msg::Response { id, result: Ok(response) });
+                        }
+                    }
+                }
+                Output::Connect { id, peer, addrs, fresh } => {
+                    let existing = self.peer_index(peer).filter(|p| self.nodes[idx].conns.contains(p));
+                    let result_at = match existing {
+                        Some(p) if !fresh => Some((p, now)),
+                        _ => self.dial(idx, peer, &addrs),
+                    };
+                    match result_at {
+                        Some((p, at)) => {
+                            let remote = self.nodes[p].addr;
+                            let result = Ok(Connected { mode: ConnMode::Direct, remote });
+                            self.schedule(at, idx, Msg::ConnectResult { id, result });
+                        }
+                        None => {
+                            let at = now + Duration::from_millis(self.cfg.unreachable_after_ms);
+                            self.schedule(at, idx, Msg::ConnectResult { id, result: Err(Failure::Unreachable) });
+                        }
+                    }
+                }
+                Output::Disconnect { peer } => {
+                    if let Some(p) = self.peer_index(peer) {
+                        self.nodes[idx].conns.remove(&p);
+                        if self.nodes[p].conns.remove(&idx) {
+                            let me = self.nodes[idx].node.id();
+                            self.nodes[p].node.handle_connection_down(now, me);
+                            self.drain(p);
+                        }
+                    }
+                }
+                Output::Persist(change) => match change {
+                    GraphChange::Upsert(c) => {
+                        self.nodes[idx].store.insert(c.id, c);
+                    }
+                    GraphChange::Remove(id) => {
+                        self.nodes[idx].store.remove(&id);
+                    }
+                },
+                Output::Event(e) => {
+                    (now, idx, &e).hash(&mut self.digest);
+                    if let Event::CommandFinished { id, result } = &e {
+                        self.results.insert((idx, *id), result.clone());
+                    }
+                    if self.cfg.record_events {
+                        self.nodes[idx].events.push((now, e));
+                    }
+                }
+            }
+        }
+        if let Some(t) = self.nodes[idx].node.poll_timeout() {
+            if self.nodes[idx].wake.is_none_or(|w| t < w) {
+                self.nodes[idx].wake = Some(t);
+                self.schedule(t.max(now), idx, Msg::Wake);
+            }
+        }
+    }
+
+    fn peer_index(&self, peer: NodeId) -> Option<usize> {
+        // Linear in the node count; fine for the sizes tests use.
+        self.nodes.iter().position(|n| n.node.id() == peer)
+    }
+
+    fn carry_request(&mut self, from: usize, id: RequestId, peer: NodeId, addrs: &[SocketAddr], request: Request) {
+        let now = self.now;
+        let connected = self
+            .nodes[from]
+            .conns
+            .iter()
+            .copied()
+            .find(|&p| self.nodes[p].node.id() == peer);
+        let (to, ready_at) = match connected {
+            Some(p) => (p, now),
+            None => match self.dial(from, peer, addrs) {
+                Some(x) => x,
+                None => {
+                    let at = now + Duration::from_millis(self.cfg.unreachable_after_ms);
+                    self.schedule(at, from, Msg::Response { id, result: Err(Failure::Unreachable) });
+                    return;
+                }
+            },
+        };
+        if let Some(d) = self.transit(from, to) {
+            self.schedule(ready_at + d, to, Msg::Request { from, id, request });
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The wire protocol: messages and their framing.
+//!
+//! Every frame is `[len: u32 big-endian][version: u8][body: postcard]`, where `len` counts the
+//! version byte and the body. A frame longer than [`MAX_FRAME_LEN`] is refused before any of
+//! it is buffered, so a hostile peer cannot make us allocate more than that per stream.
+//! The body encoding is postcard (compact, non-self-describing, well kept); the version byte
+//! lets a later release change it without guessing.
+//!
+//! One request and one response travel on each bidirectional QUIC stream. This module only
+//! encodes and decodes bytes; reading them off streams is the shell's job.
+
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::graph::{ConnMode, NatType};
+use crate::id::NodeId;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Largest frame accepted, version byte and body included (64 KiB).
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+/// Size of the length prefix.
+pub const HEADER_LEN: usize = 4;
+/// Largest echo payload: leaves room for the envelope inside [`MAX_FRAME_LEN`].
+pub const MAX_ECHO_LEN: usize = 60 * 1024;
+/// Most contacts a `Nodes` response may carry.
+pub const MAX_NODES_PER_RESPONSE: usize = 32;
+/// Most addresses per contact on the wire.
+pub const MAX_ADDRS_PER_PEER: usize = 5;
+
+/// A request, sent first on a fresh bidirectional stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness and RTT probe; the answer says which address the request came from.
+    Ping {
+        /// Echoed back in the [`Response::Pong`].
+        nonce: u64,
+    },
+    /// Kademlia FIND_NODE: the responder's closest contacts to `target`.
+    FindNode {
+        /// The id being looked up.
+        target: NodeId,
+    },
+    /// Peer exchange: "introduce me to random peers you know".
+    Introduce {
+        /// How many peers the requester wants, at most [`MAX_NODES_PER_RESPONSE`].
+        max: u8,
+    },
+    /// Echo the payload back; used by the echo task and throughput benchmarks.
+    Echo {
+        /// At most [`MAX_ECHO_LEN`] bytes.
+        payload: Vec<u8>,
+    },
+}
+
+/// A peer as described on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The peer's id.
+    pub id: NodeId,
+    /// Addresses it was reached at, most recent first, at most [`MAX_ADDRS_PER_PEER`].
+    pub addrs: Vec<SocketAddr>,
+    /// How the sender is connected to it.
+    pub mode: ConnMode,
+    /// The NAT type it advertised.
+    pub nat: NatType,
+}
+
+/// Why a request was refused by its responder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request was well-formed but its values are out of range.
+    BadRequest,
+    /// The responder is shedding load.
+    Busy,
+}
+
+/// A response, the only frame the responder writes on a request's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Ping`].
+    Pong {
+        /// The request's nonce.
+        nonce: u64,
+        /// The address the responder sees the requester at.
+        observed: Option<SocketAddr>,
+    },
+    /// Answer to [`Request::FindNode`] and [`Request::Introduce`].
+    Nodes {
+        /// At most [`MAX_NODES_PER_RESPONSE`].
+        peers: Vec<PeerInfo>,
+    },
+    /// Answer to [`Request::Echo`].
+    Echo {
+        /// The request's payload.
+        payload: Vec<u8>,
+    },
+    /// The request was refused.
+    Error {
+        /// Why.
+        code: ErrorCode,
+    },
+}
+
+/// Connection-level hello, sent once by each side on its first unidirectional stream.
+/// On private networks it carries the membership proofs (see the agent's `tls` module).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// HMAC-SHA256 proofs, one per network key the sender holds (at most 4).
+    pub proofs: Vec<[u8; 32]>,
+    /// Addresses the sender listens on, at most [`MAX_ADDRS_PER_PEER`].
+    pub listen_addrs: Vec<SocketAddr>,
+}
+
+/// Why bytes are not a valid frame. Each maps to a bounded metric label.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The length prefix announces more than [`MAX_FRAME_LEN`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    Oversize(usize),
+    /// The stream ended inside a frame, or the frame is empty.
+    #[error("truncated frame")]
+    Truncated,
+    /// The version byte is not one this build speaks.
+    #[error("unknown protocol version {0}")]
+    UnknownVersion(u8),
+    /// The body does not decode as the expected message, or breaks a limit.
+    #[error("malformed frame body: {0}")]
+    Malformed(String),
+}
+
+impl DecodeError {
+    /// A bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            DecodeError::Oversize(_) => "oversize",
+            DecodeError::Truncated => "truncated",
+            DecodeError::UnknownVersion(_) => "unknown_version",
+            DecodeError::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoded frame would exceed [`MAX_FRAME_LEN`].
+    #[error("message of {0} bytes exceeds the frame limit")]
+    TooLarge(usize),
+    /// The serializer failed.
+    #[error("encode failed: {0}")]
+    Serialize(String),
+}
+
+/// Limits a decoded message must respect beyond its shape.
+pub trait Validate {
+    /// `Err` with a reason when a field breaks a limit.
+    fn validate(&self) -> Result<(), String>;
+}
+
+impl Validate for Request {
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Request::Echo { payload } if payload.len() > MAX_ECHO_LEN => {
+                Err(format!("echo payload of {} bytes", payload.len()))
+            }
+            Request::Introduce { max } if usize::from(*max) > MAX_NODES_PER_RESPONSE => {
+                Err(format!("introduce max {max}"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Validate for Response {
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Response::Nodes { peers } if peers.len() > MAX_NODES_PER_RESPONSE => {
+                Err(format!("{} peers in one response", peers.len()))
+            }
+            Response::Nodes { peers } if peers.iter().any(|p| p.addrs.len() > MAX_ADDRS_PER_PEER) => {
+                Err("peer with too many addresses".into())
+            }
+            Response::Echo { payload } if payload.len() > MAX_ECHO_LEN => {
+                Err(format!("echo payload of {} bytes", payload.len()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Validate for Hello {
+    fn validate(&self) -> Result<(), String> {
+        if self.proofs.len() > 4 {
+            return Err(format!("{} proofs", self.proofs.len()));
+        }
+        if self.listen_addrs.len() > MAX_ADDRS_PER_PEER {
+            return Err(format!("{} listen addresses", self.listen_addrs.len()));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes `msg` as one complete frame, header included.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out.push(PROTOCOL_VERSION);
+    let out = postcard::to_extend(msg, out).map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > MAX_FRAME_LEN {
+        return Err(EncodeError::TooLarge(len));
+    }
+    let mut out = out;
+    // `len <= MAX_FRAME_LEN` was checked just above, so it fits in a u32.
+    out[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Reads the length prefix and checks it against [`MAX_FRAME_LEN`]. Returns how many bytes
+/// follow the header.
+pub fn frame_len(header: [u8; HEADER_LEN]) -> Result<usize, DecodeError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(DecodeError::Oversize(len));
+    }
+    if len == 0 {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(len)
+}
+
+/// Decodes the part of a frame after its header (version byte and body).
+pub fn decode_body<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, DecodeError> {
+    let (&version, rest) = body.split_first().ok_or(DecodeError::Truncated)?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let (msg, trailing): (T, &[u8]) = postcard::take_from_bytes(rest).map_err(|e| match e {
+        postcard::Error::DeserializeUnexpectedEnd => DecodeError::Truncated,
+        other => DecodeError::Malformed(other.to_string()),
+    })?;
+    if !trailing.is_empty() {
+        return Err(DecodeError::Malformed(format!("{} trailing bytes", trailing.len())));
+    }
+    msg.validate().map_err(DecodeError::Malformed)?;
+    Ok(msg)
+}
+
+/// Decodes one complete frame, header included.
+pub fn decode<T: DeserializeOwned + Validate>(frame: &[u8]) -> Result<T, DecodeError> {
+    if frame.len() < HEADER_LEN {
+        return Err(DecodeError::Truncated);
+    }
+    let mut header = [0u8; HEADER_LEN];
+    header.copy_from_slice(&frame[..HEADER_LEN]);
+    let len = frame_len(header)?;
+    let body = &frame[HEADER_LEN..];
+    match body.len().cmp(&len) {
+        std::cmp::Ordering::Less => Err(DecodeError::Truncated),
+        std::cmp::Ordering::Greater => Err(DecodeError::Malformed("bytes after frame".into())),
+        std::cmp::Ordering::Equal => decode_body(body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_node_id() -> impl Strategy<Value = NodeId> {
+        any::<[u8; 32]>().prop_map(NodeId)
+    }
+
+    fn arb_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+            (any::<[u16; 8]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+        ]
+    }
+
+    fn arb_mode() -> impl Strategy<Value = ConnMode> {
+        prop_oneof![Just(ConnMode::Direct), Just(ConnMode::Punched), Just(ConnMode::Relayed)]
+    }
+
+    fn arb_nat() -> impl Strategy<Value = NatType> {
+        prop::sample::select(NatType::ALL.to_vec())
+    }
+
+    fn arb_peer() -> impl Strategy<Value = PeerInfo> {
+        (arb_node_id(), prop::collection::vec(arb_addr(), 0..=MAX_ADDRS_PER_PEER), arb_mode(), arb_nat())
+            .prop_map(|(id, addrs, mode, nat)| PeerInfo { id, addrs, mode, nat })
+    }
+
+    fn arb_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
+            arb_node_id().prop_map(|target| Request::FindNode { target }),
+            (0u8..=32).prop_map(|max| Request::Introduce { max }),
+            prop::collection::vec(any::<u8>(), 0..2048).prop_map(|payload| Request::Echo { payload }),
+        ]
+    }
+
+    fn arb_response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            (any::<u64>(), prop::option::of(arb_addr()))
+                .prop_map(|(nonce, observed)| Response::Pong { nonce, observed }),
+            prop::collection::vec(arb_peer(), 0..=MAX_NODES_PER_RESPONSE)
+                .prop_map(|peers| Response::Nodes { peers }),
+            prop::collection::vec(any::<u8>(), 0..2048).prop_map(|payload| Response::Echo { payload }),
+            prop_oneof![Just(ErrorCode::BadRequest), Just(ErrorCode::Busy)]
+                .prop_map(|code| Response::Error { code }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(req in arb_request()) {
+            let frame = encode(&req).expect("encodes");
+            prop_assert_eq!(decode::<Request>(&frame), Ok(req));
+        }
+
+        #[test]
+        fn responses_round_trip(resp in arb_response()) {
+            let frame = encode(&resp).expect("encodes");
+            prop_assert_eq!(decode::<Response>(&frame), Ok(resp));
+        }
+
+        #[test]
+        fn hellos_round_trip(proofs in prop::collection::vec(any::<[u8; 32]>(), 0..=4),
+                             listen_addrs in prop::collection::vec(arb_addr(), 0..=5)) {
+            let hello = Hello { proofs, listen_addrs };
+            let frame = encode(&hello).expect("encodes");
+            prop_assert_eq!(decode::<Hello>(&frame), Ok(hello));
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(resp in arb_response(), cut in any::<prop::sample::Index>()) {
+            let frame = encode(&resp).expect("encodes");
+            let cut = cut.index(frame.len());
+            prop_assert!(decode::<Response>(&frame[..cut]).is_err());
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Response>(&bytes);
+            let _ = decode::<Hello>(&bytes);
+        }
+    }
+
+    #[test]
+    fn oversize_is_refused_from_the_header_alone() {
+        let header = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+        assert_eq!(frame_len(header), Err(DecodeError::Oversize(MAX_FRAME_LEN + 1)));
+        let big = Request::Echo { payload: vec![0; MAX_FRAME_LEN] };
+        assert!(matches!(encode(&big), Err(EncodeError::TooLarge(_))));
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let mut frame = encode(&Request::Ping { nonce: 1 }).expect("encodes");
+        frame[HEADER_LEN] = 99;
+        assert_eq!(decode::<Request>(&frame), Err(DecodeError::UnknownVersion(99)));
+    }
+
+    #[test]
+    fn limits_are_enforced_on_decode() {
+        // An echo payload just over the limit still fits a frame, so validation must catch it.
+        let req = Request::Echo { payload: vec![1; MAX_ECHO_LEN + 1] };
+        let frame = encode(&req).expect("fits in a frame");
+        assert!(matches!(decode::<Request>(&frame), Err(DecodeError::Malformed(_))));
+        let mut frame = encode(&Request::Ping { nonce: 1 }).expect("encodes");
+        frame.push(0);
+        assert!(decode::<Request>(&frame).is_err());
+    }
+}
