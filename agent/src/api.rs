@@ -1,0 +1,201 @@
+//! The control API (axum), served on a management address that is never the P2P socket.
+//!
+//! Routes:
+//! - `GET /metrics`: Prometheus text.
+//! - `GET /status`: JSON [`Status`].
+//! - `GET /peers`: JSON list of contacts, best-scoring first.
+//! - `POST /connect {"node_id": "...", "fresh": true}`: connects by NodeId (looking it up if
+//!   needed) and returns `{node_id, mode, elapsed_ms}`, or an error with a reason.
+//! - `POST /tasks {"paused": bool}`: pauses or resumes the task loop.
+//! - `GET|PUT /impairment {"loss_pct", "delay_ms", "jitter_ms"}`: userspace impairment on
+//!   the P2P socket (the lab's fallback where the kernel has no netem).
+//!
+//! Every handler talks to the driver through its bounded channel; the API holds no state of
+//! its own beyond a limit on concurrent connects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chaosnet_proto::{Command, NodeId, TaskOutcome};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::driver::{Input, PeerStatus, Status};
+use crate::socket::{Impairment, SocketHandle};
+
+/// Concurrent `/connect` calls served; more wait.
+const MAX_CONCURRENT_CONNECTS: usize = 64;
+/// Longest a `/connect` may take before the API gives up on it.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Shared state of the handlers.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    inputs: mpsc::Sender<Input>,
+    socket: SocketHandle,
+    connects: Arc<Semaphore>,
+}
+
+impl ApiState {
+    /// State over the driver's channel and the P2P socket.
+    pub fn new(inputs: mpsc::Sender<Input>, socket: SocketHandle) -> ApiState {
+        ApiState { inputs, socket, connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)) }
+    }
+}
+
+/// The router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/peers", get(peers))
+        .route("/connect", post(connect))
+        .route("/tasks", post(tasks))
+        .route("/impairment", get(get_impairment).put(put_impairment))
+        .with_state(state)
+}
+
+/// An error body: `{"error": "...", "reason": "..."}`.
+#[derive(Debug, Serialize)]
+struct ApiError {
+    error: String,
+    reason: &'static str,
+}
+
+fn error(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response {
+    (status, Json(ApiError { error: msg.into(), reason })).into_response()
+}
+
+async fn ask<T>(state: &ApiState, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    if state.inputs.send(make(tx)).await.is_err() {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the agent is shutting down"));
+    }
+    rx.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the agent is shutting down"))
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    match ask(&state, Input::Metrics).await {
+        Ok(text) => ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Err(e) => e,
+    }
+}
+
+async fn status(State(state): State<ApiState>) -> Result<Json<Status>, Response> {
+    ask(&state, Input::Status).await.map(Json)
+}
+
+async fn peers(State(state): State<ApiState>) -> Result<Json<Vec<PeerStatus>>, Response> {
+    ask(&state, Input::Peers).await.map(Json)
+}
+
+/// Body of `POST /connect`.
+#[derive(Debug, Deserialize)]
+struct ConnectBody {
+    node_id: String,
+    /// Open a new connection even if one exists. Default true, so the answer measures a real
+    /// connection attempt.
+    #[serde(default = "yes")]
+    fresh: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Answer of `POST /connect`.
+#[derive(Debug, Serialize)]
+struct ConnectAnswer {
+    node_id: String,
+    mode: &'static str,
+    elapsed_ms: f64,
+}
+
+async fn connect(State(state): State<ApiState>, body: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    let peer: NodeId = match body.node_id.parse() {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
+    };
+    let Ok(_permit) = state.connects.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the agent is shutting down");
+    };
+    let command = Command::Connect { peer, fresh: body.fresh };
+    let result = match tokio::time::timeout(CONNECT_DEADLINE, ask(&state, |reply| Input::Command { command, reply })).await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return e,
+        Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "timeout", "connect did not finish in 60 s"),
+    };
+    let elapsed_ms = result.elapsed.as_secs_f64() * 1000.0;
+    match (result.outcome, result.mode) {
+        (TaskOutcome::Ok, Some(mode)) => {
+            Json(ConnectAnswer { node_id: peer.to_hex(), mode: mode.as_str(), elapsed_ms }).into_response()
+        }
+        (outcome, _) => {
+            let status = match outcome {
+                TaskOutcome::NotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            (
+                status,
+                Json(serde_json::json!({
+                    "error": format!("cannot connect to {}", peer.short()),
+                    "reason": outcome.as_str(),
+                    "elapsed_ms": elapsed_ms,
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Body of `POST /tasks`.
+#[derive(Debug, Deserialize)]
+struct TasksBody {
+    paused: bool,
+}
+
+async fn tasks(State(state): State<ApiState>, Json(body): Json<TasksBody>) -> Response {
+    if state.inputs.send(Input::PauseTasks(body.paused)).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the agent is shutting down");
+    }
+    Json(serde_json::json!({ "paused": body.paused })).into_response()
+}
+
+/// Wire form of [`Impairment`].
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct ImpairmentBody {
+    loss_pct: f64,
+    delay_ms: u64,
+    jitter_ms: u64,
+}
+
+async fn get_impairment(State(state): State<ApiState>) -> Json<ImpairmentBody> {
+    let i = state.socket.impairment();
+    Json(ImpairmentBody { loss_pct: i.loss_pct, delay_ms: i.delay_ms, jitter_ms: i.jitter_ms })
+}
+
+async fn put_impairment(
+    State(state): State<ApiState>,
+    body: Result<Json<ImpairmentBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    let imp = Impairment { loss_pct: body.loss_pct, delay_ms: body.delay_ms, jitter_ms: body.jitter_ms };
+    match state.socket.set_impairment(imp) {
+        Ok(()) => Json(body).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_impairment", e.to_string()),
+    }
+}

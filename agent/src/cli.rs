@@ -1,0 +1,340 @@
+//! Command line of `chaosnet-agent`: argument parsing and wiring of the shell.
+//!
+//! `main` only calls [`main`], which returns the process exit code: 0 on a clean stop,
+//! 1 when the agent failed while running, 2 when its configuration or environment is wrong
+//! (bad flag, unreadable key, locked data dir...). Errors are printed once, with their causes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use chaosnet_proto::node::TaskWeights;
+use chaosnet_proto::{Node, NodeConfig, NodeId};
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::mpsc;
+
+use crate::api::{self, ApiState};
+use crate::driver::{Clock, Driver, INPUT_CAPACITY};
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::socket::{self, ChaosSocket};
+use crate::store::GraphStore;
+use crate::tls::{self, NetworkId, NetworkKey};
+use crate::transport::{Transport, TransportTimeouts};
+
+/// The chaosnet P2P agent: a peer and a relay over QUIC.
+///
+/// Every agent keeps a Kademlia node graph in RocksDB, runs weighted random tasks (ping,
+/// lookup, connect, echo) in a loop, and serves a control API with Prometheus metrics on a
+/// management address that peers cannot reach.
+#[derive(Debug, Parser)]
+#[command(name = "chaosnet-agent", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the agent until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Create the node key in the data dir and print its NodeId.
+    Keygen {
+        /// Directory holding node.key.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Replace an existing key (the node gets a new identity).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the NodeId of the key in the data dir.
+    Id {
+        /// Directory holding node.key.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Print base32 instead of hex.
+        #[arg(long)]
+        base32: bool,
+    },
+}
+
+/// `chaosnet-agent run` flags. The first seven are the stable contract used by the
+/// controller and documented in the README.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Network to join: mainnet, testnet or private:<name>. Nodes of different networks
+    /// refuse each other during the handshake.
+    #[arg(long, value_name = "ID")]
+    network: String,
+    /// Pre-shared key file of a private network (64 hex chars; optional "not-after: <unix
+    /// seconds>"). Repeat for key rotation: the first is current, all unexpired are accepted.
+    #[arg(long = "network-key-file", value_name = "FILE")]
+    network_key_files: Vec<PathBuf>,
+    /// UDP address of the P2P socket.
+    #[arg(long, value_name = "IP:PORT")]
+    listen: SocketAddr,
+    /// Bootstrap node, as <node_id>@<ip:port>. Repeatable.
+    #[arg(long = "seed", value_name = "ID@IP:PORT")]
+    seeds: Vec<String>,
+    /// Directory for node.key and the node graph (created if missing).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Control API address: <ip:port> or unix:<path>. Never the P2P socket.
+    #[arg(long, value_name = "ADDR")]
+    api: String,
+    /// Autonomous tasks per second (Poisson). 0 disables the loop.
+    #[arg(long, default_value_t = 1.0, value_name = "R")]
+    task_rate: f64,
+    /// Seed of the core's random choices; random if not given (and logged).
+    #[arg(long, value_name = "N")]
+    rng_seed: Option<u64>,
+    /// Task weights as ping,lookup,connect,echo.
+    #[arg(long, default_value = "4,3,2,1", value_name = "P,L,C,E")]
+    task_weights: String,
+    /// Payload of the echo task in bytes.
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    echo_bytes: usize,
+    /// Mean idle-bucket refresh period (±50% jitter).
+    #[arg(long, default_value_t = 3_600_000, value_name = "MS")]
+    bucket_refresh_ms: u64,
+    /// Interval of node-graph GC (pinging the oldest contacts of full buckets).
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    gc_interval_ms: u64,
+    /// Connections kept open; the lowest-scoring idle ones are closed beyond it.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_connections: usize,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+/// Parses the command line and runs; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        Cmd::Keygen { data_dir, force } => report(keygen(&data_dir, force), 2),
+        Cmd::Id { data_dir, base32 } => report(print_id(&data_dir, base32), 2),
+        Cmd::Run(args) => {
+            init_tracing(&args.log_format);
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return report(Err(anyhow::Error::new(e).context("cannot start the runtime")), 1),
+            };
+            runtime.block_on(run(args))
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>, code: u8) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chaosnet-agent: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn keygen(data_dir: &Path, force: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let id = Identity::generate()?;
+    id.save(&data_dir.join("node.key"), force)?;
+    println!("{}", id.node_id());
+    Ok(())
+}
+
+fn print_id(data_dir: &Path, base32: bool) -> anyhow::Result<()> {
+    let id = Identity::load(&data_dir.join("node.key"))?;
+    let node = id.node_id();
+    println!("{}", if base32 { node.to_base32() } else { node.to_hex() });
+    Ok(())
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHAOSNET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    // JSON logs are one object per line, for log shippers; text is for people.
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+fn parse_seed(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
+    let (id, addr) = s.split_once('@').with_context(|| format!("--seed {s:?}: expected <node_id>@<ip:port>"))?;
+    let id: NodeId = id.parse().with_context(|| format!("--seed {s:?}: bad node id"))?;
+    let addr: SocketAddr = addr.parse().with_context(|| format!("--seed {s:?}: bad address"))?;
+    Ok((id, addr))
+}
+
+fn parse_weights(s: &str) -> anyhow::Result<TaskWeights> {
+    let parts: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--task-weights {s:?}: expected four whole numbers"))?;
+    let [ping, lookup, connect, echo] = parts[..] else {
+        bail!("--task-weights {s:?}: expected four numbers: ping,lookup,connect,echo");
+    };
+    Ok(TaskWeights { ping, lookup, connect, echo })
+}
+
+/// Where the API listens.
+enum ApiAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+fn parse_api(s: &str) -> anyhow::Result<ApiAddr> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            bail!("--api unix: needs a path");
+        }
+        return Ok(ApiAddr::Unix(PathBuf::from(path)));
+    }
+    let addr: SocketAddr = s.parse().with_context(|| format!("--api {s:?}: expected <ip:port> or unix:<path>"))?;
+    Ok(ApiAddr::Tcp(addr))
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    // Everything that can fail happens during setup (configuration, key, store, sockets),
+    // so failures are configuration or environment errors: exit code 2.
+    report(setup_and_run(args).await, 2)
+}
+
+async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = |e: anyhow::Error| e;
+    let network: NetworkId = args.network.parse().map_err(|e| cfg(anyhow::Error::new(e).context("--network")))?;
+    let mut keys = Vec::new();
+    for f in &args.network_key_files {
+        keys.push(NetworkKey::load(f).map_err(|e| cfg(e.into()))?);
+    }
+    if network.is_private() && keys.is_empty() {
+        return Err(cfg(anyhow::anyhow!("--network {network} is private: give at least one --network-key-file")));
+    }
+    if !network.is_private() && !keys.is_empty() {
+        return Err(cfg(anyhow::anyhow!("--network-key-file is only for private:<name> networks")));
+    }
+    let seeds: Vec<(NodeId, SocketAddr)> =
+        args.seeds.iter().map(|s| parse_seed(s)).collect::<anyhow::Result<_>>().map_err(cfg)?;
+    let weights = parse_weights(&args.task_weights).map_err(cfg)?;
+    if !(args.task_rate >= 0.0 && args.task_rate.is_finite()) {
+        return Err(cfg(anyhow::anyhow!("--task-rate must be a number >= 0")));
+    }
+    let api_addr = parse_api(&args.api).map_err(cfg)?;
+    if let ApiAddr::Tcp(a) = &api_addr {
+        if *a == args.listen || (a.port() == args.listen.port() && a.ip().is_unspecified()) {
+            return Err(cfg(anyhow::anyhow!("--api must not be the P2P socket ({})", args.listen)));
+        }
+    }
+
+    let (identity, created) = Identity::load_or_create(&args.data_dir).map_err(|e| cfg(e.into()))?;
+    let me = identity.node_id();
+    let store = GraphStore::open(&args.data_dir.join("graph"), me).map_err(|e| cfg(e.into()))?;
+    let report = store.load().map_err(|e| cfg(e.into()))?;
+    if report.skipped_corrupt > 0 {
+        tracing::warn!(skipped = report.skipped_corrupt, "skipped corrupt node graph records");
+    }
+    let rng_seed = args.rng_seed.unwrap_or_else(rand::random);
+    tracing::info!(node_id = %me, created_key = created, network = %network, listen = %args.listen,
+        restored = report.contacts.len(), rng_seed, "starting");
+
+    let metrics = Arc::new(Metrics::new(&network.to_string()));
+    let (socket, socket_handle) =
+        ChaosSocket::bind(args.listen, rng_seed).with_context(|| format!("cannot bind UDP {}", args.listen)).map_err(cfg)?;
+    let listen = socket_handle.local_addr().unwrap_or(args.listen);
+    let server = tls::server_config(&identity, &network).map_err(|e| cfg(e.into()))?;
+    let endpoint = socket::endpoint(socket, Some(server)).context("cannot start QUIC").map_err(cfg)?;
+
+    let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
+    let transport = Transport::new(
+        endpoint,
+        &identity,
+        network.clone(),
+        keys,
+        vec![listen],
+        tx.clone(),
+        metrics.clone(),
+        TransportTimeouts::default(),
+    )
+    .map_err(|e| cfg(e.into()))?;
+
+    let mut node_cfg = NodeConfig::new(me);
+    node_cfg.listen_addrs = vec![listen];
+    node_cfg.seeds = seeds;
+    node_cfg.rng_seed = rng_seed;
+    node_cfg.task_rate_per_s = args.task_rate;
+    node_cfg.task_weights = weights;
+    node_cfg.echo_bytes = args.echo_bytes;
+    node_cfg.bucket_refresh_ms = args.bucket_refresh_ms;
+    node_cfg.gc_interval_ms = args.gc_interval_ms;
+    node_cfg.max_connections = args.max_connections;
+    let node = Node::new(node_cfg, report.contacts);
+
+    let app = api::router(ApiState::new(tx.clone(), socket_handle.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api_task = match api_addr {
+        ApiAddr::Tcp(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --api {addr}"))
+                .map_err(cfg)?;
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+            })
+        }
+        ApiAddr::Unix(path) => {
+            // A stale socket file from a killed agent would make bind fail.
+            let _ = std::fs::remove_file(&path);
+            let l = tokio::net::UnixListener::bind(&path)
+                .with_context(|| format!("cannot listen on --api unix:{}", path.display()))
+                .map_err(cfg)?;
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+            })
+        }
+    };
+    tokio::spawn(transport.clone().accept_loop());
+    drop(stop_rx);
+
+    let driver = Driver::new(node, Clock::new(), transport, store, metrics, socket_handle, network.to_string(), tx, rx);
+    driver.run(shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    let _ = api_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

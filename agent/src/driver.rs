@@ -1,0 +1,409 @@
+//! The driver: one task that owns the core and feeds it.
+//!
+//! It follows [`chaosnet_proto::Node`]'s contract: every input (a connection event, an
+//! inbound request, a response, an API command, a timer) goes into the core, then the driver
+//! drains the core's outputs and carries them out. Network work is spawned onto the
+//! [`Transport`] and comes back as another [`Input`]. Graph changes are written to RocksDB in
+//! one batch per drain. Everything arrives through one bounded channel, so the core needs no
+//! lock and sees inputs in one order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chaosnet_proto::node::InboundId;
+use chaosnet_proto::{
+    Command, CommandId, CommandResult, ConnMode, Connected, Event, Failure, GraphChange, Node, NodeId, Output,
+    RequestId, Response, Time,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::socket::{SocketHandle, SocketStats};
+use crate::store::GraphStore;
+use crate::transport::Transport;
+
+/// Capacity of the driver's input channel. Senders wait when it is full, which pushes back
+/// on the transport rather than growing memory.
+pub const INPUT_CAPACITY: usize = 1024;
+
+/// Everything that can happen to the driver.
+#[derive(Debug)]
+pub enum Input {
+    /// A connection is up and authenticated.
+    ConnUp {
+        /// The peer.
+        peer: NodeId,
+        /// Its address on the connection.
+        remote: SocketAddr,
+        /// How it was made.
+        mode: ConnMode,
+    },
+    /// A connection closed.
+    ConnDown {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A peer asks something.
+    Request {
+        /// The peer.
+        from: NodeId,
+        /// What it asks.
+        request: chaosnet_proto::Request,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Response>,
+    },
+    /// The result of an outbound request.
+    Response {
+        /// The core's id.
+        id: RequestId,
+        /// The answer or why there is none.
+        result: Result<Response, Failure>,
+    },
+    /// The result of a connect.
+    ConnectResult {
+        /// The core's id.
+        id: RequestId,
+        /// The connection or why there is none.
+        result: Result<Connected, Failure>,
+    },
+    /// A command from the control API.
+    Command {
+        /// What to do.
+        command: Command,
+        /// Where the result goes.
+        reply: oneshot::Sender<CommandResult>,
+    },
+    /// Pause or resume the task loop.
+    PauseTasks(bool),
+    /// A status snapshot.
+    Status(oneshot::Sender<Status>),
+    /// The contact list.
+    Peers(oneshot::Sender<Vec<PeerStatus>>),
+    /// The metrics text, with state gauges refreshed.
+    Metrics(oneshot::Sender<String>),
+}
+
+/// One connection in [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnStatus {
+    /// Peer id (hex).
+    pub node_id: String,
+    /// direct | punched | relayed
+    pub mode: &'static str,
+    /// Smoothed RTT, if measured.
+    pub rtt_ms: Option<f64>,
+    /// The peer's address on the connection.
+    pub remote: String,
+}
+
+/// What `GET /status` returns.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// This node's id (hex).
+    pub node_id: String,
+    /// The network id.
+    pub network: String,
+    /// Addresses the P2P socket listens on.
+    pub listen_addrs: Vec<String>,
+    /// Addresses peers see us at.
+    pub observed_addrs: Vec<String>,
+    /// Self-classified NAT type.
+    pub nat_type: &'static str,
+    /// Whether bootstrap completed.
+    pub joined: bool,
+    /// Contacts in buckets.
+    pub contacts: usize,
+    /// Contacts waiting for a bucket slot.
+    pub pending: usize,
+    /// Open connections.
+    pub connections: Vec<ConnStatus>,
+    /// Contacts per non-empty bucket.
+    pub buckets: BTreeMap<usize, usize>,
+    /// Whether the task loop is paused.
+    pub tasks_paused: bool,
+    /// Requests and connects in flight.
+    pub inflight: usize,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Agent version.
+    pub version: &'static str,
+    /// UDP socket counters.
+    pub socket: SocketStats,
+}
+
+/// One contact in `GET /peers`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    /// Peer id (hex).
+    pub node_id: String,
+    /// Known addresses, most recent first.
+    pub addrs: Vec<String>,
+    /// How we last connected.
+    pub mode: &'static str,
+    /// NAT type it advertised.
+    pub nat_type: &'static str,
+    /// Whether a connection is open now.
+    pub connected: bool,
+    /// Smoothed RTT, if measured.
+    pub rtt_ms: Option<f64>,
+    /// Requests it answered.
+    pub successes: u32,
+    /// Requests to it that failed.
+    pub failures: u32,
+    /// Last time it answered, Unix milliseconds.
+    pub last_seen_unix_ms: u64,
+    /// Peer-choice score (higher is better).
+    pub score: f64,
+}
+
+/// Maps the core's [`Time`] (microseconds since the Unix epoch, so persisted times stay
+/// meaningful across restarts) to tokio's monotonic clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    start: Instant,
+    start_unix_us: u64,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Clock {
+        let start_unix_us =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        Clock { start: Instant::now(), start_unix_us }
+    }
+
+    /// The core's current time.
+    pub fn now(&self) -> Time {
+        Time(self.start_unix_us) + self.start.elapsed()
+    }
+
+    /// The tokio instant of core time `t`.
+    pub fn instant(&self, t: Time) -> Instant {
+        self.start + Duration::from_micros(t.0.saturating_sub(self.start_unix_us))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// The driver task's state.
+pub struct Driver {
+    node: Node,
+    clock: Clock,
+    transport: Transport,
+    store: GraphStore,
+    metrics: Arc<Metrics>,
+    socket: SocketHandle,
+    network: String,
+    inputs_tx: mpsc::Sender<Input>,
+    inputs: mpsc::Receiver<Input>,
+    inbound: HashMap<InboundId, oneshot::Sender<Response>>,
+    commands: HashMap<CommandId, oneshot::Sender<CommandResult>>,
+    next_inbound: u64,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("node", &self.node.id()).finish()
+    }
+}
+
+impl Driver {
+    /// A driver around a started-to-be node.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: Node,
+        clock: Clock,
+        transport: Transport,
+        store: GraphStore,
+        metrics: Arc<Metrics>,
+        socket: SocketHandle,
+        network: String,
+        inputs_tx: mpsc::Sender<Input>,
+        inputs: mpsc::Receiver<Input>,
+    ) -> Driver {
+        Driver {
+            node,
+            clock,
+            transport,
+            store,
+            metrics,
+            socket,
+            network,
+            inputs_tx,
+            inputs,
+            inbound: HashMap::new(),
+            commands: HashMap::new(),
+            next_inbound: 0,
+        }
+    }
+
+    /// Runs until `shutdown` resolves or every input sender is gone.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        self.node.start(self.clock.now());
+        loop {
+            self.drain();
+            let wake = self.node.poll_timeout().map(|t| self.clock.instant(t));
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                input = self.inputs.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => break,
+                },
+                _ = sleep => self.node.handle_timeout(self.clock.now()),
+            }
+        }
+        self.drain();
+        self.transport.shutdown();
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = self.clock.now();
+        match input {
+            Input::ConnUp { peer, remote, mode } => self.node.handle_connection_up(now, peer, remote, mode),
+            Input::ConnDown { peer } => self.node.handle_connection_down(now, peer),
+            Input::Request { from, request, reply } => {
+                self.next_inbound += 1;
+                let id = InboundId(self.next_inbound);
+                self.inbound.insert(id, reply);
+                self.node.handle_request(now, from, id, request);
+            }
+            Input::Response { id, result } => self.node.handle_response(now, id, result),
+            Input::ConnectResult { id, result } => self.node.handle_connect_result(now, id, result),
+            Input::Command { command, reply } => {
+                let id = self.node.command(now, command);
+                self.commands.insert(id, reply);
+            }
+            Input::PauseTasks(p) => self.node.set_tasks_paused(p),
+            Input::Status(tx) => {
+                let _ = tx.send(self.status());
+            }
+            Input::Peers(tx) => {
+                let _ = tx.send(self.peers());
+            }
+            Input::Metrics(tx) => {
+                self.metrics.observe_state(&self.node, self.socket.stats());
+                let _ = tx.send(self.metrics.encode());
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut changes: Vec<GraphChange> = Vec::new();
+        while let Some(out) = self.node.poll_output() {
+            match out {
+                Output::Request { id, peer, addrs, request } => {
+                    let (t, tx) = (self.transport.clone(), self.inputs_tx.clone());
+                    tokio::spawn(async move {
+                        let result = t.request(peer, addrs, request).await;
+                        let _ = tx.send(Input::Response { id, result }).await;
+                    });
+                }
+                Output::Connect { id, peer, addrs, fresh } => {
+                    let (t, tx) = (self.transport.clone(), self.inputs_tx.clone());
+                    tokio::spawn(async move {
+                        let result = t.connect(peer, addrs, fresh).await;
+                        let _ = tx.send(Input::ConnectResult { id, result }).await;
+                    });
+                }
+                Output::Respond { inbound, response } => {
+                    if let Some(tx) = self.inbound.remove(&inbound) {
+                        let _ = tx.send(response);
+                    }
+                }
+                Output::Disconnect { peer } => self.transport.disconnect(&peer),
+                Output::Persist(change) => changes.push(change),
+                Output::Event(event) => {
+                    self.metrics.record(&event);
+                    match event {
+                        Event::CommandFinished { id, result } => {
+                            if let Some(tx) = self.commands.remove(&id) {
+                                let _ = tx.send(result);
+                            }
+                        }
+                        Event::Joined => tracing::info!(target: "chaosnet::_events::joined", contacts = self.node.graph().len(), "joined"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if !changes.is_empty() {
+            if let Err(e) = self.store.apply(&changes) {
+                self.metrics.store_error();
+                tracing::warn!(error = %e, "node graph write failed");
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let now = self.clock.now();
+        let mut connections: Vec<ConnStatus> = self
+            .node
+            .connections()
+            .map(|(id, c)| ConnStatus {
+                node_id: id.to_hex(),
+                mode: c.mode.as_str(),
+                rtt_ms: self.node.graph().get(id).and_then(|k| k.srtt_us).map(|us| us as f64 / 1000.0),
+                remote: c.remote.to_string(),
+            })
+            .collect();
+        connections.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let buckets = self.node.graph().fill().into_iter().enumerate().filter(|(_, n)| *n > 0).collect();
+        Status {
+            node_id: self.node.id().to_hex(),
+            network: self.network.clone(),
+            listen_addrs: self.node.config().listen_addrs.iter().map(|a| a.to_string()).collect(),
+            observed_addrs: self.node.observed_addrs().iter().map(|a| a.to_string()).collect(),
+            nat_type: self.node.nat_type().as_str(),
+            joined: self.node.joined(),
+            contacts: self.node.graph().len(),
+            pending: self.node.graph().pending_len(),
+            connections,
+            buckets,
+            tasks_paused: self.node.tasks_paused(),
+            inflight: self.node.inflight(),
+            uptime_s: now.since(self.clock.now() - self.clock.start.elapsed()).as_secs(),
+            version: env!("CARGO_PKG_VERSION"),
+            socket: self.socket.stats(),
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerStatus> {
+        let now = self.clock.now();
+        let connected: std::collections::HashSet<NodeId> = self.node.connections().map(|(id, _)| *id).collect();
+        let mut out: Vec<PeerStatus> = self
+            .node
+            .graph()
+            .iter()
+            .map(|c| PeerStatus {
+                node_id: c.id.to_hex(),
+                addrs: c.addrs.iter().map(|a| a.to_string()).collect(),
+                mode: c.mode.as_str(),
+                nat_type: c.nat.as_str(),
+                connected: connected.contains(&c.id),
+                rtt_ms: c.srtt_us.map(|us| us as f64 / 1000.0),
+                successes: c.successes,
+                failures: c.failures,
+                last_seen_unix_ms: c.last_seen.as_millis(),
+                score: c.score(now),
+            })
+            .collect();
+        out.sort_by(|a, b| b.score.total_cmp(&a.score));
+        out
+    }
+}

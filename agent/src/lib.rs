@@ -1,0 +1,20 @@
+//! The chaosnet agent: the tokio + quinn shell around the sans-io [`chaosnet_proto`] core.
+//!
+//! Module map:
+//! - [`identity`]: the node's Ed25519 key on disk; NodeId = public key.
+//! - [`tls`]: rustls configs bound to that key, ALPN per network, private-network proofs.
+//! - [`socket`]: the `AsyncUdpSocket` seam under quinn (impairments, probe packets, counters).
+//! - [`store`]: the node graph persisted in RocksDB.
+//!
+//! The shell owns no protocol decisions: it feeds inputs to the core and carries out its
+//! outputs. Everything here touches the world; nothing in `chaosnet_proto` does.
+
+pub mod api;
+pub mod cli;
+pub mod driver;
+pub mod identity;
+pub mod metrics;
+pub mod socket;
+pub mod store;
+pub mod tls;
+pub mod transport;

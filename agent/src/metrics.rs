@@ -1,0 +1,437 @@
+//! Prometheus metrics of the agent, recorded at the edge from core events.
+//!
+//! One [`Metrics`] value owns a `prometheus-client` registry. The driver feeds it every
+//! [`Event`] the core emits ([`Metrics::record`]) and refreshes the gauges that describe
+//! state (graph size, connections, socket counters) just before each scrape
+//! ([`Metrics::observe_state`]). Labels are bounded enums: mode, outcome, reason, task,
+//! direction. Node ids never appear in labels.
+//!
+//! It does not serve HTTP; the `api` module does.
+
+use chaosnet_proto::graph::RoutingTable;
+use chaosnet_proto::{ConnMode, Event, Node, TaskOutcome};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::socket::SocketStats;
+
+/// Label set with one `mode` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// direct | punched | relayed
+    pub mode: String,
+}
+
+/// Label set of task outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// ping | lookup | connect | echo
+    pub task: String,
+    /// ok | timeout | unreachable | refused | protocol | busy | not_found | no_peers | skipped
+    pub outcome: String,
+}
+
+/// Label set with one `task` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskOnly {
+    /// ping | lookup | connect | echo
+    pub task: String,
+}
+
+/// Label set with one `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A bounded reason string chosen by the recording site.
+    pub reason: String,
+}
+
+/// Label set with one `direction` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// in | out
+    pub direction: Direction,
+}
+
+/// Traffic direction.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    /// Received.
+    r#in,
+    /// Sent.
+    out,
+}
+
+/// Label set with one `fill` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FillLabels {
+    /// empty | partial | full
+    pub fill: String,
+}
+
+/// Label set of lookups.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    /// found | not_found
+    pub outcome: String,
+}
+
+/// Label set of the info gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    /// The network id.
+    pub network: String,
+    /// The agent's version.
+    pub version: String,
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections_opened: Family<ModeLabels, Counter>,
+    connections: Family<ModeLabels, Gauge>,
+    connections_pruned: Counter,
+    tasks: Family<TaskLabels, Counter>,
+    task_duration: Family<TaskOnly, Histogram>,
+    rtt: Histogram,
+    lookups: Family<LookupLabels, Counter>,
+    lookup_hops: Histogram,
+    lookup_duration: Histogram,
+    contacts: Gauge,
+    pending: Gauge,
+    buckets: Family<FillLabels, Gauge>,
+    evictions: Counter,
+    contacts_added: Counter,
+    refusals: Family<ReasonLabels, Counter>,
+    decode_errors: Family<ReasonLabels, Counter>,
+    request_failures: Family<ReasonLabels, Counter>,
+    inbound_refused: Counter,
+    bytes: Family<DirectionLabels, Counter>,
+    datagrams: Family<DirectionLabels, Counter>,
+    datagrams_dropped: Family<ReasonLabels, Counter>,
+    store_errors: Counter,
+    joined: Gauge,
+    inflight: Gauge,
+    observed_addrs: Gauge,
+    last_socket: std::sync::Mutex<SocketStats>,
+}
+
+impl Metrics {
+    /// A fresh registry for an agent on `network`.
+    pub fn new(network: &str) -> Metrics {
+        let mut registry = Registry::with_prefix("chaosnet");
+        let connections_opened = Family::<ModeLabels, Counter>::default();
+        registry.register(
+            "connections_opened",
+            "Connections established, by how they were made",
+            connections_opened.clone(),
+        );
+        let connections = Family::<ModeLabels, Gauge>::default();
+        registry.register("connections", "Open connections, by how they were made", connections.clone());
+        let connections_pruned = Counter::default();
+        registry.register(
+            "connections_pruned",
+            "Connections closed to keep the best-scoring peers (low RTT, high uptime)",
+            connections_pruned.clone(),
+        );
+        let tasks = Family::<TaskLabels, Counter>::default();
+        registry.register("tasks", "Autonomous tasks finished, by task and outcome", tasks.clone());
+        let task_duration = Family::<TaskOnly, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register_with_unit(
+            "task_duration",
+            "Duration of autonomous tasks",
+            Unit::Seconds,
+            task_duration.clone(),
+        );
+        let rtt = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register_with_unit("rtt", "Round-trip time of answered requests", Unit::Seconds, rtt.clone());
+        let lookups = Family::<LookupLabels, Counter>::default();
+        registry.register("lookups", "Iterative lookups finished, by outcome", lookups.clone());
+        let lookup_hops = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0].into_iter());
+        registry.register("lookup_hops", "Rounds of the deepest node a lookup queried", lookup_hops.clone());
+        let lookup_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register_with_unit(
+            "lookup_duration",
+            "Duration of iterative lookups",
+            Unit::Seconds,
+            lookup_duration.clone(),
+        );
+        let contacts = Gauge::default();
+        registry.register("node_graph_contacts", "Contacts in the node graph's buckets", contacts.clone());
+        let pending = Gauge::default();
+        registry.register("node_graph_pending", "Contacts waiting for a slot in a full bucket", pending.clone());
+        let buckets = Family::<FillLabels, Gauge>::default();
+        registry.register("node_graph_buckets", "Buckets by fill (empty, partial, full)", buckets.clone());
+        let evictions = Counter::default();
+        registry.register("node_graph_evictions", "Contacts evicted by GC or staleness", evictions.clone());
+        let contacts_added = Counter::default();
+        registry.register("node_graph_insertions", "Contacts inserted into a bucket", contacts_added.clone());
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "handshake_refusals",
+            "Connections refused, by reason (wrong_network, bad_key, identity_mismatch, missing_proof)",
+            refusals.clone(),
+        );
+        let decode_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "decode_errors",
+            "Frames that failed to decode, by reason; each closed its stream",
+            decode_errors.clone(),
+        );
+        let request_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register("request_failures", "Outbound requests that failed, by reason", request_failures.clone());
+        let inbound_refused = Counter::default();
+        registry.register("inbound_refused", "Inbound requests answered with an error", inbound_refused.clone());
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register_with_unit("udp", "UDP bytes on the P2P socket", Unit::Bytes, bytes.clone());
+        let datagrams = Family::<DirectionLabels, Counter>::default();
+        registry.register("udp_datagrams", "UDP datagrams on the P2P socket", datagrams.clone());
+        let datagrams_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "udp_datagrams_dropped",
+            "Datagrams dropped by the socket seam (garbage, impairment loss, full delay queue)",
+            datagrams_dropped.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register("store_errors", "Failed writes to the node graph store", store_errors.clone());
+        let joined = Gauge::default();
+        registry.register("joined", "1 once bootstrap completed", joined.clone());
+        let inflight = Gauge::default();
+        registry.register("requests_inflight", "Outbound requests and connects in flight", inflight.clone());
+        let observed_addrs = Gauge::default();
+        registry.register("observed_addresses", "Distinct addresses peers see this node at", observed_addrs.clone());
+        let info = Family::<InfoLabels, Gauge>::default();
+        info.get_or_create(&InfoLabels { network: network.to_string(), version: env!("CARGO_PKG_VERSION").into() })
+            .set(1);
+        registry.register("agent_info", "Constant 1, labelled with the agent's network and version", info);
+        Metrics {
+            registry,
+            connections_opened,
+            connections,
+            connections_pruned,
+            tasks,
+            task_duration,
+            rtt,
+            lookups,
+            lookup_hops,
+            lookup_duration,
+            contacts,
+            pending,
+            buckets,
+            evictions,
+            contacts_added,
+            refusals,
+            decode_errors,
+            request_failures,
+            inbound_refused,
+            bytes,
+            datagrams,
+            datagrams_dropped,
+            store_errors,
+            joined,
+            inflight,
+            observed_addrs,
+            last_socket: std::sync::Mutex::new(SocketStats::default()),
+        }
+    }
+
+    /// Records one core event.
+    pub fn record(&self, event: &Event) {
+        match event {
+            Event::Joined => {
+                self.joined.set(1);
+            }
+            Event::TaskFinished { kind, outcome, elapsed } => {
+                self.tasks
+                    .get_or_create(&TaskLabels { task: kind.as_str().into(), outcome: outcome.as_str().into() })
+                    .inc();
+                if !matches!(outcome, TaskOutcome::Skipped | TaskOutcome::NoPeers) {
+                    self.task_duration
+                        .get_or_create(&TaskOnly { task: kind.as_str().into() })
+                        .observe(elapsed.as_secs_f64());
+                }
+            }
+            Event::CommandFinished { .. } => {}
+            Event::LookupFinished { found, hops, elapsed, .. } => {
+                let outcome = if *found { "found" } else { "not_found" };
+                self.lookups.get_or_create(&LookupLabels { outcome: outcome.into() }).inc();
+                self.lookup_hops.observe(f64::from(*hops));
+                self.lookup_duration.observe(elapsed.as_secs_f64());
+            }
+            Event::Rtt { rtt } => self.rtt.observe(rtt.as_secs_f64()),
+            Event::RequestFailed { failure } => {
+                self.request_failures.get_or_create(&ReasonLabels { reason: failure.as_str().into() }).inc();
+            }
+            Event::ContactAdded => {
+                self.contacts_added.inc();
+            }
+            Event::ContactPending => {}
+            Event::ContactEvicted => {
+                self.evictions.inc();
+            }
+            Event::ConnectionPruned => {
+                self.connections_pruned.inc();
+            }
+            Event::InboundRefused { .. } => {
+                self.inbound_refused.inc();
+            }
+        }
+    }
+
+    /// Counts a new connection.
+    pub fn connection_opened(&self, mode: ConnMode) {
+        self.connections_opened.get_or_create(&ModeLabels { mode: mode.as_str().into() }).inc();
+    }
+
+    /// Counts a refused handshake or membership check.
+    pub fn refusal(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+
+    /// Counts a frame that failed to decode.
+    pub fn decode_error(&self, reason: &'static str) {
+        self.decode_errors.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+
+    /// Counts a failed store write.
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    /// Refreshes the state gauges from the core and the socket, just before a scrape.
+    pub fn observe_state(&self, node: &Node, socket: SocketStats) {
+        let table: &RoutingTable = node.graph();
+        self.contacts.set(table.len() as i64);
+        self.pending.set(table.pending_len() as i64);
+        let k = node.config().k;
+        let (mut empty, mut partial, mut full) = (0i64, 0i64, 0i64);
+        for n in table.fill() {
+            match n {
+                0 => empty += 1,
+                n if n >= k => full += 1,
+                _ => partial += 1,
+            }
+        }
+        for (fill, v) in [("empty", empty), ("partial", partial), ("full", full)] {
+            self.buckets.get_or_create(&FillLabels { fill: fill.into() }).set(v);
+        }
+        let mut by_mode = [0i64; 3];
+        for (_, c) in node.connections() {
+            by_mode[c.mode as usize] += 1;
+        }
+        for (i, mode) in [ConnMode::Direct, ConnMode::Punched, ConnMode::Relayed].into_iter().enumerate() {
+            self.connections.get_or_create(&ModeLabels { mode: mode.as_str().into() }).set(by_mode[i]);
+        }
+        self.joined.set(i64::from(node.joined()));
+        self.inflight.set(node.inflight() as i64);
+        self.observed_addrs.set(node.observed_addrs().len() as i64);
+        self.socket_counters(socket);
+    }
+
+    /// Advances the socket counters to `now` (they are cumulative in the socket).
+    fn socket_counters(&self, now: SocketStats) {
+        let Ok(mut last) = self.last_socket.lock() else { return };
+        let d = |new: u64, old: u64| new.saturating_sub(old);
+        self.bytes.get_or_create(&DirectionLabels { direction: Direction::r#in }).inc_by(d(now.rx_bytes, last.rx_bytes));
+        self.bytes.get_or_create(&DirectionLabels { direction: Direction::out }).inc_by(d(now.tx_bytes, last.tx_bytes));
+        self.datagrams
+            .get_or_create(&DirectionLabels { direction: Direction::r#in })
+            .inc_by(d(now.rx_datagrams, last.rx_datagrams));
+        self.datagrams
+            .get_or_create(&DirectionLabels { direction: Direction::out })
+            .inc_by(d(now.tx_datagrams, last.tx_datagrams));
+        for (reason, new, old) in [
+            ("garbage", now.rx_garbage, last.rx_garbage),
+            ("loss_rx", now.dropped_loss_rx, last.dropped_loss_rx),
+            ("loss_tx", now.dropped_loss_tx, last.dropped_loss_tx),
+            ("queue_full", now.dropped_queue_full, last.dropped_queue_full),
+        ] {
+            self.datagrams_dropped.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(d(new, old));
+        }
+        *last = now;
+    }
+
+    /// The registry in the classic Prometheus text format (0.0.4), which `promtool check
+    /// metrics` and every scraper accept.
+    pub fn encode(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode_openmetrics())
+    }
+
+    /// The registry in OpenMetrics text format, as `prometheus-client` writes it.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; an error here would be an encoder bug.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::error!("metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// Converts OpenMetrics text to the classic Prometheus text format: counters are declared
+/// under their `_total` sample name, and the `# UNIT` and `# EOF` lines are dropped.
+/// prometheus-client only writes OpenMetrics; promtool 2.42 only checks the classic format.
+pub fn openmetrics_to_prometheus_text(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_declared_under_their_sample_names() {
+        let om = "# HELP chaosnet_x Things.\n# TYPE chaosnet_x counter\nchaosnet_x_total 3\n\
+                  # HELP chaosnet_d Dur.\n# TYPE chaosnet_d histogram\n# UNIT chaosnet_d seconds\n\
+                  chaosnet_d_count 1\n# EOF\n";
+        let text = openmetrics_to_prometheus_text(om);
+        assert!(text.contains("# HELP chaosnet_x_total Things.\n# TYPE chaosnet_x_total counter\n"));
+        assert!(text.contains("# TYPE chaosnet_d histogram\n"));
+        assert!(!text.contains("# UNIT") && !text.contains("# EOF"));
+    }
+
+    #[test]
+    fn events_move_the_counters() {
+        let m = Metrics::new("mainnet");
+        m.record(&Event::TaskFinished {
+            kind: chaosnet_proto::TaskKind::Ping,
+            outcome: TaskOutcome::Ok,
+            elapsed: std::time::Duration::from_millis(3),
+        });
+        m.refusal("wrong_network");
+        m.decode_error("oversize");
+        let text = m.encode();
+        assert!(text.contains(r#"chaosnet_tasks_total{task="ping",outcome="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"chaosnet_handshake_refusals_total{reason="wrong_network"} 1"#));
+        assert!(text.contains(r#"chaosnet_decode_errors_total{reason="oversize"} 1"#));
+        assert!(text.contains(r#"chaosnet_agent_info{network="mainnet""#));
+    }
+}
