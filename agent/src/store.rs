@@ -460,17 +460,17 @@ impl GraphStore {
     /// Checks the store format and the recorded node id; rebuilds the index if the id changed.
     fn check_meta(&self) -> Result<(), StoreError> {
         let format = self.db.get(META_FORMAT).map_err(|e| self.rerr(&e))?;
-        if let Some(f) = format.as_deref() {
-            if f != [STORE_FORMAT] {
-                return Err(StoreError::other(
-                    &self.path,
-                    format!(
-                        "store format {} is not the supported format {STORE_FORMAT} (written by a \
-                         newer chaosnet-agent?); move the directory aside to start afresh",
-                        hex_key(f)
-                    ),
-                ));
-            }
+        if let Some(f) = format.as_deref()
+            && f != [STORE_FORMAT]
+        {
+            return Err(StoreError::other(
+                &self.path,
+                format!(
+                    "store format {} is not the supported format {STORE_FORMAT} (written by a \
+                     newer chaosnet-agent?); move the directory aside to start afresh",
+                    hex_key(f)
+                ),
+            ));
         }
         let stored_me = self.db.get(META_ME).map_err(|e| self.rerr(&e))?;
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -623,10 +623,10 @@ impl GraphStore {
             if key.first() != Some(&bucket) {
                 break;
             }
-            if let Ok(k) = <[u8; INDEX_KEY_LEN]>::try_from(&key[..]) {
-                if k[9..] == id.0 {
-                    keys.push(k);
-                }
+            if let Ok(k) = <[u8; INDEX_KEY_LEN]>::try_from(&key[..])
+                && k[9..] == id.0
+            {
+                keys.push(k);
             }
         }
         Ok(keys)
@@ -658,16 +658,6 @@ impl GraphStore {
 
     fn rerr(&self, e: &rocksdb::Error) -> StoreError {
         StoreError::from_rocksdb(&self.path, e)
-    }
-
-    /// Every index entry, parsed, in key order (tests check consistency with it).
-    #[cfg(test)]
-    fn raw_index(&self) -> Vec<(u8, Time, NodeId)> {
-        let index = self.cf(CF_BY_LAST_SEEN).unwrap();
-        self.db
-            .iterator_cf(index, IteratorMode::Start)
-            .map(|item| parse_index_key(&item.unwrap().0).expect("well-formed index key"))
-            .collect()
     }
 }
 
@@ -793,6 +783,17 @@ mod tests {
         c.successes = 7;
         c.failures = 2;
         c
+    }
+
+    impl GraphStore {
+        /// Every index entry, parsed, in key order (tests check consistency with it).
+        fn raw_index(&self) -> Vec<(u8, Time, NodeId)> {
+            let index = self.cf(CF_BY_LAST_SEEN).unwrap();
+            self.db
+                .iterator_cf(index, IteratorMode::Start)
+                .map(|item| parse_index_key(&item.unwrap().0).expect("well-formed index key"))
+                .collect()
+        }
     }
 
     fn sorted(mut v: Vec<Contact>) -> Vec<Contact> {

@@ -1,0 +1,50 @@
+# chaosnet: `make chaosnet up|down|status`, `make test`, `make bench`, `make build`.
+# Every target installs the Debian packages it lacks first (scripts/install-deps.sh says
+# what and why), so a fresh Debian machine needs nothing by hand.
+
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: chaosnet up down status build release test lint fmt bench deps clean
+
+# `make chaosnet up` is two goals: `chaosnet` (a no-op namespace) and `up`.
+chaosnet:
+	@:
+
+deps:
+	@bash scripts/install-deps.sh test
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+release: deps
+	$(CARGO) build --release --workspace --bins
+
+## Tests: core in virtual time, agents on loopback with real QUIC and RocksDB, promtool.
+test: deps
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Benchmarks: results go to BENCHMARKS.md by hand, with the command that produced them.
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	bash scripts/bench-agent.sh
+
+## The fleet. Until the NAT-lab controller lands, this runs a loopback fleet of processes.
+up: build
+	@bash scripts/loopback-fleet.sh up
+
+down:
+	@bash scripts/loopback-fleet.sh down
+
+status:
+	@bash scripts/loopback-fleet.sh status
+
+clean:
+	$(CARGO) clean
