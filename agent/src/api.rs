@@ -6,6 +6,7 @@
 //! - `GET /peers`: JSON list of contacts, best-scoring first.
 //! - `POST /connect {"node_id": "...", "fresh": true}`: connects by NodeId (looking it up if
 //!   needed) and returns `{node_id, mode, elapsed_ms}`, or an error with a reason.
+//! - `POST /lookup {"node_id": "..."}`: iterative lookup; `{found, elapsed_ms, closest}`.
 //! - `POST /tasks {"paused": bool}`: pauses or resumes the task loop.
 //! - `GET|PUT /impairment {"loss_pct", "delay_ms", "jitter_ms"}`: userspace impairment on
 //!   the P2P socket (the lab's fallback where the kernel has no netem).
@@ -55,6 +56,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/status", get(status))
         .route("/peers", get(peers))
         .route("/connect", post(connect))
+        .route("/lookup", post(lookup))
         .route("/tasks", post(tasks))
         .route("/impairment", get(get_impairment).put(put_impairment))
         .with_state(state)
@@ -158,6 +160,36 @@ async fn connect(State(state): State<ApiState>, body: Result<Json<ConnectBody>, 
     }
 }
 
+/// Body of `POST /lookup`.
+#[derive(Debug, Deserialize)]
+struct LookupBody {
+    node_id: String,
+}
+
+async fn lookup(
+    State(state): State<ApiState>,
+    body: Result<Json<LookupBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    let target: NodeId = match body.node_id.parse() {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
+    };
+    let command = Command::Lookup { target };
+    match ask(&state, |reply| Input::Command { command, reply }).await {
+        Ok(r) => Json(serde_json::json!({
+            "found": r.outcome == TaskOutcome::Ok,
+            "elapsed_ms": r.elapsed.as_secs_f64() * 1000.0,
+            "closest": r.closest.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => e,
+    }
+}
+
 /// Body of `POST /tasks`.
 #[derive(Debug, Deserialize)]
 struct TasksBody {
@@ -171,30 +203,19 @@ async fn tasks(State(state): State<ApiState>, Json(body): Json<TasksBody>) -> Re
     Json(serde_json::json!({ "paused": body.paused })).into_response()
 }
 
-/// Wire form of [`Impairment`].
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-struct ImpairmentBody {
-    loss_pct: f64,
-    delay_ms: u64,
-    jitter_ms: u64,
-}
-
-async fn get_impairment(State(state): State<ApiState>) -> Json<ImpairmentBody> {
-    let i = state.socket.impairment();
-    Json(ImpairmentBody { loss_pct: i.loss_pct, delay_ms: i.delay_ms, jitter_ms: i.jitter_ms })
+async fn get_impairment(State(state): State<ApiState>) -> Json<Impairment> {
+    Json(state.socket.impairment())
 }
 
 async fn put_impairment(
     State(state): State<ApiState>,
-    body: Result<Json<ImpairmentBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Impairment>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
     };
-    let imp = Impairment { loss_pct: body.loss_pct, delay_ms: body.delay_ms, jitter_ms: body.jitter_ms };
-    match state.socket.set_impairment(imp) {
+    match state.socket.set_impairment(body) {
         Ok(()) => Json(body).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, "bad_impairment", e.to_string()),
     }

@@ -924,6 +924,16 @@ mod tests {
         }
         let store = GraphStore::open_with(dir.path(), ME, StoreOptions { sync: true }).unwrap();
         let report = store.load().unwrap();
+        assert_eq!(report.contacts, sorted(cs.clone()));
+        assert_eq!(report.skipped_corrupt, 0);
+        assert_eq!(report.repaired_index_entries, 0);
+        // Same again through a synced write.
+        let mut cs = cs;
+        cs[5].last_seen = Time(5_000);
+        store.apply(&[GraphChange::Upsert(cs[5].clone())]).unwrap();
+        drop(store);
+        let store = GraphStore::open(dir.path(), ME).unwrap();
+        let report = store.load().unwrap();
         assert_eq!(report.contacts, sorted(cs));
         assert_eq!(report.skipped_corrupt, 0);
         assert_eq!(report.repaired_index_entries, 0);

@@ -491,6 +491,9 @@ pub struct Node {
     timers: BTreeSet<(Time, Timer)>,
     next_id: u64,
     pending: HashMap<RequestId, Pending>,
+    /// Requests in flight per peer, kept alongside `pending` so peer choice can skip busy
+    /// peers without scanning every request.
+    busy: HashMap<NodeId, u32>,
     ops: HashMap<OpId, Op>,
     lookups: HashMap<LookupId, Lookup>,
     gc_probing: HashSet<NodeId>,
@@ -524,6 +527,7 @@ impl Node {
             timers: BTreeSet::new(),
             next_id: 1,
             pending: HashMap::new(),
+            busy: HashMap::new(),
             ops: HashMap::new(),
             lookups: HashMap::new(),
             gc_probing: HashSet::new(),
@@ -682,7 +686,7 @@ impl Node {
 
     /// The answer to the request `id`, or why there is none.
     pub fn handle_response(&mut self, now: Time, id: RequestId, result: Result<Response, Failure>) {
-        let Some(p) = self.pending.remove(&id) else {
+        let Some(p) = self.untrack(id) else {
             return; // late answer after its deadline: already handled as a timeout
         };
         let result = match result {
@@ -711,7 +715,7 @@ impl Node {
 
     /// The result of [`Output::Connect`] `id`.
     pub fn handle_connect_result(&mut self, now: Time, id: RequestId, result: Result<Connected, Failure>) {
-        let Some(p) = self.pending.remove(&id) else { return };
+        let Some(p) = self.untrack(id) else { return };
         let Purpose::Connect(op) = p.purpose else { return };
         let elapsed = now.since(p.sent);
         match result {
@@ -811,9 +815,25 @@ impl Node {
 
     fn send_request(&mut self, now: Time, peer: NodeId, addrs: Vec<SocketAddr>, request: Request, purpose: Purpose) {
         let id = RequestId(self.fresh_id());
-        self.pending.insert(id, Pending { peer, sent: now, purpose });
+        self.track(id, Pending { peer, sent: now, purpose });
         self.set_timer(now + Duration::from_millis(self.cfg.request_timeout_ms), Timer::Deadline(id));
         self.outputs.push_back(Output::Request { id, peer, addrs, request });
+    }
+
+    fn track(&mut self, id: RequestId, p: Pending) {
+        *self.busy.entry(p.peer).or_insert(0) += 1;
+        self.pending.insert(id, p);
+    }
+
+    fn untrack(&mut self, id: RequestId) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        if let Some(n) = self.busy.get_mut(&p.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.busy.remove(&p.peer);
+            }
+        }
+        Some(p)
     }
 
     fn addrs_of(&self, peer: &NodeId) -> Vec<SocketAddr> {
@@ -848,12 +868,11 @@ impl Node {
     /// Persists `id`'s bucket entry; counter-only updates are rate-limited.
     fn persist(&mut self, now: Time, id: NodeId, force: bool) {
         let interval = Duration::from_millis(self.cfg.persist_interval_ms);
-        if !force {
-            if let Some(last) = self.last_persist.get(&id) {
-                if now.since(*last) < interval {
-                    return;
-                }
-            }
+        if !force
+            && let Some(last) = self.last_persist.get(&id)
+            && now.since(*last) < interval
+        {
+            return;
         }
         if let Some(c) = self.table.get(&id) {
             self.last_persist.insert(id, now);
@@ -911,11 +930,10 @@ impl Node {
     /// Keeps at most `max_connections`, closing the lowest-scoring idle ones.
     fn prune_connections(&mut self, now: Time, keep: NodeId) {
         while self.conns.len() > self.cfg.max_connections {
-            let busy: HashSet<NodeId> = self.pending.values().map(|p| p.peer).collect();
             let worst = self
                 .conns
                 .keys()
-                .filter(|p| **p != keep && !busy.contains(p))
+                .filter(|p| **p != keep && !self.busy.contains_key(p))
                 .map(|p| (*p, self.table.get(p).map_or(0.0, |c| c.score(now))))
                 .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
             let Some((peer, _)) = worst else { break };
@@ -1075,7 +1093,7 @@ impl Node {
                         }
                         l.cands.push(Cand { id: p.id, addrs: p.addrs, state: CandState::New, hop: hop + 1 });
                     }
-                    l.cands.sort_by_key(|c| c.id.distance(&target));
+                    l.cands.sort_by_cached_key(|c| c.id.distance(&target));
                     // Drop the farthest candidates that are not in flight, keeping memory bounded.
                     while l.cands.len() > MAX_LOOKUP_CANDIDATES {
                         match l.cands.iter().rposition(|c| c.state != CandState::InFlight) {
@@ -1151,7 +1169,7 @@ impl Node {
 
     fn connect_addrs(&mut self, now: Time, op: OpId, peer: NodeId, addrs: Vec<SocketAddr>, fresh: bool) {
         let id = RequestId(self.fresh_id());
-        self.pending.insert(id, Pending { peer, sent: now, purpose: Purpose::Connect(op) });
+        self.track(id, Pending { peer, sent: now, purpose: Purpose::Connect(op) });
         self.set_timer(now + Duration::from_millis(self.cfg.connect_timeout_ms), Timer::Deadline(id));
         self.outputs.push_back(Output::Connect { id, peer, addrs, fresh });
     }
@@ -1313,5 +1331,158 @@ impl Node {
             self.start_lookup(now, target, LookupPurpose::Refresh);
             started += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    fn drain(n: &mut Node) -> Vec<Output> {
+        std::iter::from_fn(|| n.poll_output()).collect()
+    }
+
+    /// Answers every ping the node sends after `rtt`, as a shell would.
+    fn answer_pings(n: &mut Node, now: Time, rtt: Duration) {
+        for out in drain(n) {
+            if let Output::Request { id, request: Request::Ping { nonce }, .. } = out {
+                n.handle_response(now + rtt, id, Ok(Response::Pong { nonce, observed: None }));
+            }
+        }
+    }
+
+    #[test]
+    fn peer_choice_closes_the_slowest_idle_connection() {
+        let mut cfg = NodeConfig::new(NodeId([0; 32]));
+        cfg.max_connections = 3;
+        cfg.task_rate_per_s = 0.0;
+        let mut n = Node::new(cfg, Vec::new());
+        let now = Time::from_millis(1_000);
+        let peers: Vec<NodeId> = (1..=4u8).map(|i| NodeId([i; 32])).collect();
+        // Three connections with RTTs of 200, 5 and 50 ms.
+        for (i, rtt) in [200u64, 5, 50].into_iter().enumerate() {
+            n.handle_connection_up(now, peers[i], addr(i as u16), ConnMode::Direct);
+            n.command(now, Command::Ping { peer: peers[i] });
+            answer_pings(&mut n, now, Duration::from_millis(rtt));
+        }
+        drain(&mut n);
+        // A fourth connection exceeds the limit: the 200 ms peer goes.
+        n.handle_connection_up(now, peers[3], addr(9), ConnMode::Direct);
+        let closed: Vec<NodeId> = drain(&mut n)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Disconnect { peer } => Some(peer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed, vec![peers[0]]);
+        assert_eq!(n.connections().count(), 3);
+    }
+
+    #[test]
+    fn gc_evicts_silent_contacts_of_full_buckets_and_promotes_pending_ones() {
+        let me = NodeId([0; 32]);
+        let mut cfg = NodeConfig::new(me);
+        cfg.k = 2;
+        cfg.task_rate_per_s = 0.0;
+        cfg.gc_interval_ms = 1_000;
+        let mut n = Node::new(cfg, Vec::new());
+        n.start(Time::ZERO);
+        drain(&mut n);
+        let mut rng = StdRng::seed_from_u64(3);
+        let ids: Vec<NodeId> = (0..3).map(|_| me.random_in_bucket(250, &mut rng)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            n.handle_connection_up(Time::from_millis(i as u64), *id, addr(i as u16), ConnMode::Direct);
+        }
+        assert_eq!(n.graph().len(), 2);
+        assert_eq!(n.graph().pending_len(), 1);
+        drain(&mut n);
+        // GC pings the two oldest; only the second answers.
+        n.handle_timeout(Time::from_millis(1_000));
+        let pings: Vec<(RequestId, NodeId)> = drain(&mut n)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Request { id, peer, request: Request::Ping { .. }, .. } => Some((id, peer)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pings.len(), 2, "GC pings the oldest contacts of the full bucket");
+        for (id, peer) in pings {
+            let t = Time::from_millis(1_010);
+            if peer == ids[0] {
+                n.handle_response(t, id, Err(Failure::Timeout));
+            } else {
+                n.handle_response(t, id, Ok(Response::Pong { nonce: 0, observed: None }));
+            }
+        }
+        let outs = drain(&mut n);
+        assert!(outs.contains(&Output::Persist(GraphChange::Remove(ids[0]))));
+        assert!(outs.iter().any(|o| matches!(o, Output::Persist(GraphChange::Upsert(c)) if c.id == ids[2])));
+        assert!(n.graph().get(&ids[0]).is_none());
+        assert!(n.graph().get(&ids[2]).is_some(), "the pending contact took the freed slot");
+    }
+
+    #[test]
+    fn inbound_requests_are_answered_within_limits() {
+        let mut cfg = NodeConfig::new(NodeId([0; 32]));
+        cfg.task_rate_per_s = 0.0;
+        let mut n = Node::new(cfg, Vec::new());
+        let now = Time::ZERO;
+        for i in 1..=40u8 {
+            n.handle_connection_up(now, NodeId([i; 32]), addr(u16::from(i)), ConnMode::Direct);
+        }
+        drain(&mut n);
+        let asker = NodeId([1; 32]);
+        n.handle_request(now, asker, InboundId(1), Request::FindNode { target: NodeId([9; 32]) });
+        n.handle_request(now, asker, InboundId(2), Request::Introduce { max: 32 });
+        n.handle_request(now, asker, InboundId(3), Request::Ping { nonce: 7 });
+        let outs = drain(&mut n);
+        let Output::Respond { response: Response::Nodes { peers }, .. } = &outs[0] else { panic!("{outs:?}") };
+        assert_eq!(peers.len(), 20, "k closest");
+        assert!(peers.iter().all(|p| p.id != asker), "the asker is not told about itself");
+        assert_eq!(peers[0].id, NodeId([9; 32]));
+        let Output::Respond { response: Response::Nodes { peers }, .. } = &outs[1] else { panic!() };
+        assert!(peers.len() <= MAX_NODES_PER_RESPONSE && peers.iter().all(|p| p.id != asker));
+        assert_eq!(
+            outs[2],
+            Output::Respond { inbound: InboundId(3), response: Response::Pong { nonce: 7, observed: Some(addr(1)) } }
+        );
+    }
+
+    #[test]
+    fn nat_type_needs_two_observers() {
+        let mut cfg = NodeConfig::new(NodeId([0; 32]));
+        cfg.task_rate_per_s = 0.0;
+        cfg.listen_addrs = vec![addr(1)];
+        let mut n = Node::new(cfg, Vec::new());
+        assert_eq!(n.nat_type(), NatType::Unknown);
+        let now = Time::ZERO;
+        let a = NodeId([1; 32]);
+        let b = NodeId([2; 32]);
+        for p in [a, b] {
+            n.handle_connection_up(now, p, addr(50), ConnMode::Direct);
+        }
+        let mapped = SocketAddr::from(([198, 18, 0, 1], 4000));
+        for (p, seen) in [(a, mapped), (b, mapped)] {
+            n.command(now, Command::Ping { peer: p });
+            for out in drain(&mut n) {
+                if let Output::Request { id, .. } = out {
+                    n.handle_response(now, id, Ok(Response::Pong { nonce: 0, observed: Some(seen) }));
+                }
+            }
+        }
+        assert_eq!(n.nat_type(), NatType::Cone);
+        n.command(now, Command::Ping { peer: b });
+        for out in drain(&mut n) {
+            if let Output::Request { id, .. } = out {
+                let other = SocketAddr::from(([198, 18, 0, 1], 4001));
+                n.handle_response(now, id, Ok(Response::Pong { nonce: 0, observed: Some(other) }));
+            }
+        }
+        assert_eq!(n.nat_type(), NatType::Symmetric);
     }
 }

@@ -368,10 +368,10 @@ impl World {
             match out {
                 Output::Request { id, peer, addrs, request } => self.carry_request(idx, id, peer, &addrs, request),
                 Output::Respond { inbound, response } => {
-                    if let Some((to, id)) = self.inbound.remove(&(idx, inbound)) {
-                        if let Some(d) = self.transit(idx, to) {
-                            self.schedule(now + d, to, Msg::Response { id, result: Ok(response) });
-                        }
+                    if let Some((to, id)) = self.inbound.remove(&(idx, inbound))
+                        && let Some(d) = self.transit(idx, to)
+                    {
+                        self.schedule(now + d, to, Msg::Response { id, result: Ok(response) });
                     }
                 }
                 Output::Connect { id, peer, addrs, fresh } => {
@@ -421,11 +421,11 @@ impl World {
                 }
             }
         }
-        if let Some(t) = self.nodes[idx].node.poll_timeout() {
-            if self.nodes[idx].wake.is_none_or(|w| t < w) {
-                self.nodes[idx].wake = Some(t);
-                self.schedule(t.max(now), idx, Msg::Wake);
-            }
+        if let Some(t) = self.nodes[idx].node.poll_timeout()
+            && self.nodes[idx].wake.is_none_or(|w| t < w)
+        {
+            self.nodes[idx].wake = Some(t);
+            self.schedule(t.max(now), idx, Msg::Wake);
         }
     }
 
