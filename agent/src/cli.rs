@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the agent until SIGINT or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create the node key in the data dir and print its NodeId.
     Keygen {
         /// Directory holding node.key.
@@ -128,7 +128,7 @@ pub fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return report(Err(anyhow::Error::new(e).context("cannot start the runtime")), 1),
             };
-            runtime.block_on(run(args))
+            runtime.block_on(run(*args))
         }
     }
 }
@@ -232,10 +232,10 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
         return Err(cfg(anyhow::anyhow!("--task-rate must be a number >= 0")));
     }
     let api_addr = parse_api(&args.api).map_err(cfg)?;
-    if let ApiAddr::Tcp(a) = &api_addr {
-        if *a == args.listen || (a.port() == args.listen.port() && a.ip().is_unspecified()) {
-            return Err(cfg(anyhow::anyhow!("--api must not be the P2P socket ({})", args.listen)));
-        }
+    if let ApiAddr::Tcp(a) = &api_addr
+        && (*a == args.listen || (a.port() == args.listen.port() && a.ip().is_unspecified()))
+    {
+        return Err(cfg(anyhow::anyhow!("--api must not be the P2P socket ({})", args.listen)));
     }
 
     let (identity, created) = Identity::load_or_create(&args.data_dir).map_err(|e| cfg(e.into()))?;

@@ -342,11 +342,11 @@ impl Driver {
                 }
             }
         }
-        if !changes.is_empty() {
-            if let Err(e) = self.store.apply(&changes) {
-                self.metrics.store_error();
-                tracing::warn!(error = %e, "node graph write failed");
-            }
+        if !changes.is_empty()
+            && let Err(e) = self.store.apply(&changes)
+        {
+            self.metrics.store_error();
+            tracing::warn!(error = %e, "node graph write failed");
         }
     }
 

@@ -154,7 +154,7 @@ impl Metrics {
         registry.register_with_unit("rtt", "Round-trip time of answered requests", Unit::Seconds, rtt.clone());
         let lookups = Family::<LookupLabels, Counter>::default();
         registry.register("lookups", "Iterative lookups finished, by outcome", lookups.clone());
-        let lookup_hops = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0].into_iter());
+        let lookup_hops = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0]);
         registry.register("lookup_hops", "Rounds of the deepest node a lookup queried", lookup_hops.clone());
         let lookup_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register_with_unit(

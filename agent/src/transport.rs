@@ -142,10 +142,8 @@ impl Transport {
 
     /// Connects to `peer`, reusing a live connection unless `fresh`.
     pub async fn connect(&self, peer: NodeId, addrs: Vec<SocketAddr>, fresh: bool) -> Result<Connected, Failure> {
-        if !fresh {
-            if let Some(c) = self.live(&peer) {
-                return Ok(Connected { mode: ConnMode::Direct, remote: c.remote_address() });
-            }
+        if !fresh && let Some(c) = self.live(&peer) {
+            return Ok(Connected { mode: ConnMode::Direct, remote: c.remote_address() });
         }
         let conn = self.dial(peer, &addrs).await?;
         Ok(Connected { mode: ConnMode::Direct, remote: conn.remote_address() })
@@ -308,14 +306,9 @@ impl Transport {
 
     /// Serves inbound request streams until the connection ends.
     async fn serve(self, conn: quinn::Connection, peer: NodeId) {
-        loop {
-            match conn.accept_bi().await {
-                Ok((send, recv)) => {
-                    let this = self.clone();
-                    tokio::spawn(async move { this.serve_stream(peer, send, recv).await });
-                }
-                Err(_) => break,
-            }
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let this = self.clone();
+            tokio::spawn(async move { this.serve_stream(peer, send, recv).await });
         }
         let removed = {
             let mut conns = self.conns();
