@@ -222,7 +222,13 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
     if network.is_private() && keys.is_empty() {
         return Err(cfg(anyhow::anyhow!("--network {network} is private: give at least one --network-key-file")));
     }
-    if !network.is_private() && !keys.is_empty() {
+    let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if network.is_private() && !keys.iter().any(|k| k.is_valid_at(now_unix)) {
+        return Err(cfg(anyhow::anyhow!(
+            "every --network-key-file has expired (not-after is in the past): give a current key"
+        )));
+    }
+        if !network.is_private() && !keys.is_empty() {
         return Err(cfg(anyhow::anyhow!("--network-key-file is only for private:<name> networks")));
     }
     let seeds: Vec<(NodeId, SocketAddr)> =

@@ -9,7 +9,7 @@
 //! It does not serve HTTP; the `api` module does.
 
 use chaosnet_proto::graph::RoutingTable;
-use chaosnet_proto::{ConnMode, Event, Node, TaskOutcome};
+use chaosnet_proto::{ConnMode, Event, Failure, Node, TaskOutcome};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -211,6 +211,27 @@ impl Metrics {
         info.get_or_create(&InfoLabels { network: network.to_string(), version: env!("CARGO_PKG_VERSION").into() })
             .set(1);
         registry.register("agent_info", "Constant 1, labelled with the agent's network and version", info);
+        // Declare every known label value up front, so a fresh agent exports each family (at
+        // zero) and dashboards and alerts see series before the first event.
+        for mode in [ConnMode::Direct, ConnMode::Punched, ConnMode::Relayed] {
+            connections_opened.get_or_create(&ModeLabels { mode: mode.as_str().into() });
+        }
+        for kind in chaosnet_proto::TaskKind::ALL {
+            task_duration.get_or_create(&TaskOnly { task: kind.as_str().into() });
+            tasks.get_or_create(&TaskLabels { task: kind.as_str().into(), outcome: TaskOutcome::Ok.as_str().into() });
+        }
+        for reason in ["wrong_network", "bad_key", "identity_mismatch", "missing_proof"] {
+            refusals.get_or_create(&ReasonLabels { reason: reason.into() });
+        }
+        for reason in ["truncated", "oversize", "unknown_version", "malformed"] {
+            decode_errors.get_or_create(&ReasonLabels { reason: reason.into() });
+        }
+        for f in [Failure::Timeout, Failure::Unreachable, Failure::Refused, Failure::Protocol, Failure::Busy] {
+            request_failures.get_or_create(&ReasonLabels { reason: f.as_str().into() });
+        }
+        for outcome in ["found", "not_found"] {
+            lookups.get_or_create(&LookupLabels { outcome: outcome.into() });
+        }
         Metrics {
             registry,
             connections_opened,

@@ -58,6 +58,18 @@ enum FrameError {
     Stream,
 }
 
+/// A registered connection.
+#[derive(Debug, Clone)]
+struct Registered {
+    conn: quinn::Connection,
+    outbound: bool,
+}
+
+/// How long a replaced connection stays open so requests already on it can finish.
+const REPLACED_GRACE: Duration = Duration::from_secs(2);
+/// Application close code for a connection replaced by a newer one to the same peer.
+const CLOSE_REPLACED: u32 = 0x5002;
+
 /// The QUIC side of an agent. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Transport {
@@ -72,7 +84,8 @@ struct Inner {
     network: NetworkId,
     keys: Vec<NetworkKey>,
     listen_addrs: Vec<SocketAddr>,
-    conns: Mutex<HashMap<NodeId, quinn::Connection>>,
+    /// The connection used for each peer, and whether we dialed it.
+    conns: Mutex<HashMap<NodeId, Registered>>,
     inputs: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     timeouts: TransportTimeouts,
@@ -115,7 +128,7 @@ impl Transport {
             tokio::spawn(async move {
                 match incoming.await {
                     Ok(conn) => {
-                        let _ = this.establish(conn).await;
+                        let _ = this.establish(conn, false).await;
                     }
                     Err(e) => this.handshake_failed(&e),
                 }
@@ -130,7 +143,7 @@ impl Transport {
 
     /// Closes the connection to `peer`, if any.
     pub fn disconnect(&self, peer: &NodeId) {
-        if let Some(c) = self.conns().remove(peer) {
+        if let Some(Registered { conn: c, .. }) = self.conns().remove(peer) {
             c.close(quinn::VarInt::from_u32(CLOSE_PRUNED), b"pruned");
         }
     }
@@ -175,7 +188,7 @@ impl Transport {
         }
     }
 
-    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, quinn::Connection>> {
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Registered>> {
         // A poisoned lock only means another task panicked mid-insert; the map is still usable.
         self.inner.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -183,7 +196,7 @@ impl Transport {
     fn live(&self, peer: &NodeId) -> Option<quinn::Connection> {
         let mut conns = self.conns();
         match conns.get(peer) {
-            Some(c) if c.close_reason().is_none() => Some(c.clone()),
+            Some(r) if r.conn.close_reason().is_none() => Some(r.conn.clone()),
             Some(_) => {
                 conns.remove(peer);
                 None
@@ -208,7 +221,7 @@ impl Transport {
                     }
                 };
             match tokio::time::timeout(deadline, connecting).await {
-                Ok(Ok(conn)) => return self.establish(conn).await,
+                Ok(Ok(conn)) => return self.establish(conn, true).await,
                 Ok(Err(e)) => {
                     if let Some(r) = tls::classify_connection_error(&e) {
                         self.inner.metrics.refusal(r.metric_label());
@@ -232,7 +245,7 @@ impl Transport {
 
     /// Runs the hello exchange on a handshaken connection, checks membership, registers it
     /// and starts serving its streams.
-    async fn establish(&self, conn: quinn::Connection) -> Result<quinn::Connection, Failure> {
+    async fn establish(&self, conn: quinn::Connection, outbound: bool) -> Result<quinn::Connection, Failure> {
         let peer = match tls::peer_node_id(&conn) {
             Ok(p) => p,
             Err(_) => {
@@ -257,11 +270,37 @@ impl Transport {
             }
         }
         let remote = conn.remote_address();
-        self.conns().insert(peer, conn.clone());
+        self.register(peer, conn.clone(), outbound);
         self.inner.metrics.connection_opened(ConnMode::Direct);
         let _ = self.inner.inputs.send(Input::ConnUp { peer, remote, mode: ConnMode::Direct }).await;
         tokio::spawn(self.clone().serve(conn.clone(), peer));
         Ok(conn)
+    }
+
+    /// Makes `conn` the connection for `peer`, closing the one it replaces after a grace
+    /// period. When both peers dialed each other at once, both keep the connection dialed by
+    /// the smaller NodeId, so they never close each other's choice; otherwise newer wins.
+    fn register(&self, peer: NodeId, conn: quinn::Connection, outbound: bool) {
+        let new = Registered { conn, outbound };
+        let mut conns = self.conns();
+        let loser = match conns.get(&peer) {
+            Some(old) if old.conn.close_reason().is_none() && old.conn.stable_id() != new.conn.stable_id() => {
+                let dialer_of = |r: &Registered| if r.outbound { self.inner.me } else { peer };
+                let keep_old = old.outbound != new.outbound && dialer_of(old) < dialer_of(&new);
+                if keep_old { Some(new.conn.clone()) } else { conns.insert(peer, new).map(|o| o.conn) }
+            }
+            _ => {
+                conns.insert(peer, new);
+                None
+            }
+        };
+        drop(conns);
+        if let Some(c) = loser {
+            tokio::spawn(async move {
+                tokio::time::sleep(REPLACED_GRACE).await;
+                c.close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"replaced");
+            });
+        }
     }
 
     fn refuse(&self, conn: &quinn::Connection, r: Refusal) {
@@ -283,7 +322,11 @@ impl Transport {
         };
         let recv = async {
             let mut r = conn.accept_uni().await.map_err(|e| self.conn_failure(&e))?;
-            let bytes = r.read_to_end(MAX_HELLO_LEN).await.map_err(|_| Failure::Protocol)?;
+            let bytes = r.read_to_end(MAX_HELLO_LEN).await.map_err(|_| match conn.close_reason() {
+                // The peer refused us mid-hello (e.g. bad key): count it as that refusal.
+                Some(e) => self.conn_failure(&e),
+                None => Failure::Protocol,
+            })?;
             wire::decode::<Hello>(&bytes).map_err(|e| {
                 self.inner.metrics.decode_error(e.metric_label());
                 Failure::Protocol
@@ -313,7 +356,7 @@ impl Transport {
         let removed = {
             let mut conns = self.conns();
             match conns.get(&peer) {
-                Some(c) if c.stable_id() == conn.stable_id() => {
+                Some(r) if r.conn.stable_id() == conn.stable_id() => {
                     conns.remove(&peer);
                     true
                 }

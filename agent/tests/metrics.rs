@@ -1,0 +1,162 @@
+//! Tier 2: the `/metrics` body of live agents passes `promtool check metrics` and carries the
+//! main metric families.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Agent, AgentConfig, wait_all_joined};
+
+/// The main families. Every one should be declared (HELP and TYPE) from the start, even
+/// before its first sample; see [`every_main_family_is_declared_before_its_first_sample`].
+const FAMILIES: &[&str] = &[
+    "chaosnet_connections_opened_total",
+    "chaosnet_tasks_total",
+    "chaosnet_rtt_seconds",
+    "chaosnet_lookup_hops",
+    "chaosnet_node_graph_contacts",
+    "chaosnet_node_graph_buckets",
+    "chaosnet_handshake_refusals_total",
+    "chaosnet_decode_errors_total",
+    "chaosnet_udp_bytes_total",
+];
+
+fn promtool_available() -> bool {
+    Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `promtool check metrics` with `body` on stdin: (success, combined output).
+fn promtool_check(body: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("wait for promtool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The families of `FAMILIES` without a `# HELP` line in `body`.
+fn undeclared<'a>(body: &str, families: &[&'a str]) -> Vec<&'a str> {
+    families
+        .iter()
+        .copied()
+        .filter(|f| !body.lines().any(|l| l.starts_with(&format!("# HELP {f} "))))
+        .collect()
+}
+
+/// A busy pair of agents (tasks running, a wrong-network dialer refused) passes promtool and
+/// shows the main families.
+#[test]
+fn metrics_pass_promtool_and_have_the_main_families() {
+    let use_promtool = promtool_available();
+    if !use_promtool {
+        if std::env::var("CHAOSNET_SKIP_PROMTOOL").as_deref() == Ok("1") {
+            eprintln!("promtool not found; its check is skipped because CHAOSNET_SKIP_PROMTOOL=1");
+        } else {
+            panic!(
+                "promtool is not on PATH: install the Debian package `prometheus` \
+                 (apt-get install prometheus; CI does), or set CHAOSNET_SKIP_PROMTOOL=1 to skip"
+            );
+        }
+    }
+    let seed = Agent::start_ready("seed", AgentConfig::mainnet(1).task_rate(10.0));
+    let peer = Agent::start_ready("peer", AgentConfig::mainnet(2).task_rate(10.0).seed(&seed));
+    // A testnet agent knocking at the mainnet seed: a handshake refusal on both.
+    let stranger = Agent::start_ready("stranger", AgentConfig::on("testnet", 3).seed(&seed));
+    wait_all_joined(&[&seed, &peer], Duration::from_secs(30));
+    // Let some tasks and lookups finish so labelled families have samples too.
+    peer.wait_metrics("tasks and RTTs recorded", Duration::from_secs(30), |m| {
+        common::metric_sum(m, "chaosnet_tasks_total", &[]) > 0.0
+            && common::metric_sum(m, "chaosnet_rtt_seconds_count", &[]) > 0.0
+    });
+    for a in [&seed, &stranger] {
+        a.wait_metrics(
+            "the stranger's refusal counted",
+            Duration::from_secs(30),
+            |m| {
+                common::metric_sum(
+                    m,
+                    "chaosnet_handshake_refusals_total",
+                    &[("reason", "wrong_network")],
+                ) > 0.0
+            },
+        );
+    }
+
+    for a in [&seed, &peer, &stranger] {
+        let body = a.metrics();
+        // Every family is declared up front, with or without samples.
+        let missing = undeclared(&body, FAMILIES);
+        if !missing.is_empty() {
+            a.fail(&format!("/metrics lacks the families {missing:?}:\n{body}"));
+        }
+        // Families with samples by now.
+        if a.name != "stranger" {
+            for f in [
+                "chaosnet_connections_opened_total",
+                "chaosnet_udp_bytes_total",
+                "chaosnet_node_graph_contacts",
+            ] {
+                if common::metric_sum(&body, f, &[]) <= 0.0 {
+                    a.fail(&format!(
+                        "{f} has no positive sample after joining:\n{body}"
+                    ));
+                }
+            }
+        }
+
+        if !use_promtool {
+            continue;
+        }
+        let (ok, out) = promtool_check(&body);
+        if !ok {
+            a.fail(&format!(
+                "promtool check metrics failed:\n{out}\n--- body ---\n{body}"
+            ));
+        }
+    }
+}
+
+/// A fresh agent with no peers and no tasks still declares every main family, so dashboards
+/// and alerts find them (at 0) before the first event. prometheus-client 0.25 leaves out a
+/// labelled `Family` until one of its label sets is created.
+#[test]
+fn every_main_family_is_declared_before_its_first_sample() {
+    let a = Agent::start_ready("fresh", AgentConfig::mainnet(9));
+    let body = a.metrics();
+    let missing = undeclared(&body, FAMILIES);
+    if !missing.is_empty() {
+        a.fail(&format!(
+            "a fresh agent does not declare {missing:?}:\n{body}"
+        ));
+    }
+    if promtool_available() {
+        let (ok, out) = promtool_check(&body);
+        if !ok {
+            a.fail(&format!(
+                "promtool check metrics failed on a fresh agent:\n{out}"
+            ));
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Tier 2: network segregation on one machine. Agents of mainnet, testnet and two private
+//! networks with the same name but different keys are all told about each other's seeds, so
+//! they really try to cross; every connection that comes up must stay inside one network and
+//! key, and the refusals are counted. Also: key rotation and an expired key.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{
+    Agent, AgentConfig, fail_fleet, metric_sum, wait_all_joined, wait_all_ready, write_key_file,
+};
+use serde_json::Value;
+
+const PER_GROUP: usize = 3;
+const REFUSALS: &str = "chaosnet_handshake_refusals_total";
+
+fn refusals(a: &Agent, reason: &str) -> f64 {
+    metric_sum(&a.metrics(), REFUSALS, &[("reason", reason)])
+}
+
+fn connect_ok(a: &Agent, b: &Agent) -> Result<(), String> {
+    match a.connect(&b.node_id) {
+        Ok(r) if r.status == 200 && r.json()["mode"] == "direct" => Ok(()),
+        Ok(r) => Err(format!("{} -> {}: {} {}", a.name, b.name, r.status, r.body)),
+        Err(e) => Err(format!("{} -> {}: {e}", a.name, b.name)),
+    }
+}
+
+#[test]
+fn networks_and_keys_never_mix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_a = dir.path().join("alpha-a.key");
+    let key_b = dir.path().join("alpha-b.key");
+    write_key_file(&key_a, [0xaa; 32], None);
+    write_key_file(&key_b, [0xbb; 32], None);
+
+    // (group label, network, key file)
+    let groups: [(&str, &str, Option<&Path>); 4] = [
+        ("main", "mainnet", None),
+        ("test", "testnet", None),
+        ("alphaA", "private:alpha", Some(&key_a)),
+        ("alphaB", "private:alpha", Some(&key_b)),
+    ];
+    // The first agent of each group is that group's seed. Seeds start first so their ids and
+    // addresses are known; every agent, seeds included, is given all four seeds.
+    let mut seeds: Vec<Agent> = Vec::new();
+    let mut rng_seed = 100;
+    let base_cfg = |network: &str, key: Option<&Path>, rng: u64| {
+        let mut c = AgentConfig::on(network, rng);
+        if let Some(k) = key {
+            c = c.key(k);
+        }
+        c
+    };
+    for (label, network, key) in groups {
+        rng_seed += 1;
+        seeds.push(Agent::prepare(
+            &format!("{label}0"),
+            base_cfg(network, key, rng_seed),
+        ));
+    }
+    // The mainnet seed first, as for everyone.
+    let seed_args: Vec<String> = seeds.iter().map(Agent::seed_arg).collect();
+    for s in seeds.iter_mut() {
+        s.config.seeds = seed_args
+            .iter()
+            .filter(|a| !a.starts_with(&s.node_id))
+            .cloned()
+            .collect();
+        s.start();
+    }
+    let mut members: Vec<Agent> = Vec::new();
+    for (label, network, key) in groups {
+        for i in 1..PER_GROUP {
+            rng_seed += 1;
+            let mut cfg = base_cfg(network, key, rng_seed);
+            // The mainnet seed first, then the other networks' seeds (one is the group's own).
+            cfg.seeds = seed_args.clone();
+            members.push(Agent::spawn(&format!("{label}{i}"), cfg));
+        }
+    }
+    wait_all_ready(&seeds);
+    wait_all_ready(&members);
+
+    // Which group every node id belongs to.
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    let mut all: Vec<(&Agent, usize)> = Vec::new();
+    for (g, s) in seeds.iter().enumerate() {
+        group_of.insert(s.node_id.clone(), g);
+        all.push((s, g));
+    }
+    for (i, m) in members.iter().enumerate() {
+        let g = i / (PER_GROUP - 1);
+        group_of.insert(m.node_id.clone(), g);
+        all.push((m, g));
+    }
+    let everyone: Vec<&Agent> = all.iter().map(|(a, _)| *a).collect();
+
+    // Members join through their own network's seed (the others refuse them).
+    let member_refs: Vec<&Agent> = members.iter().collect();
+    wait_all_joined(&member_refs, Duration::from_secs(45));
+
+    // Refusals were counted: wrong network somewhere, bad key on every private agent.
+    for (a, g) in &all {
+        if *g >= 2 {
+            a.wait_metrics("bad_key refusal counted", Duration::from_secs(30), |m| {
+                metric_sum(m, REFUSALS, &[("reason", "bad_key")]) > 0.0
+            });
+        }
+    }
+    let wrong_network: f64 = everyone.iter().map(|a| refusals(a, "wrong_network")).sum();
+    if wrong_network <= 0.0 {
+        fail_fleet("no agent counted a wrong_network refusal", &everyone[..4]);
+    }
+
+    // Within a group, every member connects to every other; across groups, nothing does.
+    let mut errors = Vec::new();
+    for (a, ga) in &all {
+        for (b, gb) in &all {
+            if a.node_id == b.node_id {
+                continue;
+            }
+            if ga == gb {
+                if let Err(e) = connect_ok(a, b) {
+                    errors.push(format!("same network failed: {e}"));
+                }
+            } else if let Ok(r) = a.connect(&b.node_id)
+                && r.status == 200
+            {
+                errors.push(format!(
+                    "cross-network connect succeeded: {} -> {}: {}",
+                    a.name, b.name, r.body
+                ));
+            }
+        }
+    }
+
+    // No connection listed by any agent leaves its network and key.
+    for (a, g) in &all {
+        let st = a.status();
+        for c in st["connections"].as_array().cloned().unwrap_or_default() {
+            let id = c["node_id"].as_str().unwrap_or("").to_string();
+            match group_of.get(&id) {
+                Some(other) if other == g => {}
+                Some(other) => errors.push(format!(
+                    "{} (group {g}) lists a connection to {} of group {other}",
+                    a.name,
+                    &id[..8.min(id.len())]
+                )),
+                None => errors.push(format!(
+                    "{} lists a connection to unknown node {id}",
+                    a.name
+                )),
+            }
+        }
+        // Contacts too: a node of another network must never get into the node graph.
+        let peers = a.get("/peers").expect("GET /peers").json();
+        for p in peers.as_array().cloned().unwrap_or_default() {
+            let id = p["node_id"].as_str().unwrap_or("").to_string();
+            if group_of.get(&id).is_some_and(|other| other != g) {
+                errors.push(format!(
+                    "{} has a contact of another network: {}",
+                    a.name,
+                    &id[..8]
+                ));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        let shown: Vec<&str> = errors.iter().take(20).map(|s| s.as_str()).collect();
+        fail_fleet(
+            &format!(
+                "{} segregation errors, e.g.:\n{}",
+                errors.len(),
+                shown.join("\n")
+            ),
+            &everyone,
+        );
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+#[test]
+fn key_rotation_accepts_old_and_new_and_refuses_expired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = dir.path().join("old.key");
+    let new = dir.path().join("new.key");
+    let old_expired = dir.path().join("old-expired.key");
+    write_key_file(&old, [0x01; 32], None);
+    write_key_file(&new, [0x02; 32], None);
+    // The same secret as `old`, but its grace window ended long ago.
+    write_key_file(&old_expired, [0x01; 32], Some(now_unix() - 3600));
+    let net = "private:rot";
+
+    let o = Agent::spawn("old-only", AgentConfig::on(net, 11).key(&old));
+    let n = Agent::spawn("new-only", AgentConfig::on(net, 12).key(&new));
+    o.wait_ready();
+    n.wait_ready();
+    // Rotating: new is current, old still accepted.
+    let r = Agent::spawn(
+        "rotating",
+        AgentConfig::on(net, 13)
+            .key(&new)
+            .key(&old)
+            .seed(&o)
+            .seed(&n),
+    );
+    // Past the grace window: new, and old marked expired.
+    let x = Agent::spawn(
+        "rotated",
+        AgentConfig::on(net, 14)
+            .key(&new)
+            .key(&old_expired)
+            .seed(&n),
+    );
+    r.wait_ready();
+    x.wait_ready();
+    wait_all_joined(&[&r, &x], Duration::from_secs(30));
+
+    for (a, b) in [(&r, &o), (&r, &n), (&x, &n)] {
+        if let Err(e) = connect_ok(a, b) {
+            fail_fleet(&format!("key rotation: {e}"), &[a, b]);
+        }
+    }
+    // The rotated node holds `old` only as expired: it refuses a node holding just `old`.
+    let before = refusals(&x, "bad_key");
+
+    // A node whose only key is `old`, expired, knocking at `rotated` (and `new-only`).
+    let e = Agent::spawn(
+        "expired",
+        AgentConfig::on(net, 15).key(&old_expired).seed(&x).seed(&n),
+    );
+    e.wait_ready();
+    x.wait_metrics(
+        "rotated counts bad_key for the expired node",
+        Duration::from_secs(30),
+        |m| metric_sum(m, REFUSALS, &[("reason", "bad_key")]) > before,
+    );
+    n.wait_metrics(
+        "new-only counts bad_key for the expired node",
+        Duration::from_secs(30),
+        |m| metric_sum(m, REFUSALS, &[("reason", "bad_key")]) > 0.0,
+    );
+    for target in [&x, &n, &o, &r] {
+        if let Ok(resp) = e.connect(&target.node_id)
+            && resp.status == 200
+        {
+            fail_fleet(
+                &format!(
+                    "the expired node connected to {}: {}",
+                    target.name, resp.body
+                ),
+                &[&e, target],
+            );
+        }
+    }
+    let st = e.status();
+    if st["joined"] == Value::Bool(true)
+        || st["connections"].as_array().is_some_and(|c| !c.is_empty())
+    {
+        e.fail(&format!("the expired node got in: {st}"));
+    }
+    // Nobody lists it.
+    for a in [&o, &n, &r, &x] {
+        let st = a.status();
+        if st["connections"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["node_id"] == Value::String(e.node_id.clone()))
+        }) {
+            a.fail(&format!("lists a connection to the expired node: {st}"));
+        }
+    }
+}
