@@ -269,6 +269,16 @@ impl Transport {
                 return Err(Failure::Refused);
             }
         }
+        // Both sides verify each other, so neither may call the connection up before the
+        // other accepted it too: each sends a one-byte verdict and waits for the peer's.
+        match tokio::time::timeout(deadline, self.confirm(&conn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(f)) => return Err(f),
+            Err(_) => {
+                conn.close(quinn::VarInt::from_u32(0), b"hello timeout");
+                return Err(Failure::Timeout);
+            }
+        }
         let remote = conn.remote_address();
         self.register(peer, conn.clone(), outbound);
         self.inner.metrics.connection_opened(ConnMode::Direct);
@@ -331,6 +341,29 @@ impl Transport {
                 self.inner.metrics.decode_error(e.metric_label());
                 Failure::Protocol
             })
+        };
+        let (sent, got) = tokio::join!(send, recv);
+        sent?;
+        got
+    }
+
+    /// Sends our verdict (accepted) and waits for the peer's on the next uni streams.
+    async fn confirm(&self, conn: &quinn::Connection) -> Result<(), Failure> {
+        let send = async {
+            let mut s = conn.open_uni().await.map_err(|e| self.conn_failure(&e))?;
+            s.write_all(&[1]).await.map_err(|_| Failure::Unreachable)?;
+            s.finish().map_err(|_| Failure::Unreachable)
+        };
+        let recv = async {
+            let mut r = conn.accept_uni().await.map_err(|e| self.conn_failure(&e))?;
+            let fail = |_| match conn.close_reason() {
+                Some(e) => self.conn_failure(&e),
+                None => Failure::Protocol,
+            };
+            match r.read_to_end(1).await.map_err(fail)?.as_slice() {
+                [1] => Ok(()),
+                _ => Err(Failure::Protocol),
+            }
         };
         let (sent, got) = tokio::join!(send, recv);
         sent?;

@@ -137,6 +137,10 @@ async fn client_connection(
     let mut uni = conn.open_uni().await.expect("open the hello stream");
     uni.write_all(hello).await.expect("write hello");
     uni.finish().expect("finish hello");
+    // Then our verdict on the agent (accepted), as the agent's own transport sends it.
+    let mut verdict = conn.open_uni().await.expect("open the verdict stream");
+    verdict.write_all(&[1]).await.expect("write verdict");
+    verdict.finish().expect("finish verdict");
     (ep, conn, me.node_id())
 }
 

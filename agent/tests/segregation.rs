@@ -234,49 +234,77 @@ fn key_rotation_accepts_old_and_new_and_refuses_expired() {
     // The rotated node holds `old` only as expired: it refuses a node holding just `old`.
     let before = refusals(&x, "bad_key");
 
-    // A node whose only key is `old`, expired, knocking at `rotated` (and `new-only`).
+    // A node still holding only `old` knocks at `rotated` (old expired there) and `new-only`:
+    // both refuse it, while `old-only` and `rotating` (old still in grace) accept it.
     let e = Agent::spawn(
-        "expired",
-        AgentConfig::on(net, 15).key(&old_expired).seed(&x).seed(&n),
+        "old-holder",
+        AgentConfig::on(net, 15)
+            .key(&old)
+            .seed(&x)
+            .seed(&o)
+            .seed(&r)
+            .seed(&n),
     );
     e.wait_ready();
     x.wait_metrics(
-        "rotated counts bad_key for the expired node",
+        "rotated counts bad_key for the old-key node",
         Duration::from_secs(30),
         |m| metric_sum(m, REFUSALS, &[("reason", "bad_key")]) > before,
     );
     n.wait_metrics(
-        "new-only counts bad_key for the expired node",
+        "new-only counts bad_key for the old-key node",
         Duration::from_secs(30),
         |m| metric_sum(m, REFUSALS, &[("reason", "bad_key")]) > 0.0,
     );
-    for target in [&x, &n, &o, &r] {
+    for target in [&x, &n] {
         if let Ok(resp) = e.connect(&target.node_id)
             && resp.status == 200
         {
             fail_fleet(
                 &format!(
-                    "the expired node connected to {}: {}",
+                    "the old-key node connected to {}: {}",
                     target.name, resp.body
                 ),
                 &[&e, target],
             );
         }
     }
-    let st = e.status();
-    if st["joined"] == Value::Bool(true)
-        || st["connections"].as_array().is_some_and(|c| !c.is_empty())
-    {
-        e.fail(&format!("the expired node got in: {st}"));
-    }
-    // Nobody lists it.
-    for a in [&o, &n, &r, &x] {
+    for a in [&x, &n] {
         let st = a.status();
         if st["connections"].as_array().is_some_and(|c| {
             c.iter()
                 .any(|c| c["node_id"] == Value::String(e.node_id.clone()))
         }) {
-            a.fail(&format!("lists a connection to the expired node: {st}"));
+            a.fail(&format!("lists a connection to the old-key node: {st}"));
         }
     }
+    for target in [&o, &r] {
+        if let Err(err) = connect_ok(&e, target) {
+            fail_fleet(&format!("old key still in grace: {err}"), &[&e, target]);
+        }
+    }
+
+    // A node whose only key has expired refuses to start, saying why.
+    let mut dead = Agent::prepare("expired-only", AgentConfig::on(net, 16).key(&old_expired));
+    dead.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = dead.exited() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            dead.fail("an agent with only an expired key kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "exit code 2 for a configuration error"
+    );
+    let log = dead.log_tail(5);
+    assert!(
+        log.contains("expired"),
+        "the error names the expired key: {log}"
+    );
 }
