@@ -1,0 +1,2 @@
+//! `chaosnet` binary (being written).
+fn main() {}
