@@ -108,6 +108,10 @@ struct RunArgs {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Export trace spans (connects, requests) over OTLP/HTTP to this URL, e.g.
+    /// http://127.0.0.1:4318/v1/traces. Off by default.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 /// Parses the command line and runs; returns the process exit code.
@@ -123,7 +127,10 @@ pub fn main() -> ExitCode {
         Cmd::Keygen { data_dir, force } => report(keygen(&data_dir, force), 2),
         Cmd::Id { data_dir, base32 } => report(print_id(&data_dir, base32), 2),
         Cmd::Run(args) => {
-            init_tracing(&args.log_format);
+            let _telemetry = match crate::telemetry::init(&args.log_format, args.otlp_endpoint.as_deref(), "chaosnet-agent") {
+                Ok(g) => g,
+                Err(e) => return report(Err(e.into()), 2),
+            };
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return report(Err(anyhow::Error::new(e).context("cannot start the runtime")), 1),
@@ -158,17 +165,6 @@ fn print_id(data_dir: &Path, base32: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CHAOSNET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    // JSON logs are one object per line, for log shippers; text is for people.
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
-}
 
 fn parse_seed(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
     let (id, addr) = s.split_once('@').with_context(|| format!("--seed {s:?}: expected <node_id>@<ip:port>"))?;

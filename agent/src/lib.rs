@@ -16,5 +16,6 @@ pub mod identity;
 pub mod metrics;
 pub mod socket;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;

@@ -214,23 +214,23 @@ impl Metrics {
         // Declare every known label value up front, so a fresh agent exports each family (at
         // zero) and dashboards and alerts see series before the first event.
         for mode in [ConnMode::Direct, ConnMode::Punched, ConnMode::Relayed] {
-            connections_opened.get_or_create(&ModeLabels { mode: mode.as_str().into() });
+            let _ = connections_opened.get_or_create(&ModeLabels { mode: mode.as_str().into() });
         }
         for kind in chaosnet_proto::TaskKind::ALL {
-            task_duration.get_or_create(&TaskOnly { task: kind.as_str().into() });
-            tasks.get_or_create(&TaskLabels { task: kind.as_str().into(), outcome: TaskOutcome::Ok.as_str().into() });
+            let _ = task_duration.get_or_create(&TaskOnly { task: kind.as_str().into() });
+            let _ = tasks.get_or_create(&TaskLabels { task: kind.as_str().into(), outcome: TaskOutcome::Ok.as_str().into() });
         }
         for reason in ["wrong_network", "bad_key", "identity_mismatch", "missing_proof"] {
-            refusals.get_or_create(&ReasonLabels { reason: reason.into() });
+            let _ = refusals.get_or_create(&ReasonLabels { reason: reason.into() });
         }
         for reason in ["truncated", "oversize", "unknown_version", "malformed"] {
-            decode_errors.get_or_create(&ReasonLabels { reason: reason.into() });
+            let _ = decode_errors.get_or_create(&ReasonLabels { reason: reason.into() });
         }
         for f in [Failure::Timeout, Failure::Unreachable, Failure::Refused, Failure::Protocol, Failure::Busy] {
-            request_failures.get_or_create(&ReasonLabels { reason: f.as_str().into() });
+            let _ = request_failures.get_or_create(&ReasonLabels { reason: f.as_str().into() });
         }
         for outcome in ["found", "not_found"] {
-            lookups.get_or_create(&LookupLabels { outcome: outcome.into() });
+            let _ = lookups.get_or_create(&LookupLabels { outcome: outcome.into() });
         }
         Metrics {
             registry,

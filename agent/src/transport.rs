@@ -19,6 +19,8 @@ use chaosnet_proto::{ConnMode, Connected, Failure, NodeId, Request, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::driver::Input;
 use crate::identity::Identity;
@@ -153,8 +155,24 @@ impl Transport {
         self.inner.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
     }
 
-    /// Connects to `peer`, reusing a live connection unless `fresh`.
+    /// Connects to `peer`, reusing a live connection unless `fresh`. Traced as a `connect`
+    /// span with the mode and outcome.
     pub async fn connect(&self, peer: NodeId, addrs: Vec<SocketAddr>, fresh: bool) -> Result<Connected, Failure> {
+        let span = tracing::debug_span!("connect", peer = %peer.short(), fresh, mode = Empty, outcome = Empty);
+        let result = self.connect_inner(peer, addrs, fresh).instrument(span.clone()).await;
+        match &result {
+            Ok(c) => {
+                span.record("mode", c.mode.as_str());
+                span.record("outcome", "ok");
+            }
+            Err(f) => {
+                span.record("outcome", f.as_str());
+            }
+        }
+        result
+    }
+
+    async fn connect_inner(&self, peer: NodeId, addrs: Vec<SocketAddr>, fresh: bool) -> Result<Connected, Failure> {
         if !fresh && let Some(c) = self.live(&peer) {
             return Ok(Connected { mode: ConnMode::Direct, remote: c.remote_address() });
         }
@@ -162,8 +180,22 @@ impl Transport {
         Ok(Connected { mode: ConnMode::Direct, remote: conn.remote_address() })
     }
 
-    /// Sends `request` to `peer` on a fresh stream and waits for the response.
+    /// Sends `request` to `peer` on a fresh stream and waits for the response. Traced as a
+    /// `request` span with the request kind and outcome.
     pub async fn request(&self, peer: NodeId, addrs: Vec<SocketAddr>, request: Request) -> Result<Response, Failure> {
+        let kind = match &request {
+            Request::Ping { .. } => "ping",
+            Request::FindNode { .. } => "find_node",
+            Request::Introduce { .. } => "introduce",
+            Request::Echo { .. } => "echo",
+        };
+        let span = tracing::debug_span!("request", peer = %peer.short(), kind, outcome = Empty);
+        let result = self.request_inner(peer, addrs, request).instrument(span.clone()).await;
+        span.record("outcome", result.as_ref().map_or_else(|f| f.as_str(), |_| "ok"));
+        result
+    }
+
+    async fn request_inner(&self, peer: NodeId, addrs: Vec<SocketAddr>, request: Request) -> Result<Response, Failure> {
         let conn = match self.live(&peer) {
             Some(c) => c,
             None => self.dial(peer, &addrs).await?,
@@ -212,14 +244,28 @@ impl Transport {
         let mut last = Failure::Unreachable;
         let deadline = Duration::from_millis(self.inner.timeouts.connect_ms);
         for addr in addrs.iter().take(MAX_DIAL_ADDRS) {
-            let connecting =
-                match self.inner.endpoint.connect_with(self.inner.client.clone(), *addr, &tls::server_name(&peer)) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!(%addr, error = %e, "cannot dial");
-                        continue;
-                    }
-                };
+            // quinn opens a span for the connection's lifetime under the current span; start
+            // the dial outside our `connect`/`request` span so that span can end (and be
+            // exported) when the attempt ends, not when the connection closes.
+            // quinn opens a span for the connection's whole life under the *current* span;
+            // starting the dial on a task outside our `connect`/`request` span lets that span
+            // end (and be exported) when the attempt ends, not when the connection closes.
+            let connecting = {
+                let (ep, client, addr, name) =
+                    (self.inner.endpoint.clone(), self.inner.client.clone(), *addr, tls::server_name(&peer));
+                tokio::task::spawn(async move { ep.connect_with(client, addr, &name) }).await
+            };
+            let connecting = match connecting {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            let connecting = match connecting {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "cannot dial");
+                    continue;
+                }
+            };
             match tokio::time::timeout(deadline, connecting).await {
                 Ok(Ok(conn)) => return self.establish(conn, true).await,
                 Ok(Err(e)) => {
