@@ -1,2 +1,5 @@
-//! `chaosnet` binary (being written).
-fn main() {}
+//! `chaosnet`: see [`chaos_controller::cli`]. Kept thin so everything is testable.
+
+fn main() -> std::process::ExitCode {
+    chaos_controller::cli::main()
+}

@@ -1,0 +1,573 @@
+//! The `chaosnet` command line: up, status, exec, logs, down, plan, and the hidden `serve`.
+//!
+//! `main` calls [`main`], which returns the exit code: 0 success, 1 the run failed (an agent
+//! did not join), 2 the run could not happen (bad scenario, not root, missing tool...).
+//! Runs live in `--runs-dir` (default `./runs`), one directory per run id, with `current`
+//! pointing at the newest.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::agentapi;
+use crate::apply::{self, RunState, Step};
+use crate::monitor::{self, MonitorState};
+use crate::plan::{AgentPlan, Plan, RunId};
+use crate::planner;
+use crate::runtime::{AgentState, ProcessRuntime, Runtime};
+use crate::scenario::{self, Scenario};
+
+/// chaosnet: an emulated internet with every NAT type, and a fleet of P2P agents in it.
+///
+/// `up` builds the lab from a scenario (network namespaces, nftables NAT routers, conntrack
+/// presets), starts the agents inside it and returns once every agent joined. `status`,
+/// `exec`, `logs` and `down` act on the current run. Needs root, iproute2, nftables and
+/// conntrack (Debian packages of the same names).
+#[derive(Debug, Parser)]
+#[command(name = "chaosnet", version, about, long_about = None)]
+pub struct Cli {
+    /// Directory holding one directory per run.
+    #[arg(long, global = true, env = "CHAOSNET_RUNS_DIR", default_value = "runs", value_name = "DIR")]
+    runs_dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the lab and start the fleet; returns when every agent joined.
+    Up(UpArgs),
+    /// Show every agent: site, NAT, addresses, contacts, connections, joined.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Run id (default: the current run).
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Run a command inside an agent's network namespace.
+    Exec {
+        /// The agent, e.g. `seed-0` or `home-1`.
+        agent: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Print an agent's log.
+    Logs {
+        /// The agent.
+        agent: String,
+        /// Keep printing as the log grows.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop the fleet and remove the lab (idempotent).
+    Down {
+        /// Remove every chaosnet run on this machine, including runs of a killed controller.
+        #[arg(long)]
+        all: bool,
+        /// Run id (default: the current run).
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Print the plan of a scenario as JSON without creating anything.
+    Plan(ScenarioArgs),
+    /// Serve the scrape proxy of a run (started by `up --monitor`).
+    #[command(hide = true)]
+    Serve {
+        /// The run directory.
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ScenarioArgs {
+    /// Scenario file (default: the embedded default scenario, every NAT type).
+    #[arg(short = 'f', long = "file", value_name = "SCENARIO.yaml")]
+    file: Option<PathBuf>,
+    /// Scale the non-seed agents to N, spread over the sites in proportion.
+    #[arg(long, value_name = "N")]
+    agents: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    #[command(flatten)]
+    scenario: ScenarioArgs,
+    /// Also start Prometheus (when installed) scraping every agent, and print its URL.
+    #[arg(long)]
+    monitor: bool,
+    /// Port of the local Prometheus.
+    #[arg(long, default_value_t = 9090)]
+    prometheus_port: u16,
+    /// The agent binary (default: `chaosnet-agent` next to this binary).
+    #[arg(long, value_name = "PATH")]
+    agent_bin: Option<PathBuf>,
+    /// How long to wait for every agent to join.
+    #[arg(long, default_value_t = 60)]
+    join_timeout_s: u64,
+    /// Leave the lab up when an agent fails to join (for debugging).
+    #[arg(long)]
+    keep_on_failure: bool,
+}
+
+/// Parses arguments and runs; returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHAOSNET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chaosnet: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runs = cli.runs_dir;
+    match cli.command {
+        Cmd::Up(args) => up(&runs, args),
+        Cmd::Status { json, run } => status(&runs, run.as_deref(), json).map(|()| ExitCode::SUCCESS),
+        Cmd::Exec { agent, cmd } => exec(&runs, &agent, &cmd),
+        Cmd::Logs { agent, follow } => logs(&runs, &agent, follow).map(|()| ExitCode::SUCCESS),
+        Cmd::Down { all, run } => down(&runs, all, run.as_deref()).map(|()| ExitCode::SUCCESS),
+        Cmd::Plan(args) => {
+            let (scenario, _) = load_scenario(&args)?;
+            let plan = planner::plan(&scenario, &RunId("000000".into()))?;
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve { run_dir, listen } => {
+            monitor::serve(&run_dir, listen)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_scenario(args: &ScenarioArgs) -> anyhow::Result<(Scenario, String)> {
+    let (mut s, label) = match &args.file {
+        Some(f) => (Scenario::load(f)?, f.display().to_string()),
+        None => (Scenario::default_scenario(), "the default scenario".to_string()),
+    };
+    if let Some(n) = args.agents {
+        s.scale_agents(n).with_context(|| format!("--agents {n}"))?;
+    }
+    Ok((s, label))
+}
+
+fn new_run_id() -> RunId {
+    RunId(format!("{:06x}", rand::random::<u32>() & 0x00ff_ffff))
+}
+
+fn agent_bin(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let me = std::env::current_exe().context("cannot find the chaosnet binary's own path")?;
+    let sibling = me.with_file_name("chaosnet-agent");
+    if sibling.is_file() {
+        return Ok(sibling);
+    }
+    bail!("chaosnet-agent not found next to {} (build it with `make build`, or pass --agent-bin)", me.display())
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = if std::io::stderr().is_terminal() { ProgressBar::new(len) } else { ProgressBar::hidden() };
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let (scenario, label) = load_scenario(&args.scenario)?;
+    let run_id = new_run_id();
+    let plan = planner::plan(&scenario, &run_id)?;
+    apply::preflight()?;
+    let bin = agent_bin(args.agent_bin)?;
+    let run_dir = runs.join(&run_id.0);
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let run_dir = std::path::absolute(&run_dir)?;
+    set_current(runs, &run_id)?;
+    // The state file exists before anything is created, so `down` can always clean up.
+    let mut state = RunState::new(plan.clone());
+    state.save(&run_dir)?;
+    eprintln!(
+        "chaosnet: run {} from {label}: {} namespaces, {} agents in {} sites",
+        run_id.0,
+        plan.namespaces.len(),
+        plan.agents.len(),
+        plan.sites.len()
+    );
+    let t0 = Instant::now();
+
+    let pb = bar(0, "lab");
+    let report = apply::apply(&plan, &|s: Step| {
+        pb.set_length(s.total as u64);
+        pb.set_position(s.done as u64);
+        if let Some(ns) = &s.ns {
+            pb.set_message(ns.clone());
+        }
+    });
+    pb.finish_and_clear();
+    let report = report?;
+    eprintln!("chaosnet: lab up: {} namespaces in {:.2?}", report.namespaces, report.elapsed);
+
+    let rt = ProcessRuntime::new(&run_dir, &bin)?;
+    let pb = bar(plan.agents.len() as u64, "agents");
+    let mut start_err = None;
+    for a in &plan.agents {
+        pb.set_message(a.name.clone());
+        if let Err(e) = rt.start(a) {
+            start_err = Some(anyhow!(e).context(format!("cannot start agent {}", a.name)));
+            break;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    state.agents = rt.instances();
+    state.save(&run_dir)?;
+    if let Some(e) = start_err {
+        let _ = teardown_run(&run_dir, &run_id);
+        return Err(e);
+    }
+
+    let joined = wait_joined(&run_dir, &plan, Duration::from_secs(args.join_timeout_s));
+    let missing: Vec<&AgentPlan> = plan.agents.iter().filter(|a| !joined.contains(&a.name)).collect();
+    if !missing.is_empty() {
+        eprintln!("chaosnet: {} of {} agents did not join within {} s:", missing.len(), plan.agents.len(), args.join_timeout_s);
+        for a in &missing {
+            let why = match rt.state(&a.name) {
+                Ok(AgentState::Exited { status }) => format!("exited ({status:?})"),
+                Ok(s) => format!("{s:?}"),
+                Err(e) => e.to_string(),
+            };
+            eprintln!("--- {} ({}, {}): {why}; last log lines:", a.name, a.site, a.lan_ip);
+            for l in tail(&run_dir.join("agents").join(&a.name).join("agent.log"), 8) {
+                eprintln!("    {l}");
+            }
+        }
+        if args.keep_on_failure {
+            eprintln!("chaosnet: the lab stays up (--keep-on-failure); `chaosnet down` removes it");
+        } else {
+            teardown_run(&run_dir, &run_id)?;
+            eprintln!("chaosnet: removed the run (use --keep-on-failure to inspect it)");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    eprintln!("chaosnet: all {} agents joined in {:.2?}", plan.agents.len(), t0.elapsed());
+
+    if args.monitor {
+        start_monitor(&run_dir, &plan, args.prometheus_port)?;
+    }
+    status(runs, Some(&run_id.0), false)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn start_monitor(run_dir: &Path, plan: &Plan, prom_port: u16) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let proxy: SocketAddr = SocketAddr::from(([127, 0, 0, 1], monitor::free_port()?));
+    let mut st = MonitorState { proxy_pid: Some(monitor::spawn_proxy(&exe, run_dir, proxy)?), ..Default::default() };
+    st.proxy_addr = Some(proxy.to_string());
+    st.save(run_dir)?;
+    let config = monitor::write_config(run_dir, plan, proxy)?;
+    let listen = SocketAddr::from(([127, 0, 0, 1], prom_port));
+    match monitor::spawn_prometheus(run_dir, &config, listen)? {
+        Some(pid) => {
+            st.prometheus_pid = Some(pid);
+            st.prometheus_url = Some(format!("http://{listen}"));
+            eprintln!("chaosnet: Prometheus at http://{listen} (config {})", config.display());
+        }
+        None => eprintln!(
+            "chaosnet: prometheus is not installed (apt-get install prometheus); scrape config written to {}",
+            config.display()
+        ),
+    }
+    eprintln!("chaosnet: agent metrics at http://{proxy}/agents/<agent>/metrics");
+    st.save(run_dir)?;
+    Ok(())
+}
+
+/// Polls every agent's `/status` until all report `joined`, or the deadline passes.
+fn wait_joined(run_dir: &Path, plan: &Plan, timeout: Duration) -> std::collections::BTreeSet<String> {
+    let pb = bar(plan.agents.len() as u64, "joining");
+    let deadline = Instant::now() + timeout;
+    let mut joined = std::collections::BTreeSet::new();
+    while joined.len() < plan.agents.len() && Instant::now() < deadline {
+        for a in &plan.agents {
+            if joined.contains(&a.name) {
+                continue;
+            }
+            let sock = run_dir.join(&a.api_socket);
+            if let Ok(r) = agentapi::get(&sock, "/status", Duration::from_secs(2))
+                && serde_json::from_str::<serde_json::Value>(&r.body).is_ok_and(|v| v["joined"] == true)
+            {
+                joined.insert(a.name.clone());
+                pb.inc(1);
+            }
+        }
+        if joined.len() < plan.agents.len() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    pb.finish_and_clear();
+    joined
+}
+
+fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+fn set_current(runs: &Path, run_id: &RunId) -> anyhow::Result<()> {
+    let link = runs.join("current");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&run_id.0, &link).with_context(|| format!("cannot update {}", link.display()))
+}
+
+/// The run directory of `run` or of the current run.
+fn run_dir_of(runs: &Path, run: Option<&str>) -> anyhow::Result<PathBuf> {
+    let dir = match run {
+        Some(r) => runs.join(r),
+        None => {
+            let link = runs.join("current");
+            let target = std::fs::read_link(&link).map_err(|_| anyhow!("no current run in {} (run `chaosnet up`)", runs.display()))?;
+            runs.join(target)
+        }
+    };
+    if !dir.join(RunState::FILE_NAME).is_file() {
+        bail!("no run at {}", dir.display());
+    }
+    Ok(dir)
+}
+
+/// One row of `status`.
+#[derive(Debug, Serialize)]
+struct AgentRow {
+    agent: String,
+    site: String,
+    nat: String,
+    runtime: &'static str,
+    lan_addr: String,
+    public_addr: String,
+    node_id: String,
+    running: bool,
+    joined: bool,
+    contacts: u64,
+    direct: u64,
+    punched: u64,
+    relayed: u64,
+    nat_type: String,
+}
+
+fn rows(run_dir: &Path, state: &RunState) -> Vec<AgentRow> {
+    let plan = &state.plan;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = plan
+            .agents
+            .iter()
+            .map(|a| {
+                scope.spawn(move || {
+                    let site = plan.sites.iter().find(|s| s.name == a.site);
+                    let st = agentapi::get(&run_dir.join(&a.api_socket), "/status", Duration::from_secs(2))
+                        .ok()
+                        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok());
+                    let count = |mode: &str| {
+                        st.as_ref()
+                            .and_then(|v| v["connections"].as_array().cloned())
+                            .map_or(0, |c| c.iter().filter(|c| c["mode"] == mode).count() as u64)
+                    };
+                    AgentRow {
+                        agent: a.name.clone(),
+                        site: a.site.clone(),
+                        nat: site.map_or("none".into(), |s| {
+                            if s.cgnat {
+                                format!("cgnat/{}", scenario::nat_name(s.nat))
+                            } else {
+                                scenario::nat_name(s.nat).to_string()
+                            }
+                        }),
+                        runtime: "process",
+                        lan_addr: format!("{}:{}", a.lan_ip, a.port),
+                        public_addr: site.and_then(|s| s.public_ip).unwrap_or(a.lan_ip).to_string(),
+                        node_id: a.node_id.clone(),
+                        running: st.is_some(),
+                        joined: st.as_ref().is_some_and(|v| v["joined"] == true),
+                        contacts: st.as_ref().and_then(|v| v["contacts"].as_u64()).unwrap_or(0),
+                        direct: count("direct"),
+                        punched: count("punched"),
+                        relayed: count("relayed"),
+                        nat_type: st.as_ref().and_then(|v| v["nat_type"].as_str().map(str::to_string)).unwrap_or_default(),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    })
+}
+
+fn status(runs: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let run_dir = run_dir_of(runs, run)?;
+    let state = RunState::load(&run_dir)?;
+    let rows = rows(&run_dir, &state);
+    if json {
+        let mon = MonitorState::load(&run_dir);
+        let out = serde_json::json!({ "run_id": state.run_id.0, "run_dir": run_dir, "agents": rows,
+            "prometheus": mon.prometheus_url, "proxy": mon.proxy_addr });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<12} {:<26} {:<8} {:<18} {:<15} {:>8} {:>13} {:<7} {}",
+        "AGENT", "SITE", "NAT", "RUNTIME", "LAN ADDR", "PUBLIC ADDR", "CONTACTS", "CONN d/p/r", "JOINED", "SEEN AS"
+    );
+    for r in &rows {
+        println!(
+            "{:<16} {:<12} {:<26} {:<8} {:<18} {:<15} {:>8} {:>13} {:<7} {}",
+            r.agent,
+            r.site,
+            r.nat,
+            r.runtime,
+            r.lan_addr,
+            r.public_addr,
+            r.contacts,
+            format!("{}/{}/{}", r.direct, r.punched, r.relayed),
+            if !r.running { "down" } else if r.joined { "yes" } else { "no" },
+            r.nat_type
+        );
+    }
+    let up = rows.iter().filter(|r| r.joined).count();
+    println!("run {}: {up}/{} agents joined ({})", state.run_id.0, rows.len(), run_dir.display());
+    Ok(())
+}
+
+fn runtime_for(run_dir: &Path, state: &RunState) -> anyhow::Result<ProcessRuntime> {
+    // exec and logs need no agent binary; any executable satisfies the runtime's check.
+    let bin = agent_bin(None).or_else(|_| std::env::current_exe().map_err(anyhow::Error::from))?;
+    let rt = ProcessRuntime::new(run_dir, &bin)?;
+    rt.adopt(&state.plan.agents, &state.agents);
+    Ok(rt)
+}
+
+fn exec(runs: &Path, agent: &str, cmd: &[String]) -> anyhow::Result<ExitCode> {
+    let run_dir = run_dir_of(runs, None)?;
+    let state = RunState::load(&run_dir)?;
+    let rt = runtime_for(&run_dir, &state)?;
+    let st = rt.exec(agent, cmd)?;
+    Ok(match st.code {
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::from(1),
+    })
+}
+
+fn logs(runs: &Path, agent: &str, follow: bool) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let run_dir = run_dir_of(runs, None)?;
+    let state = RunState::load(&run_dir)?;
+    let path = runtime_for(&run_dir, &state)?.log_path(agent)?;
+    let mut f = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    out.write_all(&buf)?;
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = f.stream_position()?;
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let len = f.metadata()?.len();
+        if len < pos {
+            pos = 0; // truncated
+        }
+        if len > pos {
+            f.seek(SeekFrom::Start(pos))?;
+            buf.clear();
+            f.read_to_end(&mut buf)?;
+            out.write_all(&buf)?;
+            out.flush()?;
+            pos = f.stream_position()?;
+        }
+    }
+}
+
+fn teardown_run(run_dir: &Path, run_id: &RunId) -> anyhow::Result<()> {
+    MonitorState::load(run_dir).stop();
+    let report = apply::teardown(run_id)?;
+    tracing::info!(?report, "teardown");
+    Ok(())
+}
+
+fn down(runs: &Path, all: bool, run: Option<&str>) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    if all {
+        // Monitoring processes live in the root namespace: stop those of every run we know.
+        if let Ok(entries) = std::fs::read_dir(runs) {
+            for e in entries.flatten() {
+                MonitorState::load(&e.path()).stop();
+            }
+        }
+        let r = apply::teardown_all()?;
+        let _ = std::fs::remove_file(runs.join("current"));
+        println!(
+            "chaosnet: removed {} run(s), {} namespaces, {} processes in {:.2?}",
+            r.runs.len(),
+            r.namespaces,
+            r.processes,
+            t0.elapsed()
+        );
+        return Ok(());
+    }
+    let run_dir = match run_dir_of(runs, run) {
+        Ok(d) => d,
+        Err(_) if run.is_none() => {
+            println!("chaosnet: no current run; nothing to do (`down --all` cleans up every run)");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let state = RunState::load(&run_dir)?;
+    MonitorState::load(&run_dir).stop();
+    let r = apply::teardown(&state.run_id)?;
+    if run.is_none() {
+        let _ = std::fs::remove_file(runs.join("current"));
+    }
+    println!(
+        "chaosnet: run {} down: {} namespaces, {} processes removed in {:.2?} (logs kept in {})",
+        state.run_id.0,
+        r.namespaces,
+        r.processes,
+        t0.elapsed(),
+        run_dir.display()
+    );
+    Ok(())
+}
