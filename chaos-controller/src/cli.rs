@@ -536,7 +536,18 @@ fn down(runs: &Path, all: bool, run: Option<&str>) -> anyhow::Result<()> {
                 MonitorState::load(&e.path()).stop();
             }
         }
-        let r = apply::teardown_all()?;
+        // A controller killed mid-`up` can leave `ip` children that are still creating
+        // namespaces; sweep until a pass finds nothing (bounded).
+        let mut r = apply::teardown_all()?;
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(200));
+            if apply::list_chaosnet_namespaces()?.is_empty() {
+                break;
+            }
+            let again = apply::teardown_all()?;
+            r.namespaces += again.namespaces;
+            r.processes += again.processes;
+        }
         let _ = std::fs::remove_file(runs.join("current"));
         println!(
             "chaosnet: removed {} run(s), {} namespaces, {} processes in {:.2?}",

@@ -1069,6 +1069,14 @@ impl Node {
 
     fn lookup_answer(&mut self, now: Time, id: LookupId, from: NodeId, result: Result<Response, Failure>) {
         let me = self.cfg.id;
+        // The node has joined once a peer answered its bootstrap lookup: it then knows live
+        // peers and is known to them. The rest of the lookup only fills buckets, and may wait
+        // on peers behind NATs, so it must not hold `joined` back.
+        let bootstrap_answered =
+            result.is_ok() && matches!(self.lookups.get(&id).map(|l| l.purpose), Some(LookupPurpose::Bootstrap));
+        if bootstrap_answered {
+            self.mark_joined();
+        }
         {
             let Some(l) = self.lookups.get_mut(&id) else { return };
             let target = l.target;

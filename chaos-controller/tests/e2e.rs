@@ -1,0 +1,279 @@
+//! End to end, as root: the `chaosnet` binary builds the default lab with real namespaces and
+//! nftables, starts real agents, Prometheus scrapes them, and `down` leaves nothing behind,
+//! also after the controller was killed with SIGKILL in the middle of `up`.
+//!
+//! One test function runs the flows one after another: `down --all` would otherwise remove
+//! the runs of tests running in parallel.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn needs_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CHAOSNET_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!("CHAOSNET_REQUIRE_ROOT=1 but not running as root");
+    }
+    eprintln!("skipped: needs root");
+    false
+}
+
+fn chaosnet() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_chaosnet"))
+}
+
+fn agent_bin() -> PathBuf {
+    let p = chaosnet().with_file_name("chaosnet-agent");
+    assert!(
+        p.is_file(),
+        "{} missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+fn run(runs: &Path, args: &[&str]) -> Output {
+    Command::new(chaosnet())
+        .arg("--runs-dir")
+        .arg(runs)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chaosnet")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Namespaces of run `id`.
+fn namespaces_of(id: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("cn{id}-")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Live (non-zombie) processes whose command line mentions `needle`.
+fn live_processes(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let p = e.path();
+        let Ok(cmd) = std::fs::read(p.join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        if !zombie && cmd.contains(needle) {
+            out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn default_lab_comes_up_is_scraped_and_goes_away_cleanly() {
+    if !needs_root() {
+        return;
+    }
+    let _ = agent_bin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runs = dir.path().join("runs");
+
+    // --- a bad scenario creates nothing and says where the problem is
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "sites:\n  - name: a\n    nat: fullcone\n    agents: 1\n",
+    )
+    .expect("write");
+    let o = run(&runs, &["up", "-f", bad.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.yaml:3:10"),
+        "error has file:line:col: {err}"
+    );
+    assert!(
+        err.contains("full-cone"),
+        "error lists the valid choices: {err}"
+    );
+    assert!(
+        !runs.exists() || std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0) == 0,
+        "nothing created"
+    );
+
+    // --- the default scenario comes up and every agent joins
+    let prom_port = free_port();
+    let o = run(
+        &runs,
+        &[
+            "up",
+            "--monitor",
+            "--prometheus-port",
+            &prom_port.to_string(),
+        ],
+    );
+    assert!(o.status.success(), "up failed:\n{}", text(&o));
+    let o = run(&runs, &["status", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let st: Value = serde_json::from_slice(&o.stdout).expect("status JSON");
+    let run_id = st["run_id"].as_str().expect("run_id").to_string();
+    let agents = st["agents"].as_array().expect("agents").clone();
+    assert_eq!(agents.len(), 24, "default scenario: 3 seeds + 21 agents");
+    for a in &agents {
+        assert_eq!(a["joined"], true, "{a}");
+    }
+    // Symmetric sites see themselves as symmetric, cone sites as cone, public hosts as none.
+    for a in &agents {
+        let nat = a["nat"].as_str().unwrap_or("");
+        let seen = a["nat_type"].as_str().unwrap_or("");
+        let want = match nat {
+            "none" => "none",
+            "symmetric" => "symmetric",
+            _ => "cone",
+        };
+        assert!(
+            seen == want || seen == "unknown",
+            "{}: site {nat}, agent sees itself as {seen}",
+            a["agent"]
+        );
+    }
+    assert!(!namespaces_of(&run_id).is_empty());
+
+    // --- exec runs inside the agent's namespace
+    let o = run(
+        &runs,
+        &[
+            "exec", "seed-0", "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("198.18.0.10/15"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&runs, &["exec", "seed-0", "--", "false"]);
+    assert_eq!(o.status.code(), Some(1), "exec passes the exit code on");
+
+    // --- logs
+    let o = run(&runs, &["logs", "seed-0"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("joined"),
+        "{}",
+        text(&o)
+    );
+
+    // --- Prometheus (from Debian) scrapes every agent as up
+    let prom = format!("127.0.0.1:{prom_port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = http_get(&prom, "/api/v1/query?query=up").unwrap_or_default();
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let results = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        let up = results.iter().filter(|r| r["value"][1] == "1").count();
+        if results.len() == 24 && up == 24 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus sees {up} of {} targets up (want 24): {body}",
+            results.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // --- down leaves nothing: namespaces, agents, proxy, Prometheus
+    let o = run(&runs, &["down"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(namespaces_of(&run_id), Vec::<String>::new());
+    let run_dir = runs.join(&run_id);
+    assert_eq!(
+        live_processes(run_dir.to_str().expect("utf-8")),
+        Vec::<String>::new(),
+        "proxy and Prometheus stopped"
+    );
+    assert_eq!(
+        live_processes("--api unix:agents/"),
+        Vec::<String>::new(),
+        "lab agents stopped"
+    );
+    let o = run(&runs, &["down"]);
+    assert!(o.status.success(), "down is idempotent: {}", text(&o));
+
+    // --- SIGKILL in the middle of `up`, then `down --all`
+    let mut child = Command::new(chaosnet())
+        .arg("--runs-dir")
+        .arg(&runs)
+        .args(["up", "--agents", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn up");
+    // Wait until it has created something (its run's namespaces), then kill it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let killed_run = loop {
+        let current = std::fs::read_link(runs.join("current"))
+            .ok()
+            .map(|p| p.display().to_string());
+        if let Some(id) = current.filter(|id| *id != run_id)
+            && !namespaces_of(&id).is_empty()
+        {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "up created nothing in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let o = run(&runs, &["down", "--all"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(namespaces_of(&killed_run), Vec::<String>::new());
+    assert_eq!(
+        live_processes("--api unix:agents/"),
+        Vec::<String>::new(),
+        "lab agents stopped"
+    );
+    let o = run(&runs, &["down", "--all"]);
+    assert!(o.status.success(), "down --all is idempotent: {}", text(&o));
+}
