@@ -7,6 +7,10 @@ export CARGO_TERM_COLOR ?= never
 
 .PHONY: chaosnet up down status build release test lint fmt bench deps clean
 
+# Options for `make chaosnet up`: SCENARIO=path.yaml, AGENTS=N, MONITOR=1.
+CHAOSNET = $(or $(CARGO_TARGET_DIR),target)/debug/chaosnet
+UP_FLAGS = $(if $(SCENARIO),-f $(SCENARIO)) $(if $(AGENTS),--agents $(AGENTS)) $(if $(MONITOR),--monitor)
+
 # `make chaosnet up` is two goals: `chaosnet` (a no-op namespace) and `up`.
 chaosnet:
 	@:
@@ -36,15 +40,15 @@ bench: deps
 	$(CARGO) build --release --workspace --bins
 	bash scripts/bench-agent.sh
 
-## The fleet. Until the NAT-lab controller lands, this runs a loopback fleet of processes.
+## The fleet in the NAT lab (needs root): `make chaosnet up|status|down`.
 up: build
-	@bash scripts/loopback-fleet.sh up
+	$(CHAOSNET) up $(UP_FLAGS)
 
 down:
-	@bash scripts/loopback-fleet.sh down
+	@if [ -x $(CHAOSNET) ]; then $(CHAOSNET) down; else echo "nothing built yet: no run to take down"; fi
 
 status:
-	@bash scripts/loopback-fleet.sh status
+	$(CHAOSNET) status
 
 clean:
 	$(CARGO) clean

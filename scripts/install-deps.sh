@@ -14,14 +14,16 @@ declare -A why=(
   [nftables]="nft for NAT and fault rules in the lab"
   [conntrack]="flushing NAT state in the lab"
   [iptables]="statistic-based loss rules in the lab"
+  [procps]="sysctl for per-namespace conntrack timeouts"
 )
 build=(librocksdb-dev libclang1-14 libclang-common-14-dev pkg-config)
-test=("${build[@]}" prometheus)
-lab=("${test[@]}" iproute2 nftables conntrack iptables)
+lab=("${build[@]}" iproute2 nftables conntrack iptables procps)
+test=("${lab[@]}" prometheus)
 case "$profile" in
   build) want=("${build[@]}") ;;
   test) want=("${test[@]}") ;;
-  lab|all) want=("${lab[@]}") ;;
+  lab) want=("${lab[@]}") ;;
+  all) want=("${test[@]}") ;;
   *) echo "usage: $0 [build|test|lab|all]" >&2; exit 2 ;;
 esac
 
