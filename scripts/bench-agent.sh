@@ -28,6 +28,7 @@ join_timeout_s=90
 work=$(mktemp -d "${TMPDIR:-/tmp}/chaosnet-bench.XXXXXX")
 pids_file=$work/pids
 : >"$pids_file"
+bench_pid=
 
 # Stops every process this script started (agents and the throughput example): TERM, up to
 # 5 s of grace, then KILL. Only pids we recorded, never by name.
@@ -47,6 +48,8 @@ stop_all() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  # The running benchmark first, so it starts nothing more; then what it started.
+  [ -n "${bench_pid:-}" ] && kill -TERM "$bench_pid" 2>/dev/null
   stop_all
   rm -rf "$work"
   exit "$rc"
@@ -102,12 +105,27 @@ cargo build --release --examples -p chaosnet-agent
 # Fleets
 # ---------------------------------------------------------------------------------------------
 
+# ports_free P2P API N: fails, naming them, if any of UDP P2P..P2P+N-1 or TCP API..API+N-1 is
+# already bound (needs ss; without it, a taken port shows up as an agent exiting at start).
+ports_free() {
+  command -v ss >/dev/null || return 0
+  local taken
+  taken=$( { ss -Hlun | awk -v lo="$1" -v hi=$(($1 + $3 - 1)) '{ n = split($4, a, ":"); p = a[n] + 0; if (p >= lo && p <= hi) print "udp/" p }'
+    ss -Hltn | awk -v lo="$2" -v hi=$(($2 + $3 - 1)) '{ n = split($4, a, ":"); p = a[n] + 0; if (p >= lo && p <= hi) print "tcp/" p }'
+  } | sort -u | tr '\n' ' ')
+  if [ -n "$taken" ]; then
+    echo "ports already in use: $taken(set BENCH_P2P_BASE / BENCH_API_BASE to move the range)" >&2
+    return 1
+  fi
+}
+
 # start_fleet NAME N RATE P2P API: keygen + start N agents (agent 0 is every other's seed).
 # Sets fleet_dir, fleet_pids[], fleet_ids[].
 start_fleet() {
   local name=$1 n=$2 rate=$3 p2p=$4 api=$5 i pid seed_id args
   fleet_dir=$work/$name
   fleet_pids=() fleet_ids=()
+  ports_free "$p2p" "$api" "$n"
   mkdir -p "$fleet_dir"
   for i in $(seq 0 $((n - 1))); do
     "$bin" keygen --data-dir "$fleet_dir/a$i" --force >/dev/null
@@ -296,10 +314,15 @@ declare -A status
 for b in 1 2 3; do
   [[ " $only " == *" $b "* ]] || { status[$b]=skipped; continue; }
   case $b in 1) fn=bench_idle ;; 2) fn=bench_lookup ;; 3) fn=bench_throughput ;; esac
-  # A subshell with its own `set -e`, so one failing benchmark does not stop the others.
+  # A subshell with its own `set -e`, so one failing benchmark does not stop the others. It
+  # runs in the background so that a signal to this script runs the trap at once (bash defers
+  # traps until a foreground child ends).
   set +e
-  (set -e; "$fn")
+  (set -e; "$fn") &
+  bench_pid=$!
+  wait "$bench_pid"
   rc=$?
+  bench_pid=
   set -e
   stop_all
   if [ "$rc" -eq 0 ]; then status[$b]=ok; else status[$b]="FAILED (exit $rc)"; fi

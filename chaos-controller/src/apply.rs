@@ -1,1 +1,726 @@
-//! apply (being written).
+//! Apply: carries a [`Plan`] out as root, and tears runs down.
+//!
+//! What it does:
+//! - [`preflight`] checks for root and for `ip`, `nft`, `conntrack` and `sysctl`, naming the
+//!   Debian package of anything missing; [`apply`] runs it first, so nothing is created when
+//!   it fails.
+//! - [`apply`] builds a run in phases: namespaces (one `ip -batch`), veth pairs created
+//!   directly in their two namespaces (one `ip -batch`, so no interface ever appears in the
+//!   root namespace), then, per namespace and in parallel: one `ip -batch` for lo, bridges,
+//!   addresses, masters, links and routes; `nft -f -` for each ruleset (this also loads
+//!   conntrack); sysctls written to `/proc/sys` from a thread inside the namespace; and
+//!   `conntrack -F` in router namespaces. Progress is reported per namespace.
+//! - Re-applying is idempotent by replacement: apply first tears down every namespace of
+//!   the plan's run id (killing the processes inside), then builds from scratch. So a run
+//!   left half-built by a killed controller is simply rebuilt, and the result never depends
+//!   on what was there before. On any failure, apply tears the run down again and returns
+//!   an error naming the failing command (for batches: the failing line) and its stderr.
+//! - [`teardown`] removes one run, [`teardown_all`] every `cn<6 hex>-*` namespace on the
+//!   machine. Both work from namespace names alone (no state file needed), kill every
+//!   process inside first, and are idempotent.
+//! - [`in_netns`] runs a closure on a thread inside a namespace (tests open sockets there).
+//! - [`RunState`] is the run's state file.
+//!
+//! What it does not do: plan (see `planner`), render nft text (see `nat`), start agents
+//! (see [`crate::runtime`]), or touch the root namespace: every link, address, route, rule
+//! and sysctl it creates lives in a namespace named `cn<run>-...`, which validation
+//! enforces before anything is created.
+
+mod cmd;
+mod netns;
+mod script;
+mod state;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::plan::{Plan, RunId};
+
+pub use netns::in_netns;
+pub use state::{RunState, STATE_VERSION};
+
+pub(crate) use cmd::{package_of, which};
+pub(crate) use netns::{alive, ns_inode, pid_ns_inode, proc_state};
+
+use cmd::Cmd;
+use script::NsWork;
+
+/// How long teardown waits for killed processes to die.
+const KILL_WAIT: Duration = Duration::from_secs(3);
+/// How often teardown re-scans for processes that entered a namespace while it was killing.
+const KILL_ROUNDS: usize = 3;
+
+/// Everything that can go wrong while applying or tearing down.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The controller does not run as root.
+    #[error(
+        "chaosnet needs root to create network namespaces and nftables rules (effective uid is {euid}); run it with sudo"
+    )]
+    NotRoot {
+        /// The effective uid.
+        euid: u32,
+    },
+    /// A required tool is missing.
+    #[error(
+        "`{binary}` was not found on PATH or in /usr/sbin, /sbin: install the Debian package `{package}` (apt-get install -y {package})"
+    )]
+    MissingBinary {
+        /// The binary, e.g. `nft`.
+        binary: String,
+        /// The Debian package providing it, e.g. `nftables`.
+        package: &'static str,
+    },
+    /// The plan is inconsistent or names something apply refuses to touch.
+    #[error("invalid plan: {0}")]
+    InvalidPlan(String),
+    /// A command exited non-zero.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line (for batches, with the failing line).
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its stderr, trimmed.
+        stderr: String,
+    },
+    /// A command ran past its timeout and was killed.
+    #[error("`{command}` did not finish within {after:?} and was killed")]
+    Timeout {
+        /// The command line.
+        command: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// A command could not be started.
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A named namespace does not exist.
+    #[error("network namespace {ns} does not exist (no /run/netns/{ns})")]
+    NoSuchNamespace {
+        /// The namespace.
+        ns: String,
+    },
+    /// Entering or inspecting a namespace failed.
+    #[error("network namespace {ns}: {what}")]
+    Netns {
+        /// The namespace.
+        ns: String,
+        /// What failed.
+        what: String,
+    },
+    /// Setting a sysctl failed.
+    #[error("sysctl {key}={value} in {ns}: {source}")]
+    Sysctl {
+        /// The namespace.
+        ns: String,
+        /// The dotted key.
+        key: String,
+        /// The value.
+        value: String,
+        /// The OS error (ENOENT: the kernel has no such sysctl).
+        #[source]
+        source: std::io::Error,
+    },
+    /// Other I/O.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file could not be read or written.
+    #[error("run state file {}: {what}", path.display())]
+    State {
+        /// Its path.
+        path: PathBuf,
+        /// What went wrong.
+        what: String,
+    },
+    /// Links did not come up after configuration.
+    #[error("links in netns {ns} did not come up within {after:?}: {detail}")]
+    NotReady {
+        /// The namespace.
+        ns: String,
+        /// How long apply waited.
+        after: Duration,
+        /// The first link that was not ready, as `ip -d -o link` shows it.
+        detail: String,
+    },
+    /// Namespaces survived a teardown.
+    #[error("could not delete network namespaces {names:?}: {detail}")]
+    Leftovers {
+        /// The namespaces still present.
+        names: Vec<String>,
+        /// `ip`'s stderr.
+        detail: String,
+    },
+    /// Apply failed, and removing the partial run failed too.
+    #[error("{error}; removing the partial run also failed: {cleanup}")]
+    CleanupFailed {
+        /// The apply error.
+        error: Box<ApplyError>,
+        /// The teardown error.
+        cleanup: Box<ApplyError>,
+    },
+}
+
+/// A phase of [`apply`], for progress display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Removing an earlier copy of the same run.
+    Cleanup,
+    /// Creating all namespaces.
+    Namespaces,
+    /// Creating all veth pairs.
+    Links,
+    /// Configuring one namespace (addresses, routes, nft, sysctls, conntrack flush).
+    Configure,
+    /// Waiting until one namespace's links are up and its bridge ports forward (namespaces
+    /// without a bridge pass at once).
+    Settle,
+    /// Finished.
+    Done,
+}
+
+/// One progress report: `done` of `total` units are finished. Units are: 1 for cleanup, one
+/// per namespace created, 1 for the links, one per namespace configured, one per namespace
+/// settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The phase that just finished a unit.
+    pub phase: Phase,
+    /// The namespace, for [`Phase::Configure`].
+    pub ns: Option<String>,
+    /// Units finished so far.
+    pub done: usize,
+    /// All units.
+    pub total: usize,
+}
+
+/// Knobs for [`apply_with`].
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    /// Namespaces configured in parallel (at least 1).
+    pub jobs: usize,
+    /// Longest wait for links to come up after configuration ([`Phase::Settle`]); zero skips
+    /// the check.
+    pub settle_timeout: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        // Mostly fork/exec of short-lived tools and kernel work: a few more workers than
+        // cores keeps both cores busy while one worker waits on a child.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        ApplyOptions {
+            jobs: (cores * 2).clamp(2, 16),
+            settle_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Namespaces created.
+    pub namespaces: usize,
+    /// Namespaces of an earlier copy of this run that were removed first.
+    pub replaced: usize,
+    /// Wall time of the whole apply.
+    pub elapsed: Duration,
+}
+
+/// What a teardown removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TeardownReport {
+    /// Run ids that had namespaces, sorted.
+    pub runs: Vec<String>,
+    /// Namespaces deleted.
+    pub namespaces: usize,
+    /// Processes killed.
+    pub processes: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Resolved paths of the tools apply runs.
+#[derive(Clone, Debug)]
+struct Tools {
+    ip: PathBuf,
+    nft: PathBuf,
+    conntrack: PathBuf,
+}
+
+fn check_root() -> Result<(), ApplyError> {
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() {
+        Ok(())
+    } else {
+        Err(ApplyError::NotRoot {
+            euid: euid.as_raw(),
+        })
+    }
+}
+
+fn locate_tools() -> Result<Tools, ApplyError> {
+    let ip = cmd::require("ip")?;
+    let nft = cmd::require("nft")?;
+    let conntrack = cmd::require("conntrack")?;
+    // Not run by apply (it writes /proc/sys directly), but required for `chaosnet exec`
+    // diagnostics and checked here so a fresh machine fails early and clearly.
+    cmd::require("sysctl")?;
+    Ok(Tools { ip, nft, conntrack })
+}
+
+/// Checks that apply can work: effective uid 0, and `ip` (iproute2), `nft` (nftables),
+/// `conntrack` (conntrack) and `sysctl` (procps) installed. Creates nothing.
+///
+/// # Errors
+/// [`ApplyError::NotRoot`] or [`ApplyError::MissingBinary`] naming the Debian package.
+pub fn preflight() -> Result<(), ApplyError> {
+    check_root()?;
+    locate_tools().map(drop)
+}
+
+/// Applies `plan` with [`ApplyOptions::default`], calling `progress` (on the calling
+/// thread) after each unit of work. See the module docs for the phases and for
+/// idempotency (re-applying replaces the run).
+///
+/// # Errors
+/// Preflight and validation errors (nothing created), or the first failing command, after
+/// the partial run was torn down ([`ApplyError::CleanupFailed`] if that failed too).
+pub fn apply(plan: &Plan, progress: &dyn Fn(Step)) -> Result<ApplyReport, ApplyError> {
+    apply_with(plan, &ApplyOptions::default(), progress)
+}
+
+/// [`apply`] with explicit options.
+///
+/// # Errors
+/// As [`apply`].
+pub fn apply_with(
+    plan: &Plan,
+    opts: &ApplyOptions,
+    progress: &dyn Fn(Step),
+) -> Result<ApplyReport, ApplyError> {
+    let t0 = Instant::now();
+    check_root()?;
+    let tools = locate_tools()?;
+    script::validate(plan)?;
+    let scripts = script::render(plan);
+    let n = plan.namespaces.len();
+    let total = 2 + 3 * n;
+
+    let replaced = teardown_prefix(&tools.ip, &plan.run_id.ns(""))?.namespaces;
+    progress(Step {
+        phase: Phase::Cleanup,
+        ns: None,
+        done: 1,
+        total,
+    });
+
+    match build(&tools, &scripts, opts, progress, total) {
+        Ok(()) => {
+            progress(Step {
+                phase: Phase::Done,
+                ns: None,
+                done: total,
+                total,
+            });
+            Ok(ApplyReport {
+                namespaces: n,
+                replaced,
+                elapsed: t0.elapsed(),
+            })
+        }
+        Err(error) => match teardown_prefix(&tools.ip, &plan.run_id.ns("")) {
+            Ok(_) => Err(error),
+            Err(cleanup) => Err(ApplyError::CleanupFailed {
+                error: Box::new(error),
+                cleanup: Box::new(cleanup),
+            }),
+        },
+    }
+}
+
+/// Runs an `ip -batch -` script; on failure, the error names the failing line.
+fn ip_batch(ip: &std::path::Path, label: &str, script: &str) -> Result<(), ApplyError> {
+    if script.is_empty() {
+        return Ok(());
+    }
+    let cmd = Cmd::new(ip).args(["-batch", "-"]).stdin(script.as_bytes());
+    cmd.run().map(drop).map_err(|e| match e {
+        ApplyError::Command {
+            command,
+            status,
+            stderr,
+        } => {
+            let line = cmd::batch_failed_line(&stderr, script)
+                .map(|l| format!(", at line `{l}`"))
+                .unwrap_or_default();
+            ApplyError::Command {
+                command: format!("{command} ({label}{line})"),
+                status,
+                stderr,
+            }
+        }
+        other => other,
+    })
+}
+
+fn build(
+    tools: &Tools,
+    scripts: &script::Scripts,
+    opts: &ApplyOptions,
+    progress: &dyn Fn(Step),
+    total: usize,
+) -> Result<(), ApplyError> {
+    let n = scripts.per_ns.len();
+    ip_batch(&tools.ip, "create namespaces", &scripts.netns_add)?;
+    progress(Step {
+        phase: Phase::Namespaces,
+        ns: None,
+        done: 1 + n,
+        total,
+    });
+    ip_batch(&tools.ip, "create veth pairs", &scripts.veths)?;
+    let mut done = 2 + n;
+    progress(Step {
+        phase: Phase::Links,
+        ns: None,
+        done,
+        total,
+    });
+
+    run_pool(
+        &scripts.per_ns,
+        opts.jobs,
+        |w| configure_ns(tools, w),
+        |i| {
+            done += 1;
+            progress(Step {
+                phase: Phase::Configure,
+                ns: Some(scripts.per_ns[i].ns.clone()),
+                done,
+                total,
+            });
+        },
+    )?;
+    // Carrier changes reach bridges and operstate asynchronously (kernel linkwatch): wait
+    // until, in every namespace with a bridge, every link is up and every bridge port
+    // forwards, so the first packets of a fresh lab are not lost.
+    let deadline = Instant::now() + opts.settle_timeout;
+    run_pool(
+        &scripts.per_ns,
+        opts.jobs,
+        |w| {
+            // Only bridge ports wait for linkwatch before passing traffic; a plain veth
+            // sends as soon as both ends are up.
+            if opts.settle_timeout.is_zero() || !w.has_bridge {
+                Ok(())
+            } else {
+                settle_ns(tools, w, deadline, opts.settle_timeout)
+            }
+        },
+        |i| {
+            done += 1;
+            progress(Step {
+                phase: Phase::Settle,
+                ns: Some(scripts.per_ns[i].ns.clone()),
+                done,
+                total,
+            });
+        },
+    )
+}
+
+/// Runs `f` on every item with up to `jobs` worker threads; `on_ok(i)` runs on the calling
+/// thread as each item succeeds. Stops handing out work at the first error and returns it.
+fn run_pool<T: Sync>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> Result<(), ApplyError> + Sync,
+    mut on_ok: impl FnMut(usize),
+) -> Result<(), ApplyError> {
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let jobs = jobs.max(1).min(items.len().max(1));
+    let (tx, rx) = mpsc::channel::<(usize, Result<(), ApplyError>)>();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let (next, stop, f) = (&next, &stop, &f);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else {
+                        break;
+                    };
+                    let r = f(item);
+                    let failed = r.is_err();
+                    if tx.send((i, r)).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut first_err = None;
+        for (i, r) in rx {
+            match r {
+                Ok(()) => on_ok(i),
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    })
+}
+
+/// Polls `ip -d -o link show` inside the namespace until every link other than `lo` and the
+/// bridges themselves is operationally up and every bridge port forwards.
+fn settle_ns(
+    tools: &Tools,
+    w: &NsWork,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(), ApplyError> {
+    in_netns(&w.ns, || -> Result<(), ApplyError> {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let out = Cmd::new(&tools.ip)
+                .args(["-d", "-o", "link", "show"])
+                .run()
+                .map_err(|e| in_ns(e, &w.ns))?;
+            let Some(line) = not_ready(&out) else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(ApplyError::NotReady {
+                    ns: w.ns.clone(),
+                    after: timeout,
+                    detail: line.to_string(),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    })?
+}
+
+/// The first line of `ip -d -o link show` output whose link is not ready, if any.
+fn not_ready(out: &str) -> Option<&str> {
+    out.lines().find(|line| {
+        let name = line.split(':').nth(1).map(str::trim).unwrap_or("");
+        if name == "lo" || line.contains("LOOPBACK") {
+            return false;
+        }
+        // A bridge's own state follows its ports (and a bridge without ports is down for
+        // good): check the ports, not the bridge.
+        if line.contains(" bridge forward_delay ") {
+            return false;
+        }
+        let oper_ok = line.contains(" state UP ") || line.contains(" state UNKNOWN ");
+        let port_ok =
+            !line.contains("bridge_slave") || line.contains("bridge_slave state forwarding");
+        !(oper_ok && port_ok)
+    })
+}
+
+/// Configures one namespace from a thread inside it: `ip -batch` (no `-n` needed, and no
+/// per-call mount namespace), nft rulesets, sysctls, conntrack flush.
+fn configure_ns(tools: &Tools, w: &NsWork) -> Result<(), ApplyError> {
+    in_netns(&w.ns, || -> Result<(), ApplyError> {
+        ip_batch(&tools.ip, &format!("in netns {}", w.ns), &w.ip_batch)?;
+        for text in &w.rulesets {
+            Cmd::new(&tools.nft)
+                .args(["-f", "-"])
+                .stdin(text.as_bytes())
+                .run()
+                .map_err(|e| in_ns(e, &w.ns))?;
+        }
+        for (key, value) in &w.sysctls {
+            write_sysctl(&w.ns, key, value)?;
+        }
+        if w.flush_conntrack {
+            Cmd::new(&tools.conntrack)
+                .args(["-F"])
+                .timeout(Duration::from_secs(10))
+                .run()
+                .map_err(|e| in_ns(e, &w.ns))?;
+        }
+        Ok(())
+    })?
+}
+
+/// Adds "in netns X" to a command error run from inside a namespace.
+fn in_ns(e: ApplyError, ns: &str) -> ApplyError {
+    match e {
+        ApplyError::Command {
+            command,
+            status,
+            stderr,
+        } => ApplyError::Command {
+            command: format!("{command} (in netns {ns})"),
+            status,
+            stderr,
+        },
+        ApplyError::Timeout { command, after } => ApplyError::Timeout {
+            command: format!("{command} (in netns {ns})"),
+            after,
+        },
+        other => other,
+    }
+}
+
+/// Writes `/proc/sys/<key with dots as slashes>`. Must run on a thread inside `ns`:
+/// `/proc/sys/net` resolves against the writing thread's network namespace.
+fn write_sysctl(ns: &str, key: &str, value: &str) -> Result<(), ApplyError> {
+    let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+    std::fs::write(&path, format!("{value}\n")).map_err(|source| ApplyError::Sysctl {
+        ns: ns.to_string(),
+        key: key.to_string(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// Removes run `run_id`: kills every process in its namespaces (SIGKILL, bounded wait), then
+/// deletes the namespaces (their veths, bridges, rules and conntrack go with them).
+/// Idempotent: with nothing left, it returns an empty report.
+///
+/// # Errors
+/// [`ApplyError::NotRoot`], a missing `ip`, an invalid run id, or
+/// [`ApplyError::Leftovers`] when namespaces could not be deleted.
+pub fn teardown(run_id: &RunId) -> Result<TeardownReport, ApplyError> {
+    check_root()?;
+    if !script::valid_run_id(run_id) {
+        return Err(ApplyError::InvalidPlan(format!(
+            "run id {:?} is not 6 lowercase hex characters",
+            run_id.0
+        )));
+    }
+    let ip = cmd::require("ip")?;
+    teardown_prefix(&ip, &run_id.ns(""))
+}
+
+/// Removes every chaosnet run on the machine: each namespace named `cn<6 hex>-*`, and the
+/// processes inside. Needs no state file, so it also cleans up after a controller killed in
+/// the middle of `up`. Idempotent.
+///
+/// # Errors
+/// As [`teardown`].
+pub fn teardown_all() -> Result<TeardownReport, ApplyError> {
+    check_root()?;
+    let ip = cmd::require("ip")?;
+    teardown_where(&ip, |name| script::run_of_ns(name).is_some())
+}
+
+/// Every chaosnet namespace currently on the machine, sorted (names `cn<6 hex>-*`).
+///
+/// # Errors
+/// [`ApplyError::Io`] when `/run/netns` cannot be read.
+pub fn list_chaosnet_namespaces() -> Result<Vec<String>, ApplyError> {
+    Ok(netns::list()?
+        .into_iter()
+        .filter(|n| script::run_of_ns(n).is_some())
+        .collect())
+}
+
+fn teardown_prefix(ip: &std::path::Path, prefix: &str) -> Result<TeardownReport, ApplyError> {
+    teardown_where(ip, |name| name.starts_with(prefix))
+}
+
+fn teardown_where(
+    ip: &std::path::Path,
+    pick: impl Fn(&str) -> bool,
+) -> Result<TeardownReport, ApplyError> {
+    let t0 = Instant::now();
+    let names: Vec<String> = netns::list()?.into_iter().filter(|n| pick(n)).collect();
+    if names.is_empty() {
+        return Ok(TeardownReport {
+            elapsed: t0.elapsed(),
+            ..TeardownReport::default()
+        });
+    }
+    let by_inode: HashMap<u64, String> = names
+        .iter()
+        .filter_map(|n| netns::ns_inode(n).map(|ino| (ino, n.clone())))
+        .collect();
+    // Re-scan a bounded number of times: a process may enter a namespace (e.g. an agent
+    // being restarted) while we kill the others.
+    let mut processes = 0;
+    for _ in 0..KILL_ROUNDS {
+        let pids: Vec<i32> = netns::pids_by_ns(&by_inode)
+            .into_values()
+            .flatten()
+            .filter(|&p| netns::alive(p))
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        processes += netns::kill_all(&pids, KILL_WAIT);
+    }
+    let mut script = String::new();
+    for n in &names {
+        script.push_str("netns del ");
+        script.push_str(n);
+        script.push('\n');
+    }
+    // -force: keep going past a namespace that vanished meanwhile; leftovers are checked
+    // below from the directory itself.
+    let res = Cmd::new(ip)
+        .args(["-force", "-batch", "-"])
+        .stdin(script)
+        .run_raw()?;
+    let left: Vec<String> = netns::list()?
+        .into_iter()
+        .filter(|n| names.contains(n))
+        .collect();
+    if !left.is_empty() {
+        return Err(ApplyError::Leftovers {
+            names: left,
+            detail: res.2.trim().to_string(),
+        });
+    }
+    let runs: BTreeSet<String> = names
+        .iter()
+        .filter_map(|n| script::run_of_ns(n).map(str::to_string))
+        .collect();
+    Ok(TeardownReport {
+        runs: runs.into_iter().collect(),
+        namespaces: names.len(),
+        processes,
+        elapsed: t0.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_ready_when_up_and_forwarding() {
+        let ready = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT\n\
+            2: br0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT \\    bridge forward_delay 1500\n\
+            1001: p0@if1000: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master br0 state UP mode DEFAULT \\    veth \\    bridge_slave state forwarding priority 32\n";
+        assert_eq!(not_ready(ready), None);
+        let down = "1001: p0@if1000: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 state LOWERLAYERDOWN mode DEFAULT\n";
+        assert!(not_ready(down).is_some());
+        let disabled = "1001: p0@if1000: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master br0 state UP mode DEFAULT \\    bridge_slave state disabled priority 32\n";
+        assert!(not_ready(disabled).is_some());
+    }
+}

@@ -7,10 +7,18 @@
 //! - [`apply`]: carries a plan out as root (namespaces, links, sysctls, nft) and tears runs
 //!   down, idempotently, from a state file or by name prefix.
 //!
-//! Nothing outside `apply` touches the system.
+//! - [`runtime`]: how agents run (processes in their namespaces; docker and kube later).
+//! - [`monitor`]: Prometheus config and the scrape proxy; [`agentapi`]: HTTP over the agents'
+//!   unix sockets; [`cli`]: the `chaosnet` command line.
+//!
+//! Nothing outside `apply`, `runtime`, `monitor`, `agentapi` and `cli` touches the system.
 
+pub mod agentapi;
 pub mod apply;
+pub mod cli;
+pub mod monitor;
 pub mod nat;
 pub mod plan;
 pub mod planner;
+pub mod runtime;
 pub mod scenario;

@@ -172,7 +172,7 @@ pub struct SitePlan {
 /// One agent as planned.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentPlan {
-    /// Unique name, e.g. `home1-a2` or `seed-0`.
+    /// Unique name, e.g. `home1-2` (agent 2 of site `home1`) or `seed-0`.
     pub name: String,
     /// The site it belongs to (`internet` for public seeds).
     pub site: String,
