@@ -8,7 +8,9 @@ export CARGO_TERM_COLOR ?= never
 .PHONY: chaosnet up down status build release test lint fmt bench deps clean
 
 # Options for `make chaosnet up`: SCENARIO=path.yaml, AGENTS=N, MONITOR=1.
-CHAOSNET = $(or $(CARGO_TARGET_DIR),target)/debug/chaosnet
+# The lab runs release binaries: a debug agent costs several times the CPU, and 100 of them
+# saturate 2 cores.
+CHAOSNET = $(or $(CARGO_TARGET_DIR),target)/release/chaosnet
 UP_FLAGS = $(if $(SCENARIO),-f $(SCENARIO)) $(if $(AGENTS),--agents $(AGENTS)) $(if $(MONITOR),--monitor)
 
 # `make chaosnet up` is two goals: `chaosnet` (a no-op namespace) and `up`.
@@ -36,12 +38,12 @@ fmt:
 	$(CARGO) fmt --all
 
 ## Benchmarks: results go to BENCHMARKS.md by hand, with the command that produced them.
-bench: deps
-	$(CARGO) build --release --workspace --bins
+bench: release
 	bash scripts/bench-agent.sh
+	bash scripts/bench-lab.sh
 
 ## The fleet in the NAT lab (needs root): `make chaosnet up|status|down`.
-up: build
+up: release
 	$(CHAOSNET) up $(UP_FLAGS)
 
 down:
