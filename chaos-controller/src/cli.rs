@@ -446,23 +446,38 @@ fn status(runs: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
+    let line = |c: [&str; 10]| {
+        format!(
+            "{:<16} {:<12} {:<26} {:<8} {:<18} {:<15} {:>8} {:>13} {:<7} {}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]
+        )
+    };
     println!(
-        "{:<16} {:<12} {:<26} {:<8} {:<18} {:<15} {:>8} {:>13} {:<7} {}",
-        "AGENT", "SITE", "NAT", "RUNTIME", "LAN ADDR", "PUBLIC ADDR", "CONTACTS", "CONN d/p/r", "JOINED", "SEEN AS"
+        "{}",
+        line(["AGENT", "SITE", "NAT", "RUNTIME", "LAN ADDR", "PUBLIC ADDR", "CONTACTS", "CONN d/p/r", "JOINED", "SEEN AS"])
     );
     for r in &rows {
+        let joined = if !r.running {
+            "down"
+        } else if r.joined {
+            "yes"
+        } else {
+            "no"
+        };
         println!(
-            "{:<16} {:<12} {:<26} {:<8} {:<18} {:<15} {:>8} {:>13} {:<7} {}",
-            r.agent,
-            r.site,
-            r.nat,
-            r.runtime,
-            r.lan_addr,
-            r.public_addr,
-            r.contacts,
-            format!("{}/{}/{}", r.direct, r.punched, r.relayed),
-            if !r.running { "down" } else if r.joined { "yes" } else { "no" },
-            r.nat_type
+            "{}",
+            line([
+                &r.agent,
+                &r.site,
+                &r.nat,
+                r.runtime,
+                &r.lan_addr,
+                &r.public_addr,
+                &r.contacts.to_string(),
+                &format!("{}/{}/{}", r.direct, r.punched, r.relayed),
+                joined,
+                &r.nat_type,
+            ])
         );
     }
     let up = rows.iter().filter(|r| r.joined).count();
