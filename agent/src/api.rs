@@ -45,7 +45,11 @@ pub struct ApiState {
 impl ApiState {
     /// State over the driver's channel and the P2P socket.
     pub fn new(inputs: mpsc::Sender<Input>, socket: SocketHandle) -> ApiState {
-        ApiState { inputs, socket, connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)) }
+        ApiState {
+            inputs,
+            socket,
+            connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)),
+        }
     }
 }
 
@@ -70,20 +74,44 @@ struct ApiError {
 }
 
 fn error(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response {
-    (status, Json(ApiError { error: msg.into(), reason })).into_response()
+    (
+        status,
+        Json(ApiError {
+            error: msg.into(),
+            reason,
+        }),
+    )
+        .into_response()
 }
 
-async fn ask<T>(state: &ApiState, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T, Response> {
+async fn ask<T>(
+    state: &ApiState,
+    make: impl FnOnce(oneshot::Sender<T>) -> Input,
+) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
     if state.inputs.send(make(tx)).await.is_err() {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the agent is shutting down"));
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the agent is shutting down",
+        ));
     }
-    rx.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the agent is shutting down"))
+    rx.await.map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the agent is shutting down",
+        )
+    })
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     match ask(&state, Input::Metrics).await {
-        Ok(text) => ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Ok(text) => (
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response(),
         Err(e) => e,
     }
 }
@@ -118,7 +146,10 @@ struct ConnectAnswer {
     elapsed_ms: f64,
 }
 
-async fn connect(State(state): State<ApiState>, body: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn connect(
+    State(state): State<ApiState>,
+    body: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Json(body) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
@@ -128,20 +159,40 @@ async fn connect(State(state): State<ApiState>, body: Result<Json<ConnectBody>, 
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
     };
     let Ok(_permit) = state.connects.acquire().await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the agent is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the agent is shutting down",
+        );
     };
-    let command = Command::Connect { peer, fresh: body.fresh };
-    let result = match tokio::time::timeout(CONNECT_DEADLINE, ask(&state, |reply| Input::Command { command, reply })).await
+    let command = Command::Connect {
+        peer,
+        fresh: body.fresh,
+    };
+    let result = match tokio::time::timeout(
+        CONNECT_DEADLINE,
+        ask(&state, |reply| Input::Command { command, reply }),
+    )
+    .await
     {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return e,
-        Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "timeout", "connect did not finish in 60 s"),
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "connect did not finish in 60 s",
+            );
+        }
     };
     let elapsed_ms = result.elapsed.as_secs_f64() * 1000.0;
     match (result.outcome, result.mode) {
-        (TaskOutcome::Ok, Some(mode)) => {
-            Json(ConnectAnswer { node_id: peer.to_hex(), mode: mode.as_str(), elapsed_ms }).into_response()
-        }
+        (TaskOutcome::Ok, Some(mode)) => Json(ConnectAnswer {
+            node_id: peer.to_hex(),
+            mode: mode.as_str(),
+            elapsed_ms,
+        })
+        .into_response(),
         (outcome, _) => {
             let status = match outcome {
                 TaskOutcome::NotFound => StatusCode::NOT_FOUND,
@@ -197,8 +248,17 @@ struct TasksBody {
 }
 
 async fn tasks(State(state): State<ApiState>, Json(body): Json<TasksBody>) -> Response {
-    if state.inputs.send(Input::PauseTasks(body.paused)).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the agent is shutting down");
+    if state
+        .inputs
+        .send(Input::PauseTasks(body.paused))
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the agent is shutting down",
+        );
     }
     Json(serde_json::json!({ "paused": body.paused })).into_response()
 }

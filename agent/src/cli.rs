@@ -120,20 +120,36 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.command {
         Cmd::Keygen { data_dir, force } => report(keygen(&data_dir, force), 2),
         Cmd::Id { data_dir, base32 } => report(print_id(&data_dir, base32), 2),
         Cmd::Run(args) => {
-            let _telemetry = match crate::telemetry::init(&args.log_format, args.otlp_endpoint.as_deref(), "chaosnet-agent") {
+            let _telemetry = match crate::telemetry::init(
+                &args.log_format,
+                args.otlp_endpoint.as_deref(),
+                "chaosnet-agent",
+            ) {
                 Ok(g) => g,
                 Err(e) => return report(Err(e.into()), 2),
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
-                Err(e) => return report(Err(anyhow::Error::new(e).context("cannot start the runtime")), 1),
+                Err(e) => {
+                    return report(
+                        Err(anyhow::Error::new(e).context("cannot start the runtime")),
+                        1,
+                    );
+                }
             };
             runtime.block_on(run(*args))
         }
@@ -151,7 +167,8 @@ fn report(result: anyhow::Result<()>, code: u8) -> ExitCode {
 }
 
 fn keygen(data_dir: &Path, force: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let id = Identity::generate()?;
     id.save(&data_dir.join("node.key"), force)?;
     println!("{}", id.node_id());
@@ -161,15 +178,27 @@ fn keygen(data_dir: &Path, force: bool) -> anyhow::Result<()> {
 fn print_id(data_dir: &Path, base32: bool) -> anyhow::Result<()> {
     let id = Identity::load(&data_dir.join("node.key"))?;
     let node = id.node_id();
-    println!("{}", if base32 { node.to_base32() } else { node.to_hex() });
+    println!(
+        "{}",
+        if base32 {
+            node.to_base32()
+        } else {
+            node.to_hex()
+        }
+    );
     Ok(())
 }
 
-
 fn parse_seed(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
-    let (id, addr) = s.split_once('@').with_context(|| format!("--seed {s:?}: expected <node_id>@<ip:port>"))?;
-    let id: NodeId = id.parse().with_context(|| format!("--seed {s:?}: bad node id"))?;
-    let addr: SocketAddr = addr.parse().with_context(|| format!("--seed {s:?}: bad address"))?;
+    let (id, addr) = s
+        .split_once('@')
+        .with_context(|| format!("--seed {s:?}: expected <node_id>@<ip:port>"))?;
+    let id: NodeId = id
+        .parse()
+        .with_context(|| format!("--seed {s:?}: bad node id"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--seed {s:?}: bad address"))?;
     Ok((id, addr))
 }
 
@@ -182,7 +211,12 @@ fn parse_weights(s: &str) -> anyhow::Result<TaskWeights> {
     let [ping, lookup, connect, echo] = parts[..] else {
         bail!("--task-weights {s:?}: expected four numbers: ping,lookup,connect,echo");
     };
-    Ok(TaskWeights { ping, lookup, connect, echo })
+    Ok(TaskWeights {
+        ping,
+        lookup,
+        connect,
+        echo,
+    })
 }
 
 /// Where the API listens.
@@ -198,7 +232,9 @@ fn parse_api(s: &str) -> anyhow::Result<ApiAddr> {
         }
         return Ok(ApiAddr::Unix(PathBuf::from(path)));
     }
-    let addr: SocketAddr = s.parse().with_context(|| format!("--api {s:?}: expected <ip:port> or unix:<path>"))?;
+    let addr: SocketAddr = s
+        .parse()
+        .with_context(|| format!("--api {s:?}: expected <ip:port> or unix:<path>"))?;
     Ok(ApiAddr::Tcp(addr))
 }
 
@@ -210,25 +246,39 @@ async fn run(args: RunArgs) -> ExitCode {
 
 async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = |e: anyhow::Error| e;
-    let network: NetworkId = args.network.parse().map_err(|e| cfg(anyhow::Error::new(e).context("--network")))?;
+    let network: NetworkId = args
+        .network
+        .parse()
+        .map_err(|e| cfg(anyhow::Error::new(e).context("--network")))?;
     let mut keys = Vec::new();
     for f in &args.network_key_files {
         keys.push(NetworkKey::load(f).map_err(|e| cfg(e.into()))?);
     }
     if network.is_private() && keys.is_empty() {
-        return Err(cfg(anyhow::anyhow!("--network {network} is private: give at least one --network-key-file")));
+        return Err(cfg(anyhow::anyhow!(
+            "--network {network} is private: give at least one --network-key-file"
+        )));
     }
-    let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     if network.is_private() && !keys.iter().any(|k| k.is_valid_at(now_unix)) {
         return Err(cfg(anyhow::anyhow!(
             "every --network-key-file has expired (not-after is in the past): give a current key"
         )));
     }
-        if !network.is_private() && !keys.is_empty() {
-        return Err(cfg(anyhow::anyhow!("--network-key-file is only for private:<name> networks")));
+    if !network.is_private() && !keys.is_empty() {
+        return Err(cfg(anyhow::anyhow!(
+            "--network-key-file is only for private:<name> networks"
+        )));
     }
-    let seeds: Vec<(NodeId, SocketAddr)> =
-        args.seeds.iter().map(|s| parse_seed(s)).collect::<anyhow::Result<_>>().map_err(cfg)?;
+    let seeds: Vec<(NodeId, SocketAddr)> = args
+        .seeds
+        .iter()
+        .map(|s| parse_seed(s))
+        .collect::<anyhow::Result<_>>()
+        .map_err(cfg)?;
     let weights = parse_weights(&args.task_weights).map_err(cfg)?;
     if !(args.task_rate >= 0.0 && args.task_rate.is_finite()) {
         return Err(cfg(anyhow::anyhow!("--task-rate must be a number >= 0")));
@@ -237,26 +287,36 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
     if let ApiAddr::Tcp(a) = &api_addr
         && (*a == args.listen || (a.port() == args.listen.port() && a.ip().is_unspecified()))
     {
-        return Err(cfg(anyhow::anyhow!("--api must not be the P2P socket ({})", args.listen)));
+        return Err(cfg(anyhow::anyhow!(
+            "--api must not be the P2P socket ({})",
+            args.listen
+        )));
     }
 
-    let (identity, created) = Identity::load_or_create(&args.data_dir).map_err(|e| cfg(e.into()))?;
+    let (identity, created) =
+        Identity::load_or_create(&args.data_dir).map_err(|e| cfg(e.into()))?;
     let me = identity.node_id();
     let store = GraphStore::open(&args.data_dir.join("graph"), me).map_err(|e| cfg(e.into()))?;
     let report = store.load().map_err(|e| cfg(e.into()))?;
     if report.skipped_corrupt > 0 {
-        tracing::warn!(skipped = report.skipped_corrupt, "skipped corrupt node graph records");
+        tracing::warn!(
+            skipped = report.skipped_corrupt,
+            "skipped corrupt node graph records"
+        );
     }
     let rng_seed = args.rng_seed.unwrap_or_else(rand::random);
     tracing::info!(node_id = %me, created_key = created, network = %network, listen = %args.listen,
         restored = report.contacts.len(), rng_seed, "starting");
 
     let metrics = Arc::new(Metrics::new(&network.to_string()));
-    let (socket, socket_handle) =
-        ChaosSocket::bind(args.listen, rng_seed).with_context(|| format!("cannot bind UDP {}", args.listen)).map_err(cfg)?;
+    let (socket, socket_handle) = ChaosSocket::bind(args.listen, rng_seed)
+        .with_context(|| format!("cannot bind UDP {}", args.listen))
+        .map_err(cfg)?;
     let listen = socket_handle.local_addr().unwrap_or(args.listen);
     let server = tls::server_config(&identity, &network).map_err(|e| cfg(e.into()))?;
-    let endpoint = socket::endpoint(socket, Some(server)).context("cannot start QUIC").map_err(cfg)?;
+    let endpoint = socket::endpoint(socket, Some(server))
+        .context("cannot start QUIC")
+        .map_err(cfg)?;
 
     let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
     let transport = Transport::new(
@@ -319,7 +379,17 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(transport.clone().accept_loop());
     drop(stop_rx);
 
-    let driver = Driver::new(node, Clock::new(), transport, store, metrics, socket_handle, network.to_string(), tx, rx);
+    let driver = Driver::new(
+        node,
+        Clock::new(),
+        transport,
+        store,
+        metrics,
+        socket_handle,
+        network.to_string(),
+        tx,
+        rx,
+    );
     driver.run(shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = api_task.await;

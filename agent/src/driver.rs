@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chaosnet_proto::node::InboundId;
 use chaosnet_proto::{
-    Command, CommandId, CommandResult, ConnMode, Connected, Event, Failure, GraphChange, Node, NodeId, Output,
-    RequestId, Response, Time,
+    Command, CommandId, CommandResult, ConnMode, Connected, Event, Failure, GraphChange, Node,
+    NodeId, Output, RequestId, Response, Time,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -171,9 +171,14 @@ pub struct Clock {
 impl Clock {
     /// A clock starting now.
     pub fn new() -> Clock {
-        let start_unix_us =
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-        Clock { start: Instant::now(), start_unix_us }
+        let start_unix_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        Clock {
+            start: Instant::now(),
+            start_unix_us,
+        }
     }
 
     /// The core's current time.
@@ -211,7 +216,9 @@ pub struct Driver {
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("node", &self.node.id()).finish()
+        f.debug_struct("Driver")
+            .field("node", &self.node.id())
+            .finish()
     }
 }
 
@@ -275,9 +282,15 @@ impl Driver {
     fn handle(&mut self, input: Input) {
         let now = self.clock.now();
         match input {
-            Input::ConnUp { peer, remote, mode } => self.node.handle_connection_up(now, peer, remote, mode),
+            Input::ConnUp { peer, remote, mode } => {
+                self.node.handle_connection_up(now, peer, remote, mode)
+            }
             Input::ConnDown { peer } => self.node.handle_connection_down(now, peer),
-            Input::Request { from, request, reply } => {
+            Input::Request {
+                from,
+                request,
+                reply,
+            } => {
                 self.next_inbound += 1;
                 let id = InboundId(self.next_inbound);
                 self.inbound.insert(id, reply);
@@ -307,14 +320,24 @@ impl Driver {
         let mut changes: Vec<GraphChange> = Vec::new();
         while let Some(out) = self.node.poll_output() {
             match out {
-                Output::Request { id, peer, addrs, request } => {
+                Output::Request {
+                    id,
+                    peer,
+                    addrs,
+                    request,
+                } => {
                     let (t, tx) = (self.transport.clone(), self.inputs_tx.clone());
                     tokio::spawn(async move {
                         let result = t.request(peer, addrs, request).await;
                         let _ = tx.send(Input::Response { id, result }).await;
                     });
                 }
-                Output::Connect { id, peer, addrs, fresh } => {
+                Output::Connect {
+                    id,
+                    peer,
+                    addrs,
+                    fresh,
+                } => {
                     let (t, tx) = (self.transport.clone(), self.inputs_tx.clone());
                     tokio::spawn(async move {
                         let result = t.connect(peer, addrs, fresh).await;
@@ -336,7 +359,9 @@ impl Driver {
                                 let _ = tx.send(result);
                             }
                         }
-                        Event::Joined => tracing::info!(target: "chaosnet::_events::joined", contacts = self.node.graph().len(), "joined"),
+                        Event::Joined => {
+                            tracing::info!(target: "chaosnet::_events::joined", contacts = self.node.graph().len(), "joined")
+                        }
                         _ => {}
                     }
                 }
@@ -358,17 +383,40 @@ impl Driver {
             .map(|(id, c)| ConnStatus {
                 node_id: id.to_hex(),
                 mode: c.mode.as_str(),
-                rtt_ms: self.node.graph().get(id).and_then(|k| k.srtt_us).map(|us| us as f64 / 1000.0),
+                rtt_ms: self
+                    .node
+                    .graph()
+                    .get(id)
+                    .and_then(|k| k.srtt_us)
+                    .map(|us| us as f64 / 1000.0),
                 remote: c.remote.to_string(),
             })
             .collect();
         connections.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        let buckets = self.node.graph().fill().into_iter().enumerate().filter(|(_, n)| *n > 0).collect();
+        let buckets = self
+            .node
+            .graph()
+            .fill()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, n)| *n > 0)
+            .collect();
         Status {
             node_id: self.node.id().to_hex(),
             network: self.network.clone(),
-            listen_addrs: self.node.config().listen_addrs.iter().map(|a| a.to_string()).collect(),
-            observed_addrs: self.node.observed_addrs().iter().map(|a| a.to_string()).collect(),
+            listen_addrs: self
+                .node
+                .config()
+                .listen_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            observed_addrs: self
+                .node
+                .observed_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
             nat_type: self.node.nat_type().as_str(),
             joined: self.node.joined(),
             contacts: self.node.graph().len(),
@@ -377,7 +425,9 @@ impl Driver {
             buckets,
             tasks_paused: self.node.tasks_paused(),
             inflight: self.node.inflight(),
-            uptime_s: now.since(self.clock.now() - self.clock.start.elapsed()).as_secs(),
+            uptime_s: now
+                .since(self.clock.now() - self.clock.start.elapsed())
+                .as_secs(),
             version: env!("CARGO_PKG_VERSION"),
             socket: self.socket.stats(),
         }
@@ -385,7 +435,8 @@ impl Driver {
 
     fn peers(&self) -> Vec<PeerStatus> {
         let now = self.clock.now();
-        let connected: std::collections::HashSet<NodeId> = self.node.connections().map(|(id, _)| *id).collect();
+        let connected: std::collections::HashSet<NodeId> =
+            self.node.connections().map(|(id, _)| *id).collect();
         let mut out: Vec<PeerStatus> = self
             .node
             .graph()

@@ -132,7 +132,11 @@ impl Metrics {
             connections_opened.clone(),
         );
         let connections = Family::<ModeLabels, Gauge>::default();
-        registry.register("connections", "Open connections, by how they were made", connections.clone());
+        registry.register(
+            "connections",
+            "Open connections, by how they were made",
+            connections.clone(),
+        );
         let connections_pruned = Counter::default();
         registry.register(
             "connections_pruned",
@@ -140,7 +144,11 @@ impl Metrics {
             connections_pruned.clone(),
         );
         let tasks = Family::<TaskLabels, Counter>::default();
-        registry.register("tasks", "Autonomous tasks finished, by task and outcome", tasks.clone());
+        registry.register(
+            "tasks",
+            "Autonomous tasks finished, by task and outcome",
+            tasks.clone(),
+        );
         let task_duration = Family::<TaskOnly, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
@@ -151,11 +159,24 @@ impl Metrics {
             task_duration.clone(),
         );
         let rtt = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
-        registry.register_with_unit("rtt", "Round-trip time of answered requests", Unit::Seconds, rtt.clone());
+        registry.register_with_unit(
+            "rtt",
+            "Round-trip time of answered requests",
+            Unit::Seconds,
+            rtt.clone(),
+        );
         let lookups = Family::<LookupLabels, Counter>::default();
-        registry.register("lookups", "Iterative lookups finished, by outcome", lookups.clone());
+        registry.register(
+            "lookups",
+            "Iterative lookups finished, by outcome",
+            lookups.clone(),
+        );
         let lookup_hops = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0]);
-        registry.register("lookup_hops", "Rounds of the deepest node a lookup queried", lookup_hops.clone());
+        registry.register(
+            "lookup_hops",
+            "Rounds of the deepest node a lookup queried",
+            lookup_hops.clone(),
+        );
         let lookup_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register_with_unit(
             "lookup_duration",
@@ -164,15 +185,35 @@ impl Metrics {
             lookup_duration.clone(),
         );
         let contacts = Gauge::default();
-        registry.register("node_graph_contacts", "Contacts in the node graph's buckets", contacts.clone());
+        registry.register(
+            "node_graph_contacts",
+            "Contacts in the node graph's buckets",
+            contacts.clone(),
+        );
         let pending = Gauge::default();
-        registry.register("node_graph_pending", "Contacts waiting for a slot in a full bucket", pending.clone());
+        registry.register(
+            "node_graph_pending",
+            "Contacts waiting for a slot in a full bucket",
+            pending.clone(),
+        );
         let buckets = Family::<FillLabels, Gauge>::default();
-        registry.register("node_graph_buckets", "Buckets by fill (empty, partial, full)", buckets.clone());
+        registry.register(
+            "node_graph_buckets",
+            "Buckets by fill (empty, partial, full)",
+            buckets.clone(),
+        );
         let evictions = Counter::default();
-        registry.register("node_graph_evictions", "Contacts evicted by GC or staleness", evictions.clone());
+        registry.register(
+            "node_graph_evictions",
+            "Contacts evicted by GC or staleness",
+            evictions.clone(),
+        );
         let contacts_added = Counter::default();
-        registry.register("node_graph_insertions", "Contacts inserted into a bucket", contacts_added.clone());
+        registry.register(
+            "node_graph_insertions",
+            "Contacts inserted into a bucket",
+            contacts_added.clone(),
+        );
         let refusals = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "handshake_refusals",
@@ -186,13 +227,30 @@ impl Metrics {
             decode_errors.clone(),
         );
         let request_failures = Family::<ReasonLabels, Counter>::default();
-        registry.register("request_failures", "Outbound requests that failed, by reason", request_failures.clone());
+        registry.register(
+            "request_failures",
+            "Outbound requests that failed, by reason",
+            request_failures.clone(),
+        );
         let inbound_refused = Counter::default();
-        registry.register("inbound_refused", "Inbound requests answered with an error", inbound_refused.clone());
+        registry.register(
+            "inbound_refused",
+            "Inbound requests answered with an error",
+            inbound_refused.clone(),
+        );
         let bytes = Family::<DirectionLabels, Counter>::default();
-        registry.register_with_unit("udp", "UDP bytes on the P2P socket", Unit::Bytes, bytes.clone());
+        registry.register_with_unit(
+            "udp",
+            "UDP bytes on the P2P socket",
+            Unit::Bytes,
+            bytes.clone(),
+        );
         let datagrams = Family::<DirectionLabels, Counter>::default();
-        registry.register("udp_datagrams", "UDP datagrams on the P2P socket", datagrams.clone());
+        registry.register(
+            "udp_datagrams",
+            "UDP datagrams on the P2P socket",
+            datagrams.clone(),
+        );
         let datagrams_dropped = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "udp_datagrams_dropped",
@@ -200,37 +258,82 @@ impl Metrics {
             datagrams_dropped.clone(),
         );
         let store_errors = Counter::default();
-        registry.register("store_errors", "Failed writes to the node graph store", store_errors.clone());
+        registry.register(
+            "store_errors",
+            "Failed writes to the node graph store",
+            store_errors.clone(),
+        );
         let joined = Gauge::default();
         registry.register("joined", "1 once bootstrap completed", joined.clone());
         let inflight = Gauge::default();
-        registry.register("requests_inflight", "Outbound requests and connects in flight", inflight.clone());
+        registry.register(
+            "requests_inflight",
+            "Outbound requests and connects in flight",
+            inflight.clone(),
+        );
         let observed_addrs = Gauge::default();
-        registry.register("observed_addresses", "Distinct addresses peers see this node at", observed_addrs.clone());
+        registry.register(
+            "observed_addresses",
+            "Distinct addresses peers see this node at",
+            observed_addrs.clone(),
+        );
         let info = Family::<InfoLabels, Gauge>::default();
-        info.get_or_create(&InfoLabels { network: network.to_string(), version: env!("CARGO_PKG_VERSION").into() })
-            .set(1);
-        registry.register("agent_info", "Constant 1, labelled with the agent's network and version", info);
+        info.get_or_create(&InfoLabels {
+            network: network.to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .set(1);
+        registry.register(
+            "agent_info",
+            "Constant 1, labelled with the agent's network and version",
+            info,
+        );
         // Declare every known label value up front, so a fresh agent exports each family (at
         // zero) and dashboards and alerts see series before the first event.
         for mode in [ConnMode::Direct, ConnMode::Punched, ConnMode::Relayed] {
-            let _ = connections_opened.get_or_create(&ModeLabels { mode: mode.as_str().into() });
+            let _ = connections_opened.get_or_create(&ModeLabels {
+                mode: mode.as_str().into(),
+            });
         }
         for kind in chaosnet_proto::TaskKind::ALL {
-            let _ = task_duration.get_or_create(&TaskOnly { task: kind.as_str().into() });
-            let _ = tasks.get_or_create(&TaskLabels { task: kind.as_str().into(), outcome: TaskOutcome::Ok.as_str().into() });
+            let _ = task_duration.get_or_create(&TaskOnly {
+                task: kind.as_str().into(),
+            });
+            let _ = tasks.get_or_create(&TaskLabels {
+                task: kind.as_str().into(),
+                outcome: TaskOutcome::Ok.as_str().into(),
+            });
         }
-        for reason in ["wrong_network", "bad_key", "identity_mismatch", "missing_proof"] {
-            let _ = refusals.get_or_create(&ReasonLabels { reason: reason.into() });
+        for reason in [
+            "wrong_network",
+            "bad_key",
+            "identity_mismatch",
+            "missing_proof",
+        ] {
+            let _ = refusals.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
         }
         for reason in ["truncated", "oversize", "unknown_version", "malformed"] {
-            let _ = decode_errors.get_or_create(&ReasonLabels { reason: reason.into() });
+            let _ = decode_errors.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
         }
-        for f in [Failure::Timeout, Failure::Unreachable, Failure::Refused, Failure::Protocol, Failure::Busy] {
-            let _ = request_failures.get_or_create(&ReasonLabels { reason: f.as_str().into() });
+        for f in [
+            Failure::Timeout,
+            Failure::Unreachable,
+            Failure::Refused,
+            Failure::Protocol,
+            Failure::Busy,
+        ] {
+            let _ = request_failures.get_or_create(&ReasonLabels {
+                reason: f.as_str().into(),
+            });
         }
         for outcome in ["found", "not_found"] {
-            let _ = lookups.get_or_create(&LookupLabels { outcome: outcome.into() });
+            let _ = lookups.get_or_create(&LookupLabels {
+                outcome: outcome.into(),
+            });
         }
         Metrics {
             registry,
@@ -269,26 +372,48 @@ impl Metrics {
             Event::Joined => {
                 self.joined.set(1);
             }
-            Event::TaskFinished { kind, outcome, elapsed } => {
+            Event::TaskFinished {
+                kind,
+                outcome,
+                elapsed,
+            } => {
                 self.tasks
-                    .get_or_create(&TaskLabels { task: kind.as_str().into(), outcome: outcome.as_str().into() })
+                    .get_or_create(&TaskLabels {
+                        task: kind.as_str().into(),
+                        outcome: outcome.as_str().into(),
+                    })
                     .inc();
                 if !matches!(outcome, TaskOutcome::Skipped | TaskOutcome::NoPeers) {
                     self.task_duration
-                        .get_or_create(&TaskOnly { task: kind.as_str().into() })
+                        .get_or_create(&TaskOnly {
+                            task: kind.as_str().into(),
+                        })
                         .observe(elapsed.as_secs_f64());
                 }
             }
             Event::CommandFinished { .. } => {}
-            Event::LookupFinished { found, hops, elapsed, .. } => {
+            Event::LookupFinished {
+                found,
+                hops,
+                elapsed,
+                ..
+            } => {
                 let outcome = if *found { "found" } else { "not_found" };
-                self.lookups.get_or_create(&LookupLabels { outcome: outcome.into() }).inc();
+                self.lookups
+                    .get_or_create(&LookupLabels {
+                        outcome: outcome.into(),
+                    })
+                    .inc();
                 self.lookup_hops.observe(f64::from(*hops));
                 self.lookup_duration.observe(elapsed.as_secs_f64());
             }
             Event::Rtt { rtt } => self.rtt.observe(rtt.as_secs_f64()),
             Event::RequestFailed { failure } => {
-                self.request_failures.get_or_create(&ReasonLabels { reason: failure.as_str().into() }).inc();
+                self.request_failures
+                    .get_or_create(&ReasonLabels {
+                        reason: failure.as_str().into(),
+                    })
+                    .inc();
             }
             Event::ContactAdded => {
                 self.contacts_added.inc();
@@ -308,17 +433,29 @@ impl Metrics {
 
     /// Counts a new connection.
     pub fn connection_opened(&self, mode: ConnMode) {
-        self.connections_opened.get_or_create(&ModeLabels { mode: mode.as_str().into() }).inc();
+        self.connections_opened
+            .get_or_create(&ModeLabels {
+                mode: mode.as_str().into(),
+            })
+            .inc();
     }
 
     /// Counts a refused handshake or membership check.
     pub fn refusal(&self, reason: &'static str) {
-        self.refusals.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Counts a frame that failed to decode.
     pub fn decode_error(&self, reason: &'static str) {
-        self.decode_errors.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.decode_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Counts a failed store write.
@@ -341,14 +478,23 @@ impl Metrics {
             }
         }
         for (fill, v) in [("empty", empty), ("partial", partial), ("full", full)] {
-            self.buckets.get_or_create(&FillLabels { fill: fill.into() }).set(v);
+            self.buckets
+                .get_or_create(&FillLabels { fill: fill.into() })
+                .set(v);
         }
         let mut by_mode = [0i64; 3];
         for (_, c) in node.connections() {
             by_mode[c.mode as usize] += 1;
         }
-        for (i, mode) in [ConnMode::Direct, ConnMode::Punched, ConnMode::Relayed].into_iter().enumerate() {
-            self.connections.get_or_create(&ModeLabels { mode: mode.as_str().into() }).set(by_mode[i]);
+        for (i, mode) in [ConnMode::Direct, ConnMode::Punched, ConnMode::Relayed]
+            .into_iter()
+            .enumerate()
+        {
+            self.connections
+                .get_or_create(&ModeLabels {
+                    mode: mode.as_str().into(),
+                })
+                .set(by_mode[i]);
         }
         self.joined.set(i64::from(node.joined()));
         self.inflight.set(node.inflight() as i64);
@@ -358,23 +504,45 @@ impl Metrics {
 
     /// Advances the socket counters to `now` (they are cumulative in the socket).
     fn socket_counters(&self, now: SocketStats) {
-        let Ok(mut last) = self.last_socket.lock() else { return };
+        let Ok(mut last) = self.last_socket.lock() else {
+            return;
+        };
         let d = |new: u64, old: u64| new.saturating_sub(old);
-        self.bytes.get_or_create(&DirectionLabels { direction: Direction::r#in }).inc_by(d(now.rx_bytes, last.rx_bytes));
-        self.bytes.get_or_create(&DirectionLabels { direction: Direction::out }).inc_by(d(now.tx_bytes, last.tx_bytes));
+        self.bytes
+            .get_or_create(&DirectionLabels {
+                direction: Direction::r#in,
+            })
+            .inc_by(d(now.rx_bytes, last.rx_bytes));
+        self.bytes
+            .get_or_create(&DirectionLabels {
+                direction: Direction::out,
+            })
+            .inc_by(d(now.tx_bytes, last.tx_bytes));
         self.datagrams
-            .get_or_create(&DirectionLabels { direction: Direction::r#in })
+            .get_or_create(&DirectionLabels {
+                direction: Direction::r#in,
+            })
             .inc_by(d(now.rx_datagrams, last.rx_datagrams));
         self.datagrams
-            .get_or_create(&DirectionLabels { direction: Direction::out })
+            .get_or_create(&DirectionLabels {
+                direction: Direction::out,
+            })
             .inc_by(d(now.tx_datagrams, last.tx_datagrams));
         for (reason, new, old) in [
             ("garbage", now.rx_garbage, last.rx_garbage),
             ("loss_rx", now.dropped_loss_rx, last.dropped_loss_rx),
             ("loss_tx", now.dropped_loss_tx, last.dropped_loss_tx),
-            ("queue_full", now.dropped_queue_full, last.dropped_queue_full),
+            (
+                "queue_full",
+                now.dropped_queue_full,
+                last.dropped_queue_full,
+            ),
         ] {
-            self.datagrams_dropped.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(d(new, old));
+            self.datagrams_dropped
+                .get_or_create(&ReasonLabels {
+                    reason: reason.into(),
+                })
+                .inc_by(d(new, old));
         }
         *last = now;
     }
@@ -413,7 +581,9 @@ pub fn openmetrics_to_prometheus_text(text: &str) -> String {
         let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
             let rest = line.strip_prefix(prefix)?;
             let (name, tail) = rest.split_once(' ')?;
-            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
         });
         match rewritten {
             Some(l) => out.push_str(&l),
@@ -434,7 +604,9 @@ mod tests {
                   # HELP chaosnet_d Dur.\n# TYPE chaosnet_d histogram\n# UNIT chaosnet_d seconds\n\
                   chaosnet_d_count 1\n# EOF\n";
         let text = openmetrics_to_prometheus_text(om);
-        assert!(text.contains("# HELP chaosnet_x_total Things.\n# TYPE chaosnet_x_total counter\n"));
+        assert!(
+            text.contains("# HELP chaosnet_x_total Things.\n# TYPE chaosnet_x_total counter\n")
+        );
         assert!(text.contains("# TYPE chaosnet_d histogram\n"));
         assert!(!text.contains("# UNIT") && !text.contains("# EOF"));
     }
@@ -450,7 +622,10 @@ mod tests {
         m.refusal("wrong_network");
         m.decode_error("oversize");
         let text = m.encode();
-        assert!(text.contains(r#"chaosnet_tasks_total{task="ping",outcome="ok"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"chaosnet_tasks_total{task="ping",outcome="ok"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(r#"chaosnet_handshake_refusals_total{reason="wrong_network"} 1"#));
         assert!(text.contains(r#"chaosnet_decode_errors_total{reason="oversize"} 1"#));
         assert!(text.contains(r#"chaosnet_agent_info{network="mainnet""#));

@@ -48,31 +48,57 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber: stderr logs in `format` (`text` or `json`), plus OTLP
 /// export to `otlp_endpoint` (e.g. `http://127.0.0.1:4318/v1/traces`) when given.
-pub fn init(format: &str, otlp_endpoint: Option<&str>, service: &str) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(
+    format: &str,
+    otlp_endpoint: Option<&str>,
+    service: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
     let filter = || {
-        EnvFilter::try_from_env("CHAOSNET_LOG").unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,rustls=warn"))
+        EnvFilter::try_from_env("CHAOSNET_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,rustls=warn"))
     };
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // JSON logs are one object per line, for log shippers; text is for people.
-    let fmt = if format == "json" { fmt.json().boxed() } else { fmt.boxed() };
+    let fmt = if format == "json" {
+        fmt.json().boxed()
+    } else {
+        fmt.boxed()
+    };
     let Some(endpoint) = otlp_endpoint else {
-        let _ = tracing_subscriber::registry().with(fmt.with_filter(filter())).try_init();
+        let _ = tracing_subscriber::registry()
+            .with(fmt.with_filter(filter()))
+            .try_init();
         return Ok(TelemetryGuard::default());
     };
-    let err = |e: &dyn std::fmt::Display| TelemetryError::Exporter { endpoint: endpoint.to_string(), detail: e.to_string() };
+    let err = |e: &dyn std::fmt::Display| TelemetryError::Exporter {
+        endpoint: endpoint.to_string(),
+        detail: e.to_string(),
+    };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(endpoint)
         .build()
         .map_err(|e| err(&e))?;
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_string()).build();
-    let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service.to_string())
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
     let tracer = provider.tracer(service.to_string());
     // Spans are exported at debug level and above so `connect`/`request` spans flow even when
     // the log filter is at info.
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(EnvFilter::new("chaosnet_agent=debug"));
-    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter())).with(otel).try_init();
-    Ok(TelemetryGuard { provider: Some(provider) })
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(EnvFilter::new("chaosnet_agent=debug"));
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter()))
+        .with(otel)
+        .try_init();
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
 }

@@ -49,7 +49,11 @@ pub struct TransportTimeouts {
 
 impl Default for TransportTimeouts {
     fn default() -> Self {
-        TransportTimeouts { connect_ms: 5_000, hello_ms: 5_000, request_ms: 10_000 }
+        TransportTimeouts {
+            connect_ms: 5_000,
+            hello_ms: 5_000,
+            request_ms: 10_000,
+        }
     }
 }
 
@@ -152,14 +156,24 @@ impl Transport {
 
     /// Closes every connection and the endpoint.
     pub fn shutdown(&self) {
-        self.inner.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+        self.inner
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), b"shutdown");
     }
 
     /// Connects to `peer`, reusing a live connection unless `fresh`. Traced as a `connect`
     /// span with the mode and outcome.
-    pub async fn connect(&self, peer: NodeId, addrs: Vec<SocketAddr>, fresh: bool) -> Result<Connected, Failure> {
+    pub async fn connect(
+        &self,
+        peer: NodeId,
+        addrs: Vec<SocketAddr>,
+        fresh: bool,
+    ) -> Result<Connected, Failure> {
         let span = tracing::debug_span!("connect", peer = %peer.short(), fresh, mode = Empty, outcome = Empty);
-        let result = self.connect_inner(peer, addrs, fresh).instrument(span.clone()).await;
+        let result = self
+            .connect_inner(peer, addrs, fresh)
+            .instrument(span.clone())
+            .await;
         match &result {
             Ok(c) => {
                 span.record("mode", c.mode.as_str());
@@ -172,17 +186,33 @@ impl Transport {
         result
     }
 
-    async fn connect_inner(&self, peer: NodeId, addrs: Vec<SocketAddr>, fresh: bool) -> Result<Connected, Failure> {
+    async fn connect_inner(
+        &self,
+        peer: NodeId,
+        addrs: Vec<SocketAddr>,
+        fresh: bool,
+    ) -> Result<Connected, Failure> {
         if !fresh && let Some(c) = self.live(&peer) {
-            return Ok(Connected { mode: ConnMode::Direct, remote: c.remote_address() });
+            return Ok(Connected {
+                mode: ConnMode::Direct,
+                remote: c.remote_address(),
+            });
         }
         let conn = self.dial(peer, &addrs).await?;
-        Ok(Connected { mode: ConnMode::Direct, remote: conn.remote_address() })
+        Ok(Connected {
+            mode: ConnMode::Direct,
+            remote: conn.remote_address(),
+        })
     }
 
     /// Sends `request` to `peer` on a fresh stream and waits for the response. Traced as a
     /// `request` span with the request kind and outcome.
-    pub async fn request(&self, peer: NodeId, addrs: Vec<SocketAddr>, request: Request) -> Result<Response, Failure> {
+    pub async fn request(
+        &self,
+        peer: NodeId,
+        addrs: Vec<SocketAddr>,
+        request: Request,
+    ) -> Result<Response, Failure> {
         let kind = match &request {
             Request::Ping { .. } => "ping",
             Request::FindNode { .. } => "find_node",
@@ -190,12 +220,23 @@ impl Transport {
             Request::Echo { .. } => "echo",
         };
         let span = tracing::debug_span!("request", peer = %peer.short(), kind, outcome = Empty);
-        let result = self.request_inner(peer, addrs, request).instrument(span.clone()).await;
-        span.record("outcome", result.as_ref().map_or_else(|f| f.as_str(), |_| "ok"));
+        let result = self
+            .request_inner(peer, addrs, request)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "outcome",
+            result.as_ref().map_or_else(|f| f.as_str(), |_| "ok"),
+        );
         result
     }
 
-    async fn request_inner(&self, peer: NodeId, addrs: Vec<SocketAddr>, request: Request) -> Result<Response, Failure> {
+    async fn request_inner(
+        &self,
+        peer: NodeId,
+        addrs: Vec<SocketAddr>,
+        request: Request,
+    ) -> Result<Response, Failure> {
         let conn = match self.live(&peer) {
             Some(c) => c,
             None => self.dial(peer, &addrs).await?,
@@ -207,9 +248,15 @@ impl Transport {
         }
     }
 
-    async fn exchange(&self, conn: &quinn::Connection, request: &Request) -> Result<Response, Failure> {
+    async fn exchange(
+        &self,
+        conn: &quinn::Connection,
+        request: &Request,
+    ) -> Result<Response, Failure> {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|_| Failure::Unreachable)?;
-        write_frame(&mut send, request).await.map_err(|_| Failure::Unreachable)?;
+        write_frame(&mut send, request)
+            .await
+            .map_err(|_| Failure::Unreachable)?;
         match read_frame::<Response>(&mut recv).await {
             Ok(r) => Ok(r),
             Err(FrameError::Decode(e)) => {
@@ -251,8 +298,12 @@ impl Transport {
             // starting the dial on a task outside our `connect`/`request` span lets that span
             // end (and be exported) when the attempt ends, not when the connection closes.
             let connecting = {
-                let (ep, client, addr, name) =
-                    (self.inner.endpoint.clone(), self.inner.client.clone(), *addr, tls::server_name(&peer));
+                let (ep, client, addr, name) = (
+                    self.inner.endpoint.clone(),
+                    self.inner.client.clone(),
+                    *addr,
+                    tls::server_name(&peer),
+                );
                 tokio::task::spawn(async move { ep.connect_with(client, addr, &name) }).await
             };
             let connecting = match connecting {
@@ -291,7 +342,11 @@ impl Transport {
 
     /// Runs the hello exchange on a handshaken connection, checks membership, registers it
     /// and starts serving its streams.
-    async fn establish(&self, conn: quinn::Connection, outbound: bool) -> Result<quinn::Connection, Failure> {
+    async fn establish(
+        &self,
+        conn: quinn::Connection,
+        outbound: bool,
+    ) -> Result<quinn::Connection, Failure> {
         let peer = match tls::peer_node_id(&conn) {
             Ok(p) => p,
             Err(_) => {
@@ -309,8 +364,13 @@ impl Transport {
             }
         };
         if self.inner.network.is_private() {
-            let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            if let Err(r) = tls::verify_membership(&conn, &self.inner.keys, &peer, &hello.proofs, now_unix) {
+            let now_unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if let Err(r) =
+                tls::verify_membership(&conn, &self.inner.keys, &peer, &hello.proofs, now_unix)
+            {
                 self.refuse(&conn, r);
                 return Err(Failure::Refused);
             }
@@ -328,7 +388,15 @@ impl Transport {
         let remote = conn.remote_address();
         self.register(peer, conn.clone(), outbound);
         self.inner.metrics.connection_opened(ConnMode::Direct);
-        let _ = self.inner.inputs.send(Input::ConnUp { peer, remote, mode: ConnMode::Direct }).await;
+        let _ = self
+            .inner
+            .inputs
+            .send(Input::ConnUp {
+                peer,
+                remote,
+                mode: ConnMode::Direct,
+            })
+            .await;
         tokio::spawn(self.clone().serve(conn.clone(), peer));
         Ok(conn)
     }
@@ -340,10 +408,17 @@ impl Transport {
         let new = Registered { conn, outbound };
         let mut conns = self.conns();
         let loser = match conns.get(&peer) {
-            Some(old) if old.conn.close_reason().is_none() && old.conn.stable_id() != new.conn.stable_id() => {
+            Some(old)
+                if old.conn.close_reason().is_none()
+                    && old.conn.stable_id() != new.conn.stable_id() =>
+            {
                 let dialer_of = |r: &Registered| if r.outbound { self.inner.me } else { peer };
                 let keep_old = old.outbound != new.outbound && dialer_of(old) < dialer_of(&new);
-                if keep_old { Some(new.conn.clone()) } else { conns.insert(peer, new).map(|o| o.conn) }
+                if keep_old {
+                    Some(new.conn.clone())
+                } else {
+                    conns.insert(peer, new).map(|o| o.conn)
+                }
             }
             _ => {
                 conns.insert(peer, new);
@@ -367,22 +442,31 @@ impl Transport {
     /// Sends our hello and reads the peer's, concurrently.
     async fn hello(&self, conn: &quinn::Connection, _peer: &NodeId) -> Result<Hello, Failure> {
         let proofs = if self.inner.network.is_private() {
-            tls::membership_proofs(conn, &self.inner.keys, &self.inner.me).map_err(|_| Failure::Refused)?
+            tls::membership_proofs(conn, &self.inner.keys, &self.inner.me)
+                .map_err(|_| Failure::Refused)?
         } else {
             Vec::new()
         };
-        let mine = Hello { proofs, listen_addrs: self.inner.listen_addrs.iter().take(5).copied().collect() };
+        let mine = Hello {
+            proofs,
+            listen_addrs: self.inner.listen_addrs.iter().take(5).copied().collect(),
+        };
         let send = async {
             let mut s = conn.open_uni().await.map_err(|e| self.conn_failure(&e))?;
-            write_frame(&mut s, &mine).await.map_err(|_| Failure::Unreachable)
+            write_frame(&mut s, &mine)
+                .await
+                .map_err(|_| Failure::Unreachable)
         };
         let recv = async {
             let mut r = conn.accept_uni().await.map_err(|e| self.conn_failure(&e))?;
-            let bytes = r.read_to_end(MAX_HELLO_LEN).await.map_err(|_| match conn.close_reason() {
-                // The peer refused us mid-hello (e.g. bad key): count it as that refusal.
-                Some(e) => self.conn_failure(&e),
-                None => Failure::Protocol,
-            })?;
+            let bytes =
+                r.read_to_end(MAX_HELLO_LEN)
+                    .await
+                    .map_err(|_| match conn.close_reason() {
+                        // The peer refused us mid-hello (e.g. bad key): count it as that refusal.
+                        Some(e) => self.conn_failure(&e),
+                        None => Failure::Protocol,
+                    })?;
             wire::decode::<Hello>(&bytes).map_err(|e| {
                 self.inner.metrics.decode_error(e.metric_label());
                 Failure::Protocol
@@ -447,7 +531,12 @@ impl Transport {
         }
     }
 
-    async fn serve_stream(&self, peer: NodeId, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn serve_stream(
+        &self,
+        peer: NodeId,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
         let request = match read_frame::<Request>(&mut recv).await {
             Ok(r) => r,
             Err(FrameError::Decode(e)) => {
@@ -461,7 +550,17 @@ impl Transport {
             Err(FrameError::Stream) => return,
         };
         let (tx, rx) = oneshot::channel();
-        if self.inner.inputs.send(Input::Request { from: peer, request, reply: tx }).await.is_err() {
+        if self
+            .inner
+            .inputs
+            .send(Input::Request {
+                from: peer,
+                request,
+                reply: tx,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         let deadline = Duration::from_millis(self.inner.timeouts.request_ms);
@@ -479,9 +578,13 @@ async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Res
 }
 
 /// Reads one frame, refusing an oversize one from its header before reading its body.
-async fn read_frame<T: DeserializeOwned + Validate>(recv: &mut quinn::RecvStream) -> Result<T, FrameError> {
+async fn read_frame<T: DeserializeOwned + Validate>(
+    recv: &mut quinn::RecvStream,
+) -> Result<T, FrameError> {
     let mut header = [0u8; HEADER_LEN];
-    recv.read_exact(&mut header).await.map_err(read_exact_error)?;
+    recv.read_exact(&mut header)
+        .await
+        .map_err(read_exact_error)?;
     let len = wire::frame_len(header).map_err(FrameError::Decode)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(read_exact_error)?;

@@ -45,9 +45,18 @@ pub struct Response {
 }
 
 /// Sends one request and reads the whole response.
-pub fn call(socket: &Path, method: &str, path: &str, body: Option<&str>, timeout: Duration) -> Result<Response, ApiError> {
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
     let p = socket.display().to_string();
-    let io = |source| ApiError::Io { path: p.clone(), source };
+    let io = |source| ApiError::Io {
+        path: p.clone(),
+        source,
+    };
     let mut s = UnixStream::connect(socket).map_err(io)?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -58,7 +67,9 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<&str>, timeout
     );
     s.write_all(req.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
-    s.take(MAX_RESPONSE as u64 + 1).read_to_end(&mut raw).map_err(io)?;
+    s.take(MAX_RESPONSE as u64 + 1)
+        .read_to_end(&mut raw)
+        .map_err(io)?;
     parse(&raw).map_err(|detail| ApiError::Protocol { path: p, detail })
 }
 
@@ -71,7 +82,10 @@ fn parse(raw: &[u8]) -> Result<Response, String> {
     if raw.len() > MAX_RESPONSE {
         return Err(format!("response over {MAX_RESPONSE} bytes"));
     }
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no header end")?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no header end")?;
     let head = std::str::from_utf8(&raw[..split]).map_err(|_| "header is not UTF-8")?;
     let status = head
         .lines()
@@ -80,16 +94,25 @@ fn parse(raw: &[u8]) -> Result<Response, String> {
         .and_then(|c| c.parse::<u16>().ok())
         .ok_or("no status line")?;
     let mut body = raw[split + 4..].to_vec();
-    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked")) {
+    if head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    }) {
         body = dechunk(&body)?;
     }
-    Ok(Response { status, body: String::from_utf8_lossy(&body).into_owned() })
+    Ok(Response {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk header")?;
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("bad chunk header")?;
         let size_text = std::str::from_utf8(&data[..line_end]).map_err(|_| "bad chunk size")?;
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| format!("bad chunk size {size_text:?}"))?;

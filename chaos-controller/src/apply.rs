@@ -278,8 +278,9 @@ fn locate_tools() -> Result<Tools, ApplyError> {
     let ip = cmd::require("ip")?;
     let nft = cmd::require("nft")?;
     let conntrack = cmd::require("conntrack")?;
-    // Not run by apply (it writes /proc/sys directly), but required for `chaosnet exec`
-    // diagnostics and checked here so a fresh machine fails early and clearly.
+    // Not run by apply itself (it writes /proc/sys directly), but part of the lab's
+    // toolset: operators and the root tests read lab sysctls with `ip netns exec <ns>
+    // sysctl`, so a fresh machine is told about procps up front.
     cmd::require("sysctl")?;
     Ok(Tools { ip, nft, conntrack })
 }

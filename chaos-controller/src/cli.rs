@@ -34,7 +34,13 @@ use crate::scenario::{self, Scenario};
 #[command(name = "chaosnet", version, about, long_about = None)]
 pub struct Cli {
     /// Directory holding one directory per run.
-    #[arg(long, global = true, env = "CHAOSNET_RUNS_DIR", default_value = "runs", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAOSNET_RUNS_DIR",
+        default_value = "runs",
+        value_name = "DIR"
+    )]
     runs_dir: PathBuf,
     #[command(subcommand)]
     command: Cmd,
@@ -129,7 +135,11 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CHAOSNET_LOG")
@@ -152,7 +162,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runs = cli.runs_dir;
     match cli.command {
         Cmd::Up(args) => up(&runs, args),
-        Cmd::Status { json, run } => status(&runs, run.as_deref(), json).map(|()| ExitCode::SUCCESS),
+        Cmd::Status { json, run } => {
+            status(&runs, run.as_deref(), json).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Exec { agent, cmd } => exec(&runs, &agent, &cmd),
         Cmd::Logs { agent, follow } => logs(&runs, &agent, follow).map(|()| ExitCode::SUCCESS),
         Cmd::Down { all, run } => down(&runs, all, run.as_deref()).map(|()| ExitCode::SUCCESS),
@@ -172,7 +184,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn load_scenario(args: &ScenarioArgs) -> anyhow::Result<(Scenario, String)> {
     let (mut s, label) = match &args.file {
         Some(f) => (Scenario::load(f)?, f.display().to_string()),
-        None => (Scenario::default_scenario(), "the default scenario".to_string()),
+        None => (
+            Scenario::default_scenario(),
+            "the default scenario".to_string(),
+        ),
     };
     if let Some(n) = args.agents {
         s.scale_agents(n).with_context(|| format!("--agents {n}"))?;
@@ -193,11 +208,18 @@ fn agent_bin(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if sibling.is_file() {
         return Ok(sibling);
     }
-    bail!("chaosnet-agent not found next to {} (build it with `make build`, or pass --agent-bin)", me.display())
+    bail!(
+        "chaosnet-agent not found next to {} (build it with `make build`, or pass --agent-bin)",
+        me.display()
+    )
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = if std::io::stderr().is_terminal() { ProgressBar::new(len) } else { ProgressBar::hidden() };
+    let pb = if std::io::stderr().is_terminal() {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::hidden()
+    };
     pb.set_style(
         ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -214,7 +236,8 @@ fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     apply::preflight()?;
     let bin = agent_bin(args.agent_bin)?;
     let run_dir = runs.join(&run_id.0);
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
     let run_dir = std::path::absolute(&run_dir)?;
     set_current(runs, &run_id)?;
     // The state file exists before anything is created, so `down` can always clean up.
@@ -239,7 +262,10 @@ fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     });
     pb.finish_and_clear();
     let report = report?;
-    eprintln!("chaosnet: lab up: {} namespaces in {:.2?}", report.namespaces, report.elapsed);
+    eprintln!(
+        "chaosnet: lab up: {} namespaces in {:.2?}",
+        report.namespaces, report.elapsed
+    );
 
     let rt = ProcessRuntime::new(&run_dir, &bin)?;
     let pb = bar(plan.agents.len() as u64, "agents");
@@ -261,16 +287,28 @@ fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     }
 
     let joined = wait_joined(&run_dir, &plan, Duration::from_secs(args.join_timeout_s));
-    let missing: Vec<&AgentPlan> = plan.agents.iter().filter(|a| !joined.contains(&a.name)).collect();
+    let missing: Vec<&AgentPlan> = plan
+        .agents
+        .iter()
+        .filter(|a| !joined.contains(&a.name))
+        .collect();
     if !missing.is_empty() {
-        eprintln!("chaosnet: {} of {} agents did not join within {} s:", missing.len(), plan.agents.len(), args.join_timeout_s);
+        eprintln!(
+            "chaosnet: {} of {} agents did not join within {} s:",
+            missing.len(),
+            plan.agents.len(),
+            args.join_timeout_s
+        );
         for a in &missing {
             let why = match rt.state(&a.name) {
                 Ok(AgentState::Exited { status }) => format!("exited ({status:?})"),
                 Ok(s) => format!("{s:?}"),
                 Err(e) => e.to_string(),
             };
-            eprintln!("--- {} ({}, {}): {why}; last log lines:", a.name, a.site, a.lan_ip);
+            eprintln!(
+                "--- {} ({}, {}): {why}; last log lines:",
+                a.name, a.site, a.lan_ip
+            );
             for l in tail(&run_dir.join("agents").join(&a.name).join("agent.log"), 8) {
                 eprintln!("    {l}");
             }
@@ -283,7 +321,11 @@ fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(1));
     }
-    eprintln!("chaosnet: all {} agents joined in {:.2?}", plan.agents.len(), t0.elapsed());
+    eprintln!(
+        "chaosnet: all {} agents joined in {:.2?}",
+        plan.agents.len(),
+        t0.elapsed()
+    );
 
     if args.monitor {
         start_monitor(&run_dir, &plan, args.prometheus_port)?;
@@ -295,7 +337,10 @@ fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
 fn start_monitor(run_dir: &Path, plan: &Plan, prom_port: u16) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let proxy: SocketAddr = SocketAddr::from(([127, 0, 0, 1], monitor::free_port()?));
-    let mut st = MonitorState { proxy_pid: Some(monitor::spawn_proxy(&exe, run_dir, proxy)?), ..Default::default() };
+    let mut st = MonitorState {
+        proxy_pid: Some(monitor::spawn_proxy(&exe, run_dir, proxy)?),
+        ..Default::default()
+    };
     st.proxy_addr = Some(proxy.to_string());
     st.save(run_dir)?;
     let config = monitor::write_config(run_dir, plan, proxy)?;
@@ -304,7 +349,10 @@ fn start_monitor(run_dir: &Path, plan: &Plan, prom_port: u16) -> anyhow::Result<
         Some(pid) => {
             st.prometheus_pid = Some(pid);
             st.prometheus_url = Some(format!("http://{listen}"));
-            eprintln!("chaosnet: Prometheus at http://{listen} (config {})", config.display());
+            eprintln!(
+                "chaosnet: Prometheus at http://{listen} (config {})",
+                config.display()
+            );
         }
         None => eprintln!(
             "chaosnet: prometheus is not installed (apt-get install prometheus); scrape config written to {}",
@@ -317,7 +365,11 @@ fn start_monitor(run_dir: &Path, plan: &Plan, prom_port: u16) -> anyhow::Result<
 }
 
 /// Polls every agent's `/status` until all report `joined`, or the deadline passes.
-fn wait_joined(run_dir: &Path, plan: &Plan, timeout: Duration) -> std::collections::BTreeSet<String> {
+fn wait_joined(
+    run_dir: &Path,
+    plan: &Plan,
+    timeout: Duration,
+) -> std::collections::BTreeSet<String> {
     let pb = bar(plan.agents.len() as u64, "joining");
     let deadline = Instant::now() + timeout;
     let mut joined = std::collections::BTreeSet::new();
@@ -328,7 +380,8 @@ fn wait_joined(run_dir: &Path, plan: &Plan, timeout: Duration) -> std::collectio
             }
             let sock = run_dir.join(&a.api_socket);
             if let Ok(r) = agentapi::get(&sock, "/status", Duration::from_secs(2))
-                && serde_json::from_str::<serde_json::Value>(&r.body).is_ok_and(|v| v["joined"] == true)
+                && serde_json::from_str::<serde_json::Value>(&r.body)
+                    .is_ok_and(|v| v["joined"] == true)
             {
                 joined.insert(a.name.clone());
                 pb.inc(1);
@@ -351,7 +404,8 @@ fn tail(path: &Path, n: usize) -> Vec<String> {
 fn set_current(runs: &Path, run_id: &RunId) -> anyhow::Result<()> {
     let link = runs.join("current");
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&run_id.0, &link).with_context(|| format!("cannot update {}", link.display()))
+    std::os::unix::fs::symlink(&run_id.0, &link)
+        .with_context(|| format!("cannot update {}", link.display()))
 }
 
 /// The run directory of `run` or of the current run.
@@ -360,7 +414,8 @@ fn run_dir_of(runs: &Path, run: Option<&str>) -> anyhow::Result<PathBuf> {
         Some(r) => runs.join(r),
         None => {
             let link = runs.join("current");
-            let target = std::fs::read_link(&link).map_err(|_| anyhow!("no current run in {} (run `chaosnet up`)", runs.display()))?;
+            let target = std::fs::read_link(&link)
+                .map_err(|_| anyhow!("no current run in {} (run `chaosnet up`)", runs.display()))?;
             runs.join(target)
         }
     };
@@ -398,9 +453,13 @@ fn rows(run_dir: &Path, state: &RunState) -> Vec<AgentRow> {
             .map(|a| {
                 scope.spawn(move || {
                     let site = plan.sites.iter().find(|s| s.name == a.site);
-                    let st = agentapi::get(&run_dir.join(&a.api_socket), "/status", Duration::from_secs(2))
-                        .ok()
-                        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok());
+                    let st = agentapi::get(
+                        &run_dir.join(&a.api_socket),
+                        "/status",
+                        Duration::from_secs(2),
+                    )
+                    .ok()
+                    .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok());
                     let count = |mode: &str| {
                         st.as_ref()
                             .and_then(|v| v["connections"].as_array().cloned())
@@ -418,15 +477,24 @@ fn rows(run_dir: &Path, state: &RunState) -> Vec<AgentRow> {
                         }),
                         runtime: "process",
                         lan_addr: format!("{}:{}", a.lan_ip, a.port),
-                        public_addr: site.and_then(|s| s.public_ip).unwrap_or(a.lan_ip).to_string(),
+                        public_addr: site
+                            .and_then(|s| s.public_ip)
+                            .unwrap_or(a.lan_ip)
+                            .to_string(),
                         node_id: a.node_id.clone(),
                         running: st.is_some(),
                         joined: st.as_ref().is_some_and(|v| v["joined"] == true),
-                        contacts: st.as_ref().and_then(|v| v["contacts"].as_u64()).unwrap_or(0),
+                        contacts: st
+                            .as_ref()
+                            .and_then(|v| v["contacts"].as_u64())
+                            .unwrap_or(0),
                         direct: count("direct"),
                         punched: count("punched"),
                         relayed: count("relayed"),
-                        nat_type: st.as_ref().and_then(|v| v["nat_type"].as_str().map(str::to_string)).unwrap_or_default(),
+                        nat_type: st
+                            .as_ref()
+                            .and_then(|v| v["nat_type"].as_str().map(str::to_string))
+                            .unwrap_or_default(),
                     }
                 })
             })
@@ -454,7 +522,18 @@ fn status(runs: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
     };
     println!(
         "{}",
-        line(["AGENT", "SITE", "NAT", "RUNTIME", "LAN ADDR", "PUBLIC ADDR", "CONTACTS", "CONN d/p/r", "JOINED", "SEEN AS"])
+        line([
+            "AGENT",
+            "SITE",
+            "NAT",
+            "RUNTIME",
+            "LAN ADDR",
+            "PUBLIC ADDR",
+            "CONTACTS",
+            "CONN d/p/r",
+            "JOINED",
+            "SEEN AS"
+        ])
     );
     for r in &rows {
         let joined = if !r.running {
@@ -481,7 +560,12 @@ fn status(runs: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
         );
     }
     let up = rows.iter().filter(|r| r.joined).count();
-    println!("run {}: {up}/{} agents joined ({})", state.run_id.0, rows.len(), run_dir.display());
+    println!(
+        "run {}: {up}/{} agents joined ({})",
+        state.run_id.0,
+        rows.len(),
+        run_dir.display()
+    );
     Ok(())
 }
 
@@ -509,7 +593,8 @@ fn logs(runs: &Path, agent: &str, follow: bool) -> anyhow::Result<()> {
     let run_dir = run_dir_of(runs, None)?;
     let state = RunState::load(&run_dir)?;
     let path = runtime_for(&run_dir, &state)?.log_path(agent)?;
-    let mut f = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut out = std::io::stdout().lock();
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;

@@ -84,7 +84,11 @@ impl MonitorState {
         let mut n = 0;
         for pid in [self.proxy_pid, self.prometheus_pid].into_iter().flatten() {
             if let Ok(pid) = i32::try_from(pid)
-                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).is_ok()
+                && nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                )
+                .is_ok()
             {
                 n += 1;
             }
@@ -121,7 +125,9 @@ pub fn file_sd_targets(plan: &Plan, proxy: SocketAddr) -> Vec<TargetGroup> {
                 .sites
                 .iter()
                 .find(|s| s.name == a.site)
-                .map_or("none".to_string(), |s| crate::scenario::nat_name(s.nat).to_string());
+                .map_or("none".to_string(), |s| {
+                    crate::scenario::nat_name(s.nat).to_string()
+                });
             let labels = [
                 ("__metrics_path__", format!("/agents/{}/metrics", a.name)),
                 ("agent", a.name.clone()),
@@ -133,14 +139,21 @@ pub fn file_sd_targets(plan: &Plan, proxy: SocketAddr) -> Vec<TargetGroup> {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-            TargetGroup { targets: vec![proxy.to_string()], labels }
+            TargetGroup {
+                targets: vec![proxy.to_string()],
+                labels,
+            }
         })
         .collect()
 }
 
 /// Writes `prometheus/prometheus.yml` and `prometheus/targets.json` into the run directory.
 /// Returns the config path.
-pub fn write_config(run_dir: &Path, plan: &Plan, proxy: SocketAddr) -> Result<PathBuf, MonitorError> {
+pub fn write_config(
+    run_dir: &Path,
+    plan: &Plan,
+    proxy: SocketAddr,
+) -> Result<PathBuf, MonitorError> {
     let dir = run_dir.join("prometheus");
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -157,16 +170,29 @@ pub fn write_config(run_dir: &Path, plan: &Plan, proxy: SocketAddr) -> Result<Pa
 
 /// Picks a free TCP port on 127.0.0.1.
 pub fn free_port() -> Result<u16, MonitorError> {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(|source| MonitorError::Io { path: PathBuf::from("127.0.0.1:0"), source })?;
-    l.local_addr().map(|a| a.port()).map_err(|source| MonitorError::Io { path: PathBuf::from("127.0.0.1:0"), source })
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|source| MonitorError::Io {
+        path: PathBuf::from("127.0.0.1:0"),
+        source,
+    })?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|source| MonitorError::Io {
+            path: PathBuf::from("127.0.0.1:0"),
+            source,
+        })
 }
 
 /// Starts `exe serve --run-dir D --listen ADDR` detached (own session), returning its pid.
 pub fn spawn_proxy(exe: &Path, run_dir: &Path, listen: SocketAddr) -> Result<u32, MonitorError> {
     let log = run_dir.join("serve.log");
-    let out = std::fs::File::create(&log).map_err(|source| MonitorError::Io { path: log.clone(), source })?;
-    let err = out.try_clone().map_err(|source| MonitorError::Io { path: log.clone(), source })?;
+    let out = std::fs::File::create(&log).map_err(|source| MonitorError::Io {
+        path: log.clone(),
+        source,
+    })?;
+    let err = out.try_clone().map_err(|source| MonitorError::Io {
+        path: log.clone(),
+        source,
+    })?;
     let child = Command::new("setsid")
         .arg(exe)
         .arg("serve")
@@ -178,44 +204,70 @@ pub fn spawn_proxy(exe: &Path, run_dir: &Path, listen: SocketAddr) -> Result<u32
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|e| MonitorError::Spawn { what: "chaosnet serve (needs setsid from util-linux)", detail: e.to_string() })?;
+        .map_err(|e| MonitorError::Spawn {
+            what: "chaosnet serve (needs setsid from util-linux)",
+            detail: e.to_string(),
+        })?;
     Ok(child.id())
 }
 
 /// Starts the local `prometheus` binary on `listen`, detached, storing data in the run
 /// directory. Returns its pid, or `Ok(None)` when prometheus is not installed.
-pub fn spawn_prometheus(run_dir: &Path, config: &Path, listen: SocketAddr) -> Result<Option<u32>, MonitorError> {
-    let Some(bin) = which("prometheus") else { return Ok(None) };
+pub fn spawn_prometheus(
+    run_dir: &Path,
+    config: &Path,
+    listen: SocketAddr,
+) -> Result<Option<u32>, MonitorError> {
+    let Some(bin) = which("prometheus") else {
+        return Ok(None);
+    };
     let dir = run_dir.join("prometheus");
     let log = dir.join("prometheus.log");
-    let out = std::fs::File::create(&log).map_err(|source| MonitorError::Io { path: log.clone(), source })?;
-    let err = out.try_clone().map_err(|source| MonitorError::Io { path: log.clone(), source })?;
+    let out = std::fs::File::create(&log).map_err(|source| MonitorError::Io {
+        path: log.clone(),
+        source,
+    })?;
+    let err = out.try_clone().map_err(|source| MonitorError::Io {
+        path: log.clone(),
+        source,
+    })?;
     let child = Command::new("setsid")
         .arg(bin)
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={listen}"))
         .arg("--web.enable-lifecycle")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|e| MonitorError::Spawn { what: "prometheus", detail: e.to_string() })?;
+        .map_err(|e| MonitorError::Spawn {
+            what: "prometheus",
+            detail: e.to_string(),
+        })?;
     Ok(Some(child.id()))
 }
 
 /// The path of `name` on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 /// Runs the scrape proxy in the foreground: `GET /agents/<name>/metrics` (and `/status`) is
 /// forwarded to `<run_dir>/agents/<name>/api.sock`. Agent names are checked against
 /// `[a-z0-9-]` so a request cannot reach outside the run directory.
 pub fn serve(run_dir: &Path, listen: SocketAddr) -> Result<(), MonitorError> {
-    let listener =
-        TcpListener::bind(listen).map_err(|source| MonitorError::Io { path: PathBuf::from(listen.to_string()), source })?;
+    let listener = TcpListener::bind(listen).map_err(|source| MonitorError::Io {
+        path: PathBuf::from(listen.to_string()),
+        source,
+    })?;
     let active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -275,7 +327,11 @@ fn handle(stream: TcpStream, run_dir: &Path) -> std::io::Result<()> {
 fn route(path: &str) -> Option<(&str, &'static str)> {
     let rest = path.strip_prefix("/agents/")?;
     let (name, tail) = rest.split_once('/')?;
-    let ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok {
         return None;
     }
@@ -292,7 +348,10 @@ mod tests {
 
     #[test]
     fn routes_only_known_paths_of_well_named_agents() {
-        assert_eq!(route("/agents/home-1/metrics"), Some(("home-1", "/metrics")));
+        assert_eq!(
+            route("/agents/home-1/metrics"),
+            Some(("home-1", "/metrics"))
+        );
         assert_eq!(route("/agents/seed-0/status"), Some(("seed-0", "/status")));
         assert_eq!(route("/agents/../etc/metrics"), None);
         assert_eq!(route("/agents/a/b/metrics"), None);

@@ -212,8 +212,14 @@ fn apply_builds_the_plan_and_teardown_removes_everything() {
         Some(9)
     );
     assert!(pids_in_inode(h_ino).is_empty());
-    // nft tables and links went with the namespaces; the root namespace is unchanged.
+    // nft tables and links went with the namespaces; the root namespace is unchanged and
+    // never had a chaosnet table.
     assert_eq!(root_links(), links_before);
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft list tables");
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("chaosnet"));
 
     let second = apply::teardown(&run).expect("second teardown");
     assert_eq!((second.namespaces, second.processes), (0, 0));
@@ -727,6 +733,32 @@ fn process_runtime_runs_the_real_agent_binary() {
     assert!(log.to_lowercase().contains("usage"), "{log}");
 }
 
+/// Time to create and delete a veth pair in `scratch` (both need the RTNL lock).
+fn veth_roundtrip(scratch: &str) -> Duration {
+    let t = Instant::now();
+    ip_out(&[
+        "-n", scratch, "link", "add", "qa", "type", "veth", "peer", "name", "qb",
+    ]);
+    ip_out(&["-n", scratch, "link", "del", "qa"]);
+    t.elapsed()
+}
+
+/// Waits until the kernel has finished the background cleanup of deleted namespaces: until
+/// a veth round trip in a scratch namespace (the cleanup holds the RTNL lock it needs) is
+/// back near `baseline` three times in a row (at most 30 s). Returns how long that took.
+fn wait_kernel_quiet(scratch: &str, baseline: Duration) -> Duration {
+    let t0 = Instant::now();
+    let mut fast = 0;
+    while fast < 3 && t0.elapsed() < Duration::from_secs(30) {
+        if veth_roundtrip(scratch) <= baseline * 2 + Duration::from_millis(5) {
+            fast += 1;
+        } else {
+            fast = 0;
+        }
+    }
+    t0.elapsed()
+}
+
 #[test]
 #[ignore = "benchmark: cargo test -p chaos-controller --test netns -- --ignored bench --nocapture"]
 fn bench_apply_100_hosts() {
@@ -737,7 +769,30 @@ fn bench_apply_100_hosts() {
     let _guard = RunGuard::new(&run);
     let plan = big_plan(&run, 10, 10);
     let n = plan.namespaces.len();
-    for (jobs, settle) in [(1, true), (2, true), (4, true), (8, true), (4, false)] {
+    // A scratch namespace for wait_kernel_quiet, outside the run (apply replaces the run's
+    // namespaces) and outside the `cn<6 hex>-` pattern; removed by its own guard.
+    struct Scratch(String);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let scratch = Scratch(format!("cnq{}", run.0));
+    let scratch = &scratch.0;
+    ip_out(&["netns", "add", scratch]);
+    let baseline = (0..5)
+        .map(|_| veth_roundtrip(scratch))
+        .min()
+        .expect("five samples");
+    eprintln!("veth round trip on an idle kernel: {baseline:?}");
+    for (jobs, settle) in [
+        (1, true),
+        (2, true),
+        (4, true),
+        (8, true),
+        (4, false),
+        (4, true),
+    ] {
         let opts = apply::ApplyOptions {
             jobs,
             settle_timeout: if settle {
@@ -746,23 +801,24 @@ fn bench_apply_100_hosts() {
                 Duration::ZERO
             },
         };
-        // Let the kernel finish cleaning up the previous round's namespaces (it does so
-        // in the background, holding locks that netns creation needs).
-        std::thread::sleep(Duration::from_secs(2));
+        wait_kernel_quiet(scratch, baseline);
         let r = apply::apply_with(&plan, &opts, &quiet).expect("apply");
         let t0 = Instant::now();
+        // Tear down only the plan's namespaces (keep the scratch one).
         let d = apply::teardown(&run).expect("teardown");
         let td = t0.elapsed();
+        let bg = wait_kernel_quiet(scratch, baseline);
         assert_eq!(d.namespaces, n);
         eprintln!(
-            "batched apply (jobs={jobs}, settle={settle}): {n} namespaces in {:?} ({:.0} ns/s); teardown {:?}",
+            "batched apply (jobs={jobs}, settle={settle}): {n} namespaces in {:?} ({:.0} ns/s); \
+             teardown {td:?}, kernel cleanup done {bg:?} later",
             r.elapsed,
             n as f64 / r.elapsed.as_secs_f64(),
-            td
         );
     }
+
     // Phase breakdown of one default apply.
-    std::thread::sleep(Duration::from_secs(2));
+    wait_kernel_quiet(scratch, baseline);
     let t = Instant::now();
     let marks = std::cell::RefCell::new(Vec::<(Phase, Duration)>::new());
     apply::apply(&plan, &|s| {
@@ -776,15 +832,18 @@ fn bench_apply_100_hosts() {
     eprintln!("phases (end times): {:?}", marks.borrow());
     apply::teardown(&run).expect("teardown");
 
-    std::thread::sleep(Duration::from_secs(2));
+    wait_kernel_quiet(scratch, baseline);
     let t0 = Instant::now();
     naive_apply(&plan);
     let naive = t0.elapsed();
+    assert_eq!(run_namespaces(&run).len(), n);
     let t1 = Instant::now();
     naive_teardown(&plan);
+    let td = t1.elapsed();
+    let bg = wait_kernel_quiet(scratch, baseline);
     eprintln!(
-        "one command per step: {n} namespaces in {naive:?} ({:.0} ns/s); teardown {:?}",
+        "one command per step: {n} namespaces in {naive:?} ({:.0} ns/s); teardown {td:?}, \
+         kernel cleanup done {bg:?} later",
         n as f64 / naive.as_secs_f64(),
-        t1.elapsed()
     );
 }

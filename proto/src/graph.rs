@@ -143,7 +143,8 @@ impl Contact {
 
     /// Fraction of requests it answered, with a neutral prior so a newcomer is not perfect.
     pub fn reliability(&self) -> f64 {
-        (f64::from(self.successes) + 1.0) / (f64::from(self.successes) + f64::from(self.failures) + 2.0)
+        (f64::from(self.successes) + 1.0)
+            / (f64::from(self.successes) + f64::from(self.failures) + 2.0)
     }
 
     /// Peer-choice score: higher is better. Prefers low RTT, high reliability and long
@@ -156,7 +157,12 @@ impl Contact {
 
     /// The wire form of this contact.
     pub fn to_peer_info(&self) -> PeerInfo {
-        PeerInfo { id: self.id, addrs: self.addrs.clone(), mode: self.mode, nat: self.nat }
+        PeerInfo {
+            id: self.id,
+            addrs: self.addrs.clone(),
+            mode: self.mode,
+            nat: self.nat,
+        }
     }
 }
 
@@ -201,7 +207,12 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// An empty table around `me`.
     pub fn new(me: NodeId, k: usize, pending_cap: usize) -> RoutingTable {
-        RoutingTable { me, k, pending_cap, buckets: vec![Bucket::default(); BUCKETS] }
+        RoutingTable {
+            me,
+            k,
+            pending_cap,
+            buckets: vec![Bucket::default(); BUCKETS],
+        }
     }
 
     /// Our own id.
@@ -259,7 +270,9 @@ impl RoutingTable {
     /// Removes `id` from its bucket and promotes the most recently seen pending contact into
     /// the freed slot. Returns the removed contact and the promoted one.
     pub fn evict(&mut self, id: &NodeId) -> (Option<Contact>, Option<Contact>) {
-        let Some(b) = self.me.bucket_of(id) else { return (None, None) };
+        let Some(b) = self.me.bucket_of(id) else {
+            return (None, None);
+        };
         let bucket = &mut self.buckets[b];
         let Some(pos) = bucket.entries.iter().position(|c| c.id == *id) else {
             bucket.pending.retain(|c| c.id != *id);
@@ -282,7 +295,9 @@ impl RoutingTable {
 
     /// Buckets that have contacts waiting in their pending list.
     pub fn buckets_with_pending(&self) -> Vec<usize> {
-        (0..BUCKETS).filter(|&b| !self.buckets[b].pending.is_empty()).collect()
+        (0..BUCKETS)
+            .filter(|&b| !self.buckets[b].pending.is_empty())
+            .collect()
     }
 
     /// Number of pending contacts in all buckets.
@@ -292,7 +307,8 @@ impl RoutingTable {
 
     /// The `n` known contacts closest to `target`, nearest first.
     pub fn closest(&self, target: &NodeId, n: usize) -> Vec<Contact> {
-        let mut all: Vec<([u8; 32], &Contact)> = self.iter().map(|c| (c.id.distance(target), c)).collect();
+        let mut all: Vec<([u8; 32], &Contact)> =
+            self.iter().map(|c| (c.id.distance(target), c)).collect();
         if n == 0 {
             return Vec::new();
         }
@@ -336,7 +352,9 @@ impl RoutingTable {
 
     /// Index of the highest non-empty bucket, if any.
     pub fn highest_nonempty(&self) -> Option<usize> {
-        (0..BUCKETS).rev().find(|&b| !self.buckets[b].entries.is_empty())
+        (0..BUCKETS)
+            .rev()
+            .find(|&b| !self.buckets[b].entries.is_empty())
     }
 
     /// Index of the lowest non-empty bucket, if any: our nearest neighbours live there.
@@ -360,7 +378,9 @@ mod tests {
     use super::*;
 
     fn id_in_bucket(me: &NodeId, b: usize, salt: u8) -> NodeId {
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(u64::from(salt) << 16 | b as u64);
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
+            u64::from(salt) << 16 | b as u64,
+        );
         me.random_in_bucket(b, &mut rng)
     }
 
@@ -371,9 +391,18 @@ mod tests {
         let a = id_in_bucket(&me, 200, 1);
         let b = id_in_bucket(&me, 200, 2);
         let c = id_in_bucket(&me, 200, 3);
-        assert_eq!(t.observe(Contact::new(a, None, Time(1)), Time(1)), Observed::Inserted);
-        assert_eq!(t.observe(Contact::new(b, None, Time(2)), Time(2)), Observed::Inserted);
-        assert_eq!(t.observe(Contact::new(c, None, Time(3)), Time(3)), Observed::Pending);
+        assert_eq!(
+            t.observe(Contact::new(a, None, Time(1)), Time(1)),
+            Observed::Inserted
+        );
+        assert_eq!(
+            t.observe(Contact::new(b, None, Time(2)), Time(2)),
+            Observed::Inserted
+        );
+        assert_eq!(
+            t.observe(Contact::new(c, None, Time(3)), Time(3)),
+            Observed::Pending
+        );
         assert_eq!(t.len(), 2);
         assert_eq!(t.buckets_with_pending(), vec![200]);
         assert_eq!(t.oldest(200, 1), vec![a]);
@@ -389,7 +418,10 @@ mod tests {
         let me = NodeId([0; 32]);
         let mut t = RoutingTable::new(me, 1, 3);
         for salt in 0..10 {
-            t.observe(Contact::new(id_in_bucket(&me, 100, salt), None, Time(0)), Time(0));
+            t.observe(
+                Contact::new(id_in_bucket(&me, 100, salt), None, Time(0)),
+                Time(0),
+            );
         }
         assert_eq!(t.len(), 1);
         assert_eq!(t.pending_len(), 3);

@@ -80,7 +80,9 @@ impl NodeId {
 
     /// Unpadded lowercase base32, a shorter text form.
     pub fn to_base32(&self) -> String {
-        data_encoding::BASE32_NOPAD.encode(&self.0).to_ascii_lowercase()
+        data_encoding::BASE32_NOPAD
+            .encode(&self.0)
+            .to_ascii_lowercase()
     }
 
     /// The first 8 hex characters, for logs and tables.
@@ -132,7 +134,10 @@ mod tests {
         assert_eq!(id.to_base32().parse::<NodeId>(), Ok(id));
         assert_eq!(id.to_base32().to_uppercase().parse::<NodeId>(), Ok(id));
         assert_eq!("abc".parse::<NodeId>(), Err(ParseNodeIdError::Length(3)));
-        assert!(matches!("zz".repeat(32).parse::<NodeId>(), Err(ParseNodeIdError::Encoding(_))));
+        assert!(matches!(
+            "zz".repeat(32).parse::<NodeId>(),
+            Err(ParseNodeIdError::Encoding(_))
+        ));
     }
 
     #[test]

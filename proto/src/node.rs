@@ -32,7 +32,12 @@ pub struct TaskWeights {
 
 impl Default for TaskWeights {
     fn default() -> Self {
-        TaskWeights { ping: 4, lookup: 3, connect: 2, echo: 1 }
+        TaskWeights {
+            ping: 4,
+            lookup: 3,
+            connect: 2,
+            echo: 1,
+        }
     }
 }
 
@@ -181,7 +186,12 @@ pub enum TaskKind {
 
 impl TaskKind {
     /// Every kind, for label enumeration.
-    pub const ALL: [TaskKind; 4] = [TaskKind::Ping, TaskKind::Lookup, TaskKind::Connect, TaskKind::Echo];
+    pub const ALL: [TaskKind; 4] = [
+        TaskKind::Ping,
+        TaskKind::Lookup,
+        TaskKind::Connect,
+        TaskKind::Echo,
+    ];
 
     /// Bounded label for metrics.
     pub fn as_str(self) -> &'static str {
@@ -552,7 +562,10 @@ impl Node {
         for b in 0..BUCKETS {
             self.next_refresh[b] = now + self.refresh_delay();
         }
-        self.set_timer(now + Duration::from_millis(self.cfg.gc_interval_ms.max(1)), Timer::Gc);
+        self.set_timer(
+            now + Duration::from_millis(self.cfg.gc_interval_ms.max(1)),
+            Timer::Gc,
+        );
         self.set_timer(now + self.refresh_check_interval(), Timer::Refresh);
         self.schedule_task(now);
         self.bootstrap(now);
@@ -613,7 +626,11 @@ impl Node {
             latest.entry(*o).or_insert(*a);
         }
         let distinct: HashSet<SocketAddr> = latest.values().copied().collect();
-        if distinct.len() == 1 { NatType::Cone } else { NatType::Symmetric }
+        if distinct.len() == 1 {
+            NatType::Cone
+        } else {
+            NatType::Symmetric
+        }
     }
 
     /// Whether the task loop is paused.
@@ -634,11 +651,24 @@ impl Node {
     }
 
     /// A connection to `peer` is up (dialed by us or accepted), authenticated by the shell.
-    pub fn handle_connection_up(&mut self, now: Time, peer: NodeId, remote: SocketAddr, mode: ConnMode) {
+    pub fn handle_connection_up(
+        &mut self,
+        now: Time,
+        peer: NodeId,
+        remote: SocketAddr,
+        mode: ConnMode,
+    ) {
         if peer == self.cfg.id {
             return;
         }
-        self.conns.insert(peer, ConnInfo { mode, remote, since: now });
+        self.conns.insert(
+            peer,
+            ConnInfo {
+                mode,
+                remote,
+                since: now,
+            },
+        );
         let mut c = Contact::new(peer, Some(remote), now);
         c.mode = mode;
         self.observe_contact(now, c, true);
@@ -652,11 +682,18 @@ impl Node {
 
     /// A peer sent a request on a connection the shell authenticated. Answer with
     /// [`Output::Respond`] under `inbound`.
-    pub fn handle_request(&mut self, _now: Time, from: NodeId, inbound: InboundId, request: Request) {
+    pub fn handle_request(
+        &mut self,
+        _now: Time,
+        from: NodeId,
+        inbound: InboundId,
+        request: Request,
+    ) {
         let response = match request {
-            Request::Ping { nonce } => {
-                Response::Pong { nonce, observed: self.conns.get(&from).map(|c| c.remote) }
-            }
+            Request::Ping { nonce } => Response::Pong {
+                nonce,
+                observed: self.conns.get(&from).map(|c| c.remote),
+            },
             Request::FindNode { target } => {
                 let peers = self
                     .table
@@ -676,12 +713,17 @@ impl Node {
                     let j = self.rng.random_range(i..all.len());
                     all.swap(i, j);
                 }
-                let peers = all.into_iter().take(want).map(|c| c.to_peer_info()).collect();
+                let peers = all
+                    .into_iter()
+                    .take(want)
+                    .map(|c| c.to_peer_info())
+                    .collect();
                 Response::Nodes { peers }
             }
             Request::Echo { payload } => Response::Echo { payload },
         };
-        self.outputs.push_back(Output::Respond { inbound, response });
+        self.outputs
+            .push_back(Output::Respond { inbound, response });
     }
 
     /// The answer to the request `id`, or why there is none.
@@ -690,11 +732,17 @@ impl Node {
             return; // late answer after its deadline: already handled as a timeout
         };
         let result = match result {
-            Ok(Response::Error { code: ErrorCode::Busy }) => Err(Failure::Busy),
+            Ok(Response::Error {
+                code: ErrorCode::Busy,
+            }) => Err(Failure::Busy),
             Ok(Response::Error { .. }) => Err(Failure::Protocol),
             other => other,
         };
-        if let Ok(Response::Pong { observed: Some(addr), .. }) = &result {
+        if let Ok(Response::Pong {
+            observed: Some(addr),
+            ..
+        }) = &result
+        {
             // Every pong, whatever asked for it, feeds NAT self-classification.
             self.note_observed(p.peer, *addr);
         }
@@ -714,9 +762,16 @@ impl Node {
     }
 
     /// The result of [`Output::Connect`] `id`.
-    pub fn handle_connect_result(&mut self, now: Time, id: RequestId, result: Result<Connected, Failure>) {
+    pub fn handle_connect_result(
+        &mut self,
+        now: Time,
+        id: RequestId,
+        result: Result<Connected, Failure>,
+    ) {
         let Some(p) = self.untrack(id) else { return };
-        let Purpose::Connect(op) = p.purpose else { return };
+        let Purpose::Connect(op) = p.purpose else {
+            return;
+        };
         let elapsed = now.since(p.sent);
         match result {
             Ok(c) => {
@@ -753,7 +808,10 @@ impl Node {
             match timer {
                 Timer::Deadline(id) => {
                     if self.pending.contains_key(&id) {
-                        if matches!(self.pending.get(&id).map(|p| p.purpose), Some(Purpose::Connect(_))) {
+                        if matches!(
+                            self.pending.get(&id).map(|p| p.purpose),
+                            Some(Purpose::Connect(_))
+                        ) {
                             self.handle_connect_result(now, id, Err(Failure::Timeout));
                         } else {
                             self.handle_response(now, id, Err(Failure::Timeout));
@@ -800,7 +858,14 @@ impl Node {
 
     fn new_op(&mut self, now: Time, origin: Origin) -> OpId {
         let id = self.fresh_id();
-        self.ops.insert(id, Op { origin, started: now, echo: None });
+        self.ops.insert(
+            id,
+            Op {
+                origin,
+                started: now,
+                echo: None,
+            },
+        );
         id
     }
 
@@ -813,11 +878,33 @@ impl Node {
         Duration::from_millis((self.cfg.bucket_refresh_ms / 10).clamp(100, 60_000))
     }
 
-    fn send_request(&mut self, now: Time, peer: NodeId, addrs: Vec<SocketAddr>, request: Request, purpose: Purpose) {
+    fn send_request(
+        &mut self,
+        now: Time,
+        peer: NodeId,
+        addrs: Vec<SocketAddr>,
+        request: Request,
+        purpose: Purpose,
+    ) {
         let id = RequestId(self.fresh_id());
-        self.track(id, Pending { peer, sent: now, purpose });
-        self.set_timer(now + Duration::from_millis(self.cfg.request_timeout_ms), Timer::Deadline(id));
-        self.outputs.push_back(Output::Request { id, peer, addrs, request });
+        self.track(
+            id,
+            Pending {
+                peer,
+                sent: now,
+                purpose,
+            },
+        );
+        self.set_timer(
+            now + Duration::from_millis(self.cfg.request_timeout_ms),
+            Timer::Deadline(id),
+        );
+        self.outputs.push_back(Output::Request {
+            id,
+            peer,
+            addrs,
+            request,
+        });
     }
 
     fn track(&mut self, id: RequestId, p: Pending) {
@@ -837,7 +924,11 @@ impl Node {
     }
 
     fn addrs_of(&self, peer: &NodeId) -> Vec<SocketAddr> {
-        let mut addrs: Vec<SocketAddr> = self.conns.get(peer).map(|c| vec![c.remote]).unwrap_or_default();
+        let mut addrs: Vec<SocketAddr> = self
+            .conns
+            .get(peer)
+            .map(|c| vec![c.remote])
+            .unwrap_or_default();
         if let Some(c) = self.table.get(peer) {
             for a in &c.addrs {
                 if !addrs.contains(a) {
@@ -876,7 +967,8 @@ impl Node {
         }
         if let Some(c) = self.table.get(&id) {
             self.last_persist.insert(id, now);
-            self.outputs.push_back(Output::Persist(GraphChange::Upsert(c.clone())));
+            self.outputs
+                .push_back(Output::Persist(GraphChange::Upsert(c.clone())));
         }
     }
 
@@ -913,7 +1005,8 @@ impl Node {
             self.emit(Event::ContactEvicted);
             self.consecutive_failures.remove(&peer);
             self.last_persist.remove(&peer);
-            self.outputs.push_back(Output::Persist(GraphChange::Remove(peer)));
+            self.outputs
+                .push_back(Output::Persist(GraphChange::Remove(peer)));
         }
         if let Some(p) = promoted {
             self.emit(Event::ContactAdded);
@@ -946,8 +1039,13 @@ impl Node {
     // ----- bootstrap and peer exchange -----
 
     fn bootstrap(&mut self, now: Time) {
-        let seeds: Vec<(NodeId, SocketAddr)> =
-            self.cfg.seeds.iter().copied().filter(|(id, _)| *id != self.cfg.id).collect();
+        let seeds: Vec<(NodeId, SocketAddr)> = self
+            .cfg
+            .seeds
+            .iter()
+            .copied()
+            .filter(|(id, _)| *id != self.cfg.id)
+            .collect();
         // Restored contacts most recently seen first: they are the likeliest to be alive.
         let mut restored: Vec<Contact> = self.table.iter().cloned().collect();
         restored.sort_by_key(|c| std::cmp::Reverse(c.last_seen));
@@ -970,7 +1068,13 @@ impl Node {
                 continue;
             }
             let nonce = self.rng.next_u64();
-            self.send_request(now, c.id, c.addrs.clone(), Request::Ping { nonce }, Purpose::Bootstrap);
+            self.send_request(
+                now,
+                c.id,
+                c.addrs.clone(),
+                Request::Ping { nonce },
+                Purpose::Bootstrap,
+            );
         }
     }
 
@@ -978,11 +1082,20 @@ impl Node {
         if ok && self.bootstrapping {
             self.bootstrapping = false;
             let addrs = self.addrs_of(&peer);
-            self.send_request(now, peer, addrs, Request::Introduce { max: 16 }, Purpose::Introduce);
+            self.send_request(
+                now,
+                peer,
+                addrs,
+                Request::Introduce { max: 16 },
+                Purpose::Introduce,
+            );
             self.start_lookup(now, self.cfg.id, LookupPurpose::Bootstrap);
             return;
         }
-        let still_waiting = self.pending.values().any(|p| matches!(p.purpose, Purpose::Bootstrap));
+        let still_waiting = self
+            .pending
+            .values()
+            .any(|p| matches!(p.purpose, Purpose::Bootstrap));
         if self.bootstrapping && !still_waiting {
             self.retry_bootstrap(now);
         }
@@ -1003,10 +1116,14 @@ impl Node {
     }
 
     fn introduce_answer(&mut self, now: Time, result: Result<Response, Failure>) {
-        let Ok(Response::Nodes { peers }) = result else { return };
+        let Ok(Response::Nodes { peers }) = result else {
+            return;
+        };
         let fresh: Vec<PeerInfo> = peers
             .into_iter()
-            .filter(|p| p.id != self.cfg.id && self.table.get(&p.id).is_none() && !p.addrs.is_empty())
+            .filter(|p| {
+                p.id != self.cfg.id && self.table.get(&p.id).is_none() && !p.addrs.is_empty()
+            })
             .take(INTRODUCE_VERIFY)
             .collect();
         for p in fresh {
@@ -1022,13 +1139,29 @@ impl Node {
             .table
             .closest(&target, self.cfg.k)
             .into_iter()
-            .map(|c| Cand { id: c.id, addrs: self.addrs_of(&c.id), state: CandState::New, hop: 0 })
+            .map(|c| Cand {
+                id: c.id,
+                addrs: self.addrs_of(&c.id),
+                state: CandState::New,
+                hop: 0,
+            })
             .collect();
-        let found = cands.iter().find(|c| c.id == target).map(|c| c.addrs.clone());
+        let found = cands
+            .iter()
+            .find(|c| c.id == target)
+            .map(|c| c.addrs.clone());
         let id = self.fresh_id();
         self.lookups.insert(
             id,
-            Lookup { target, started: now, purpose, cands, inflight: 0, found, queried: 0 },
+            Lookup {
+                target,
+                started: now,
+                purpose,
+                cands,
+                inflight: 0,
+                found,
+                queried: 0,
+            },
         );
         self.lookup_step(now, id);
     }
@@ -1039,7 +1172,9 @@ impl Node {
         let mut to_send: Vec<(NodeId, Vec<SocketAddr>)> = Vec::new();
         let done;
         {
-            let Some(l) = self.lookups.get_mut(&id) else { return };
+            let Some(l) = self.lookups.get_mut(&id) else {
+                return;
+            };
             let mut considered = 0usize;
             for c in l.cands.iter_mut() {
                 if c.state == CandState::Failed {
@@ -1059,29 +1194,52 @@ impl Node {
             done = l.inflight == 0;
         }
         for (peer, addrs) in to_send {
-            let target = self.lookups.get(&id).map(|l| l.target).unwrap_or(self.cfg.id);
-            self.send_request(now, peer, addrs, Request::FindNode { target }, Purpose::Lookup(id));
+            let target = self
+                .lookups
+                .get(&id)
+                .map(|l| l.target)
+                .unwrap_or(self.cfg.id);
+            self.send_request(
+                now,
+                peer,
+                addrs,
+                Request::FindNode { target },
+                Purpose::Lookup(id),
+            );
         }
         if done {
             self.finish_lookup(now, id);
         }
     }
 
-    fn lookup_answer(&mut self, now: Time, id: LookupId, from: NodeId, result: Result<Response, Failure>) {
+    fn lookup_answer(
+        &mut self,
+        now: Time,
+        id: LookupId,
+        from: NodeId,
+        result: Result<Response, Failure>,
+    ) {
         let me = self.cfg.id;
         // The node has joined once a peer answered its bootstrap lookup: it then knows live
         // peers and is known to them. The rest of the lookup only fills buckets, and may wait
         // on peers behind NATs, so it must not hold `joined` back.
-        let bootstrap_answered =
-            result.is_ok() && matches!(self.lookups.get(&id).map(|l| l.purpose), Some(LookupPurpose::Bootstrap));
+        let bootstrap_answered = result.is_ok()
+            && matches!(
+                self.lookups.get(&id).map(|l| l.purpose),
+                Some(LookupPurpose::Bootstrap)
+            );
         if bootstrap_answered {
             self.mark_joined();
         }
         {
-            let Some(l) = self.lookups.get_mut(&id) else { return };
+            let Some(l) = self.lookups.get_mut(&id) else {
+                return;
+            };
             let target = l.target;
             l.inflight = l.inflight.saturating_sub(1);
-            let Some(pos) = l.cands.iter().position(|c| c.id == from) else { return };
+            let Some(pos) = l.cands.iter().position(|c| c.id == from) else {
+                return;
+            };
             let hop = l.cands[pos].hop;
             match result {
                 Ok(Response::Nodes { peers }) => {
@@ -1099,7 +1257,12 @@ impl Node {
                         if l.cands.iter().any(|c| c.id == p.id) {
                             continue;
                         }
-                        l.cands.push(Cand { id: p.id, addrs: p.addrs, state: CandState::New, hop: hop + 1 });
+                        l.cands.push(Cand {
+                            id: p.id,
+                            addrs: p.addrs,
+                            state: CandState::New,
+                            hop: hop + 1,
+                        });
                     }
                     l.cands.sort_by_cached_key(|c| c.id.distance(&target));
                     // Drop the farthest candidates that are not in flight, keeping memory bounded.
@@ -1119,18 +1282,38 @@ impl Node {
     }
 
     fn finish_lookup(&mut self, now: Time, id: LookupId) {
-        let Some(l) = self.lookups.remove(&id) else { return };
-        let done: Vec<&Cand> = l.cands.iter().filter(|c| c.state == CandState::Done).collect();
-        let hops = done.iter().take(self.cfg.k).map(|c| c.hop + 1).max().unwrap_or(0);
+        let Some(l) = self.lookups.remove(&id) else {
+            return;
+        };
+        let done: Vec<&Cand> = l
+            .cands
+            .iter()
+            .filter(|c| c.state == CandState::Done)
+            .collect();
+        let hops = done
+            .iter()
+            .take(self.cfg.k)
+            .map(|c| c.hop + 1)
+            .max()
+            .unwrap_or(0);
         let closest: Vec<NodeId> = done.iter().take(self.cfg.k).map(|c| c.id).collect();
         let found = l.found.is_some();
-        self.emit(Event::LookupFinished { found, hops, queried: l.queried, elapsed: now.since(l.started) });
+        self.emit(Event::LookupFinished {
+            found,
+            hops,
+            queried: l.queried,
+            elapsed: now.since(l.started),
+        });
         match l.purpose {
             LookupPurpose::Op(op) => {
                 let is_task = matches!(self.ops.get(&op).map(|o| o.origin), Some(Origin::Task(_)));
                 // A random-id task lookup succeeds when peers answered; a command must find its target.
                 let outcome = if is_task {
-                    if closest.is_empty() { TaskOutcome::Failed(Failure::Unreachable) } else { TaskOutcome::Ok }
+                    if closest.is_empty() {
+                        TaskOutcome::Failed(Failure::Unreachable)
+                    } else {
+                        TaskOutcome::Ok
+                    }
                 } else if found {
                     TaskOutcome::Ok
                 } else {
@@ -1154,7 +1337,9 @@ impl Node {
             }
             LookupPurpose::Refresh => {}
             LookupPurpose::ConnectTarget { op, fresh } => match l.found {
-                Some(addrs) if !addrs.is_empty() => self.connect_addrs(now, op, l.target, addrs, fresh),
+                Some(addrs) if !addrs.is_empty() => {
+                    self.connect_addrs(now, op, l.target, addrs, fresh)
+                }
                 _ => self.finish_op(now, op, TaskOutcome::NotFound, None, closest),
             },
         }
@@ -1164,7 +1349,13 @@ impl Node {
 
     fn start_connect(&mut self, now: Time, op: OpId, peer: NodeId, fresh: bool) {
         if peer == self.cfg.id {
-            self.finish_op(now, op, TaskOutcome::Failed(Failure::Unreachable), None, Vec::new());
+            self.finish_op(
+                now,
+                op,
+                TaskOutcome::Failed(Failure::Unreachable),
+                None,
+                Vec::new(),
+            );
             return;
         }
         let addrs = self.addrs_of(&peer);
@@ -1175,17 +1366,45 @@ impl Node {
         }
     }
 
-    fn connect_addrs(&mut self, now: Time, op: OpId, peer: NodeId, addrs: Vec<SocketAddr>, fresh: bool) {
+    fn connect_addrs(
+        &mut self,
+        now: Time,
+        op: OpId,
+        peer: NodeId,
+        addrs: Vec<SocketAddr>,
+        fresh: bool,
+    ) {
         let id = RequestId(self.fresh_id());
-        self.track(id, Pending { peer, sent: now, purpose: Purpose::Connect(op) });
-        self.set_timer(now + Duration::from_millis(self.cfg.connect_timeout_ms), Timer::Deadline(id));
-        self.outputs.push_back(Output::Connect { id, peer, addrs, fresh });
+        self.track(
+            id,
+            Pending {
+                peer,
+                sent: now,
+                purpose: Purpose::Connect(op),
+            },
+        );
+        self.set_timer(
+            now + Duration::from_millis(self.cfg.connect_timeout_ms),
+            Timer::Deadline(id),
+        );
+        self.outputs.push_back(Output::Connect {
+            id,
+            peer,
+            addrs,
+            fresh,
+        });
     }
 
     fn start_ping(&mut self, now: Time, op: OpId, peer: NodeId) {
         let addrs = self.addrs_of(&peer);
         if addrs.is_empty() {
-            self.finish_op(now, op, TaskOutcome::Failed(Failure::Unreachable), None, Vec::new());
+            self.finish_op(
+                now,
+                op,
+                TaskOutcome::Failed(Failure::Unreachable),
+                None,
+                Vec::new(),
+            );
             return;
         }
         let nonce = self.rng.next_u64();
@@ -1195,7 +1414,13 @@ impl Node {
     fn start_echo(&mut self, now: Time, op: OpId, peer: NodeId, len: usize) {
         let addrs = self.addrs_of(&peer);
         if addrs.is_empty() {
-            self.finish_op(now, op, TaskOutcome::Failed(Failure::Unreachable), None, Vec::new());
+            self.finish_op(
+                now,
+                op,
+                TaskOutcome::Failed(Failure::Unreachable),
+                None,
+                Vec::new(),
+            );
             return;
         }
         let mut payload = vec![0u8; len.min(MAX_ECHO_LEN)];
@@ -1217,14 +1442,33 @@ impl Node {
         self.finish_op(now, op, outcome, None, Vec::new());
     }
 
-    fn finish_op(&mut self, now: Time, op: OpId, outcome: TaskOutcome, mode: Option<ConnMode>, closest: Vec<NodeId>) {
-        let Some(o) = self.ops.remove(&op) else { return };
+    fn finish_op(
+        &mut self,
+        now: Time,
+        op: OpId,
+        outcome: TaskOutcome,
+        mode: Option<ConnMode>,
+        closest: Vec<NodeId>,
+    ) {
+        let Some(o) = self.ops.remove(&op) else {
+            return;
+        };
         let elapsed = now.since(o.started);
         match o.origin {
-            Origin::Task(kind) => self.emit(Event::TaskFinished { kind, outcome, elapsed }),
-            Origin::Command(id) => {
-                self.emit(Event::CommandFinished { id, result: CommandResult { outcome, elapsed, mode, closest } })
-            }
+            Origin::Task(kind) => self.emit(Event::TaskFinished {
+                kind,
+                outcome,
+                elapsed,
+            }),
+            Origin::Command(id) => self.emit(Event::CommandFinished {
+                id,
+                result: CommandResult {
+                    outcome,
+                    elapsed,
+                    mode,
+                    closest,
+                },
+            }),
         }
     }
 
@@ -1245,7 +1489,8 @@ impl Node {
             return;
         }
         let w = self.cfg.task_weights;
-        let total = u64::from(w.ping) + u64::from(w.lookup) + u64::from(w.connect) + u64::from(w.echo);
+        let total =
+            u64::from(w.ping) + u64::from(w.lookup) + u64::from(w.connect) + u64::from(w.echo);
         if total == 0 {
             return;
         }
@@ -1281,7 +1526,9 @@ impl Node {
             return;
         }
         let idx = self.rng.random_range(0..n);
-        let Some(peer) = self.table.iter().nth(idx).map(|c| c.id) else { return };
+        let Some(peer) = self.table.iter().nth(idx).map(|c| c.id) else {
+            return;
+        };
         match kind {
             TaskKind::Ping => self.start_ping(now, op, peer),
             TaskKind::Connect => self.start_connect(now, op, peer, false),
@@ -1293,7 +1540,10 @@ impl Node {
     // ----- GC and refresh -----
 
     fn run_gc(&mut self, now: Time) {
-        self.set_timer(now + Duration::from_millis(self.cfg.gc_interval_ms.max(1)), Timer::Gc);
+        self.set_timer(
+            now + Duration::from_millis(self.cfg.gc_interval_ms.max(1)),
+            Timer::Gc,
+        );
         for b in self.table.buckets_with_pending() {
             for peer in self.table.oldest(b, self.cfg.gc_parallelism) {
                 if self.gc_probing.len() >= self.cfg.gc_parallelism {
@@ -1321,7 +1571,9 @@ impl Node {
         if !self.joined {
             return;
         }
-        let Some(low) = self.table.lowest_nonempty() else { return };
+        let Some(low) = self.table.lowest_nonempty() else {
+            return;
+        };
         let mut started = 0;
         for b in low..BUCKETS {
             if started >= REFRESH_PER_CHECK || self.lookups.len() >= self.cfg.max_lookups {
@@ -1357,8 +1609,20 @@ mod tests {
     /// Answers every ping the node sends after `rtt`, as a shell would.
     fn answer_pings(n: &mut Node, now: Time, rtt: Duration) {
         for out in drain(n) {
-            if let Output::Request { id, request: Request::Ping { nonce }, .. } = out {
-                n.handle_response(now + rtt, id, Ok(Response::Pong { nonce, observed: None }));
+            if let Output::Request {
+                id,
+                request: Request::Ping { nonce },
+                ..
+            } = out
+            {
+                n.handle_response(
+                    now + rtt,
+                    id,
+                    Ok(Response::Pong {
+                        nonce,
+                        observed: None,
+                    }),
+                );
             }
         }
     }
@@ -1404,7 +1668,12 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let ids: Vec<NodeId> = (0..3).map(|_| me.random_in_bucket(250, &mut rng)).collect();
         for (i, id) in ids.iter().enumerate() {
-            n.handle_connection_up(Time::from_millis(i as u64), *id, addr(i as u16), ConnMode::Direct);
+            n.handle_connection_up(
+                Time::from_millis(i as u64),
+                *id,
+                addr(i as u16),
+                ConnMode::Direct,
+            );
         }
         assert_eq!(n.graph().len(), 2);
         assert_eq!(n.graph().pending_len(), 1);
@@ -1414,24 +1683,46 @@ mod tests {
         let pings: Vec<(RequestId, NodeId)> = drain(&mut n)
             .into_iter()
             .filter_map(|o| match o {
-                Output::Request { id, peer, request: Request::Ping { .. }, .. } => Some((id, peer)),
+                Output::Request {
+                    id,
+                    peer,
+                    request: Request::Ping { .. },
+                    ..
+                } => Some((id, peer)),
                 _ => None,
             })
             .collect();
-        assert_eq!(pings.len(), 2, "GC pings the oldest contacts of the full bucket");
+        assert_eq!(
+            pings.len(),
+            2,
+            "GC pings the oldest contacts of the full bucket"
+        );
         for (id, peer) in pings {
             let t = Time::from_millis(1_010);
             if peer == ids[0] {
                 n.handle_response(t, id, Err(Failure::Timeout));
             } else {
-                n.handle_response(t, id, Ok(Response::Pong { nonce: 0, observed: None }));
+                n.handle_response(
+                    t,
+                    id,
+                    Ok(Response::Pong {
+                        nonce: 0,
+                        observed: None,
+                    }),
+                );
             }
         }
         let outs = drain(&mut n);
         assert!(outs.contains(&Output::Persist(GraphChange::Remove(ids[0]))));
-        assert!(outs.iter().any(|o| matches!(o, Output::Persist(GraphChange::Upsert(c)) if c.id == ids[2])));
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, Output::Persist(GraphChange::Upsert(c)) if c.id == ids[2]))
+        );
         assert!(n.graph().get(&ids[0]).is_none());
-        assert!(n.graph().get(&ids[2]).is_some(), "the pending contact took the freed slot");
+        assert!(
+            n.graph().get(&ids[2]).is_some(),
+            "the pending contact took the freed slot"
+        );
     }
 
     #[test]
@@ -1445,19 +1736,47 @@ mod tests {
         }
         drain(&mut n);
         let asker = NodeId([1; 32]);
-        n.handle_request(now, asker, InboundId(1), Request::FindNode { target: NodeId([9; 32]) });
+        n.handle_request(
+            now,
+            asker,
+            InboundId(1),
+            Request::FindNode {
+                target: NodeId([9; 32]),
+            },
+        );
         n.handle_request(now, asker, InboundId(2), Request::Introduce { max: 32 });
         n.handle_request(now, asker, InboundId(3), Request::Ping { nonce: 7 });
         let outs = drain(&mut n);
-        let Output::Respond { response: Response::Nodes { peers }, .. } = &outs[0] else { panic!("{outs:?}") };
+        let Output::Respond {
+            response: Response::Nodes { peers },
+            ..
+        } = &outs[0]
+        else {
+            panic!("{outs:?}")
+        };
         assert_eq!(peers.len(), 20, "k closest");
-        assert!(peers.iter().all(|p| p.id != asker), "the asker is not told about itself");
+        assert!(
+            peers.iter().all(|p| p.id != asker),
+            "the asker is not told about itself"
+        );
         assert_eq!(peers[0].id, NodeId([9; 32]));
-        let Output::Respond { response: Response::Nodes { peers }, .. } = &outs[1] else { panic!() };
+        let Output::Respond {
+            response: Response::Nodes { peers },
+            ..
+        } = &outs[1]
+        else {
+            panic!()
+        };
         assert!(peers.len() <= MAX_NODES_PER_RESPONSE && peers.iter().all(|p| p.id != asker));
         assert_eq!(
             outs[2],
-            Output::Respond { inbound: InboundId(3), response: Response::Pong { nonce: 7, observed: Some(addr(1)) } }
+            Output::Respond {
+                inbound: InboundId(3),
+                response: Response::Pong {
+                    nonce: 7,
+                    observed: Some(addr(1))
+                }
+            }
         );
     }
 
@@ -1479,7 +1798,14 @@ mod tests {
             n.command(now, Command::Ping { peer: p });
             for out in drain(&mut n) {
                 if let Output::Request { id, .. } = out {
-                    n.handle_response(now, id, Ok(Response::Pong { nonce: 0, observed: Some(seen) }));
+                    n.handle_response(
+                        now,
+                        id,
+                        Ok(Response::Pong {
+                            nonce: 0,
+                            observed: Some(seen),
+                        }),
+                    );
                 }
             }
         }
@@ -1488,7 +1814,14 @@ mod tests {
         for out in drain(&mut n) {
             if let Output::Request { id, .. } = out {
                 let other = SocketAddr::from(([198, 18, 0, 1], 4001));
-                n.handle_response(now, id, Ok(Response::Pong { nonce: 0, observed: Some(other) }));
+                n.handle_response(
+                    now,
+                    id,
+                    Ok(Response::Pong {
+                        nonce: 0,
+                        observed: Some(other),
+                    }),
+                );
             }
         }
         assert_eq!(n.nat_type(), NatType::Symmetric);

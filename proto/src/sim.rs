@@ -21,7 +21,10 @@ use rand::{Rng, RngExt, SeedableRng};
 
 use crate::graph::{ConnMode, Contact, GraphChange};
 use crate::id::NodeId;
-use crate::node::{Command, CommandId, CommandResult, Connected, Event, Failure, InboundId, Node, NodeConfig, Output, RequestId};
+use crate::node::{
+    Command, CommandId, CommandResult, Connected, Event, Failure, InboundId, Node, NodeConfig,
+    Output, RequestId,
+};
 use crate::time::Time;
 use crate::wire::{Request, Response};
 
@@ -38,7 +41,11 @@ pub struct LinkModel {
 
 impl Default for LinkModel {
     fn default() -> Self {
-        LinkModel { latency_ms: 20, jitter_ms: 5, loss_pct: 0.0 }
+        LinkModel {
+            latency_ms: 20,
+            jitter_ms: 5,
+            loss_pct: 0.0,
+        }
     }
 }
 
@@ -57,7 +64,12 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { seed: 0, link: LinkModel::default(), unreachable_after_ms: 3_000, record_events: true }
+        SimConfig {
+            seed: 0,
+            link: LinkModel::default(),
+            unreachable_after_ms: 3_000,
+            record_events: true,
+        }
     }
 }
 
@@ -83,10 +95,22 @@ pub struct SimNode {
 enum Msg {
     Start,
     Wake,
-    Request { from: usize, id: RequestId, request: Request },
-    Response { id: RequestId, result: Result<Response, Failure> },
-    ConnectResult { id: RequestId, result: Result<Connected, Failure> },
-    ConnUp { peer: usize },
+    Request {
+        from: usize,
+        id: RequestId,
+        request: Request,
+    },
+    Response {
+        id: RequestId,
+        result: Result<Response, Failure>,
+    },
+    ConnectResult {
+        id: RequestId,
+        result: Result<Connected, Failure>,
+    },
+    ConnUp {
+        peer: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -180,7 +204,10 @@ impl World {
         let mut cfg = NodeConfig::new(NodeId(id));
         cfg.listen_addrs = vec![addr];
         cfg.rng_seed = self.rng.next_u64();
-        cfg.seeds = seeds.iter().map(|&s| (self.nodes[s].node.id(), self.nodes[s].addr)).collect();
+        cfg.seeds = seeds
+            .iter()
+            .map(|&s| (self.nodes[s].node.id(), self.nodes[s].addr))
+            .collect();
         tweak(&mut cfg);
         let node = Node::new(cfg.clone(), Vec::new());
         self.by_addr.insert(addr, idx);
@@ -270,7 +297,9 @@ impl World {
             if head.at > until {
                 break;
             }
-            let Some(Reverse(ev)) = self.queue.pop() else { break };
+            let Some(Reverse(ev)) = self.queue.pop() else {
+                break;
+            };
             self.now = ev.at;
             self.deliver(ev.to, ev.msg);
         }
@@ -286,11 +315,19 @@ impl World {
 
     fn schedule(&mut self, at: Time, to: usize, msg: Msg) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled { at, seq: self.seq, to, msg }));
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            to,
+            msg,
+        }));
     }
 
     fn link(&self, a: usize, b: usize) -> LinkModel {
-        self.links.get(&(a.min(b), a.max(b))).copied().unwrap_or(self.cfg.link)
+        self.links
+            .get(&(a.min(b), a.max(b)))
+            .copied()
+            .unwrap_or(self.cfg.link)
     }
 
     /// One-way delay of a message on the a-b link, or `None` if it is lost.
@@ -301,7 +338,11 @@ impl World {
             self.stats.lost += 1;
             return None;
         }
-        let jitter = if link.jitter_ms > 0 { self.rng.random_range(0..=link.jitter_ms) } else { 0 };
+        let jitter = if link.jitter_ms > 0 {
+            self.rng.random_range(0..=link.jitter_ms)
+        } else {
+            0
+        };
         Some(Duration::from_millis(link.latency_ms + jitter))
     }
 
@@ -346,17 +387,23 @@ impl World {
                 let inbound = InboundId(self.next_inbound);
                 self.inbound.insert((idx, inbound), (from, id));
                 let from_id = self.nodes[from].node.id();
-                self.nodes[idx].node.handle_request(now, from_id, inbound, request);
+                self.nodes[idx]
+                    .node
+                    .handle_request(now, from_id, inbound, request);
             }
             Msg::Response { id, result } => self.nodes[idx].node.handle_response(now, id, result),
-            Msg::ConnectResult { id, result } => self.nodes[idx].node.handle_connect_result(now, id, result),
+            Msg::ConnectResult { id, result } => {
+                self.nodes[idx].node.handle_connect_result(now, id, result)
+            }
             Msg::ConnUp { peer } => {
                 if !self.nodes[peer].up {
                     return;
                 }
                 self.nodes[idx].conns.insert(peer);
                 let (pid, paddr) = (self.nodes[peer].node.id(), self.nodes[peer].addr);
-                self.nodes[idx].node.handle_connection_up(now, pid, paddr, ConnMode::Direct);
+                self.nodes[idx]
+                    .node
+                    .handle_connection_up(now, pid, paddr, ConnMode::Direct);
             }
         }
         self.drain(idx);
@@ -366,16 +413,35 @@ impl World {
         let now = self.now;
         while let Some(out) = self.nodes[idx].node.poll_output() {
             match out {
-                Output::Request { id, peer, addrs, request } => self.carry_request(idx, id, peer, &addrs, request),
+                Output::Request {
+                    id,
+                    peer,
+                    addrs,
+                    request,
+                } => self.carry_request(idx, id, peer, &addrs, request),
                 Output::Respond { inbound, response } => {
                     if let Some((to, id)) = self.inbound.remove(&(idx, inbound))
                         && let Some(d) = self.transit(idx, to)
                     {
-                        self.schedule(now + d, to, Msg::Response { id, result: Ok(response) });
+                        self.schedule(
+                            now + d,
+                            to,
+                            Msg::Response {
+                                id,
+                                result: Ok(response),
+                            },
+                        );
                     }
                 }
-                Output::Connect { id, peer, addrs, fresh } => {
-                    let existing = self.peer_index(peer).filter(|p| self.nodes[idx].conns.contains(p));
+                Output::Connect {
+                    id,
+                    peer,
+                    addrs,
+                    fresh,
+                } => {
+                    let existing = self
+                        .peer_index(peer)
+                        .filter(|p| self.nodes[idx].conns.contains(p));
                     let result_at = match existing {
                         Some(p) if !fresh => Some((p, now)),
                         _ => self.dial(idx, peer, &addrs),
@@ -383,12 +449,22 @@ impl World {
                     match result_at {
                         Some((p, at)) => {
                             let remote = self.nodes[p].addr;
-                            let result = Ok(Connected { mode: ConnMode::Direct, remote });
+                            let result = Ok(Connected {
+                                mode: ConnMode::Direct,
+                                remote,
+                            });
                             self.schedule(at, idx, Msg::ConnectResult { id, result });
                         }
                         None => {
                             let at = now + Duration::from_millis(self.cfg.unreachable_after_ms);
-                            self.schedule(at, idx, Msg::ConnectResult { id, result: Err(Failure::Unreachable) });
+                            self.schedule(
+                                at,
+                                idx,
+                                Msg::ConnectResult {
+                                    id,
+                                    result: Err(Failure::Unreachable),
+                                },
+                            );
                         }
                     }
                 }
@@ -434,10 +510,16 @@ impl World {
         self.nodes.iter().position(|n| n.node.id() == peer)
     }
 
-    fn carry_request(&mut self, from: usize, id: RequestId, peer: NodeId, addrs: &[SocketAddr], request: Request) {
+    fn carry_request(
+        &mut self,
+        from: usize,
+        id: RequestId,
+        peer: NodeId,
+        addrs: &[SocketAddr],
+        request: Request,
+    ) {
         let now = self.now;
-        let connected = self
-            .nodes[from]
+        let connected = self.nodes[from]
             .conns
             .iter()
             .copied()
@@ -448,7 +530,14 @@ impl World {
                 Some(x) => x,
                 None => {
                     let at = now + Duration::from_millis(self.cfg.unreachable_after_ms);
-                    self.schedule(at, from, Msg::Response { id, result: Err(Failure::Unreachable) });
+                    self.schedule(
+                        at,
+                        from,
+                        Msg::Response {
+                            id,
+                            result: Err(Failure::Unreachable),
+                        },
+                    );
                     return;
                 }
             },

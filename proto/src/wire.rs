@@ -182,7 +182,9 @@ impl Validate for Response {
             Response::Nodes { peers } if peers.len() > MAX_NODES_PER_RESPONSE => {
                 Err(format!("{} peers in one response", peers.len()))
             }
-            Response::Nodes { peers } if peers.iter().any(|p| p.addrs.len() > MAX_ADDRS_PER_PEER) => {
+            Response::Nodes { peers }
+                if peers.iter().any(|p| p.addrs.len() > MAX_ADDRS_PER_PEER) =>
+            {
                 Err("peer with too many addresses".into())
             }
             Response::Echo { payload } if payload.len() > MAX_ECHO_LEN => {
@@ -244,7 +246,10 @@ pub fn decode_body<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, Dec
         other => DecodeError::Malformed(other.to_string()),
     })?;
     if !trailing.is_empty() {
-        return Err(DecodeError::Malformed(format!("{} trailing bytes", trailing.len())));
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes",
+            trailing.len()
+        )));
     }
     msg.validate().map_err(DecodeError::Malformed)?;
     Ok(msg)
@@ -283,7 +288,11 @@ mod tests {
     }
 
     fn arb_mode() -> impl Strategy<Value = ConnMode> {
-        prop_oneof![Just(ConnMode::Direct), Just(ConnMode::Punched), Just(ConnMode::Relayed)]
+        prop_oneof![
+            Just(ConnMode::Direct),
+            Just(ConnMode::Punched),
+            Just(ConnMode::Relayed)
+        ]
     }
 
     fn arb_nat() -> impl Strategy<Value = NatType> {
@@ -291,8 +300,18 @@ mod tests {
     }
 
     fn arb_peer() -> impl Strategy<Value = PeerInfo> {
-        (arb_node_id(), prop::collection::vec(arb_addr(), 0..=MAX_ADDRS_PER_PEER), arb_mode(), arb_nat())
-            .prop_map(|(id, addrs, mode, nat)| PeerInfo { id, addrs, mode, nat })
+        (
+            arb_node_id(),
+            prop::collection::vec(arb_addr(), 0..=MAX_ADDRS_PER_PEER),
+            arb_mode(),
+            arb_nat(),
+        )
+            .prop_map(|(id, addrs, mode, nat)| PeerInfo {
+                id,
+                addrs,
+                mode,
+                nat,
+            })
     }
 
     fn arb_request() -> impl Strategy<Value = Request> {
@@ -300,7 +319,8 @@ mod tests {
             any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
             arb_node_id().prop_map(|target| Request::FindNode { target }),
             (0u8..=32).prop_map(|max| Request::Introduce { max }),
-            prop::collection::vec(any::<u8>(), 0..2048).prop_map(|payload| Request::Echo { payload }),
+            prop::collection::vec(any::<u8>(), 0..2048)
+                .prop_map(|payload| Request::Echo { payload }),
         ]
     }
 
@@ -310,7 +330,8 @@ mod tests {
                 .prop_map(|(nonce, observed)| Response::Pong { nonce, observed }),
             prop::collection::vec(arb_peer(), 0..=MAX_NODES_PER_RESPONSE)
                 .prop_map(|peers| Response::Nodes { peers }),
-            prop::collection::vec(any::<u8>(), 0..2048).prop_map(|payload| Response::Echo { payload }),
+            prop::collection::vec(any::<u8>(), 0..2048)
+                .prop_map(|payload| Response::Echo { payload }),
             prop_oneof![Just(ErrorCode::BadRequest), Just(ErrorCode::Busy)]
                 .prop_map(|code| Response::Error { code }),
         ]
@@ -355,8 +376,13 @@ mod tests {
     #[test]
     fn oversize_is_refused_from_the_header_alone() {
         let header = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
-        assert_eq!(frame_len(header), Err(DecodeError::Oversize(MAX_FRAME_LEN + 1)));
-        let big = Request::Echo { payload: vec![0; MAX_FRAME_LEN] };
+        assert_eq!(
+            frame_len(header),
+            Err(DecodeError::Oversize(MAX_FRAME_LEN + 1))
+        );
+        let big = Request::Echo {
+            payload: vec![0; MAX_FRAME_LEN],
+        };
         assert!(matches!(encode(&big), Err(EncodeError::TooLarge(_))));
     }
 
@@ -364,15 +390,23 @@ mod tests {
     fn unknown_version_is_named() {
         let mut frame = encode(&Request::Ping { nonce: 1 }).expect("encodes");
         frame[HEADER_LEN] = 99;
-        assert_eq!(decode::<Request>(&frame), Err(DecodeError::UnknownVersion(99)));
+        assert_eq!(
+            decode::<Request>(&frame),
+            Err(DecodeError::UnknownVersion(99))
+        );
     }
 
     #[test]
     fn limits_are_enforced_on_decode() {
         // An echo payload just over the limit still fits a frame, so validation must catch it.
-        let req = Request::Echo { payload: vec![1; MAX_ECHO_LEN + 1] };
+        let req = Request::Echo {
+            payload: vec![1; MAX_ECHO_LEN + 1],
+        };
         let frame = encode(&req).expect("fits in a frame");
-        assert!(matches!(decode::<Request>(&frame), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<Request>(&frame),
+            Err(DecodeError::Malformed(_))
+        ));
         let mut frame = encode(&Request::Ping { nonce: 1 }).expect("encodes");
         frame.push(0);
         assert!(decode::<Request>(&frame).is_err());

@@ -9,8 +9,15 @@ use chaosnet_proto::{Command, Event, TaskKind, TaskOutcome, Time};
 /// Builds `seeds` seed nodes and `others` nodes bootstrapping from them, starts the seeds
 /// at t=0 and the others staggered 20 ms apart, and runs until every node joined or 60 s.
 fn joined_world(seed: u64, seeds: usize, others: usize, link: LinkModel, record: bool) -> World {
-    let mut w = World::new(SimConfig { seed, link, record_events: record, ..SimConfig::default() });
-    let seed_idx: Vec<usize> = (0..seeds).map(|_| w.add_node(&[], |c| c.task_rate_per_s = 0.0)).collect();
+    let mut w = World::new(SimConfig {
+        seed,
+        link,
+        record_events: record,
+        ..SimConfig::default()
+    });
+    let seed_idx: Vec<usize> = (0..seeds)
+        .map(|_| w.add_node(&[], |c| c.task_rate_per_s = 0.0))
+        .collect();
     for &s in &seed_idx {
         w.start_at(s, Time::ZERO);
     }
@@ -40,7 +47,9 @@ fn lookup_everyone(w: &mut World) -> (usize, usize) {
         w.run_for(Duration::from_secs(30));
         for (src, id) in cmds {
             total += 1;
-            if w.result(src, id).is_some_and(|r| r.outcome == TaskOutcome::Ok) {
+            if w.result(src, id)
+                .is_some_and(|r| r.outcome == TaskOutcome::Ok)
+            {
                 found += 1;
             }
         }
@@ -60,7 +69,10 @@ fn two_hundred_nodes_join_through_three_seeds_and_find_each_other() {
     assert_eq!(joined, 200, "every node joins");
     assert_eq!(total, 200 * 199);
     let rate = found as f64 / total as f64;
-    assert!(rate >= 0.995, "lookup success {rate:.4} ({found}/{total}) below 99.5%");
+    assert!(
+        rate >= 0.995,
+        "lookup success {rate:.4} ({found}/{total}) below 99.5%"
+    );
     // Same seed, same run: every event of every node at the same virtual time.
     assert_eq!(run(7), (joined, found, total, digest));
 }
@@ -76,12 +88,19 @@ fn a_different_seed_gives_a_different_run() {
 
 #[test]
 fn lookups_survive_five_percent_loss() {
-    let link = LinkModel { latency_ms: 30, jitter_ms: 20, loss_pct: 5.0 };
+    let link = LinkModel {
+        latency_ms: 30,
+        jitter_ms: 20,
+        loss_pct: 5.0,
+    };
     let mut w = joined_world(3, 3, 47, link, false);
     let joined = (0..w.len()).filter(|&i| w.node(i).node.joined()).count();
     assert_eq!(joined, 50);
     let (found, total) = lookup_everyone(&mut w);
-    assert!(found as f64 / total as f64 >= 0.97, "{found}/{total} found under 5% loss");
+    assert!(
+        found as f64 / total as f64 >= 0.97,
+        "{found}/{total} found under 5% loss"
+    );
     assert!(w.stats.lost > 0, "the link really lost messages");
 }
 
@@ -101,14 +120,25 @@ fn a_restarted_node_rejoins_from_its_persisted_graph_without_seeds() {
     let target = w.node(20).node.id();
     let cmd = w.command(victim, Command::Lookup { target });
     w.run_for(Duration::from_secs(10));
-    assert_eq!(w.result(victim, cmd).map(|r| r.outcome), Some(TaskOutcome::Ok));
+    assert_eq!(
+        w.result(victim, cmd).map(|r| r.outcome),
+        Some(TaskOutcome::Ok)
+    );
 }
 
 #[test]
 fn the_task_loop_runs_weighted_tasks_and_records_every_outcome() {
-    let mut w = World::new(SimConfig { seed: 11, ..SimConfig::default() });
+    let mut w = World::new(SimConfig {
+        seed: 11,
+        ..SimConfig::default()
+    });
     let s = w.add_node(&[], |c| c.task_rate_per_s = 0.0);
-    let weights = TaskWeights { ping: 1, lookup: 1, connect: 0, echo: 1 };
+    let weights = TaskWeights {
+        ping: 1,
+        lookup: 1,
+        connect: 0,
+        echo: 1,
+    };
     let nodes: Vec<usize> = (0..10)
         .map(|_| {
             w.add_node(&[s], |c| {
@@ -136,13 +166,23 @@ fn the_task_loop_runs_weighted_tasks_and_records_every_outcome() {
     }
     // ~5 tasks/s for ~60 s on 10 nodes: thousands of tasks, nearly all succeed on a clean link.
     assert!(ok > 2000, "only {ok} tasks succeeded");
-    assert!(seen.contains(&TaskKind::Ping) && seen.contains(&TaskKind::Lookup) && seen.contains(&TaskKind::Echo));
-    assert!(!seen.contains(&TaskKind::Connect), "a zero weight disables the task");
+    assert!(
+        seen.contains(&TaskKind::Ping)
+            && seen.contains(&TaskKind::Lookup)
+            && seen.contains(&TaskKind::Echo)
+    );
+    assert!(
+        !seen.contains(&TaskKind::Connect),
+        "a zero weight disables the task"
+    );
 }
 
 #[test]
 fn idle_buckets_are_refreshed_with_lookups() {
-    let mut w = World::new(SimConfig { seed: 4, ..SimConfig::default() });
+    let mut w = World::new(SimConfig {
+        seed: 4,
+        ..SimConfig::default()
+    });
     let s = w.add_node(&[], |c| c.task_rate_per_s = 0.0);
     let n = w.add_node(&[s], |c| {
         c.task_rate_per_s = 0.0;
@@ -158,24 +198,46 @@ fn idle_buckets_are_refreshed_with_lookups() {
     let before = lookups(&w, n);
     w.run_until(Time::from_millis(30_000));
     let after = lookups(&w, n);
-    assert!(after > before + 5, "refresh lookups ran: {before} -> {after}");
+    assert!(
+        after > before + 5,
+        "refresh lookups ran: {before} -> {after}"
+    );
 }
 
 fn lookups(w: &World, n: usize) -> usize {
-    w.node(n).events.iter().filter(|(_, e)| matches!(e, Event::LookupFinished { .. })).count()
+    w.node(n)
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::LookupFinished { .. }))
+        .count()
 }
 
 #[test]
 fn connect_command_finds_unknown_nodes_by_lookup() {
     let mut w = joined_world(9, 2, 40, LinkModel::default(), true);
     let target = w.node(41).node.id();
-    let cmd = w.command(5, Command::Connect { peer: target, fresh: true });
+    let cmd = w.command(
+        5,
+        Command::Connect {
+            peer: target,
+            fresh: true,
+        },
+    );
     w.run_for(Duration::from_secs(15));
     let r = w.result(5, cmd).expect("connect finished");
     assert_eq!(r.outcome, TaskOutcome::Ok);
     // Connecting to a node that does not exist ends as not found, not as a hang.
     let ghost = chaosnet_proto::NodeId([0xee; 32]);
-    let cmd = w.command(5, Command::Connect { peer: ghost, fresh: true });
+    let cmd = w.command(
+        5,
+        Command::Connect {
+            peer: ghost,
+            fresh: true,
+        },
+    );
     w.run_for(Duration::from_secs(30));
-    assert_eq!(w.result(5, cmd).map(|r| r.outcome), Some(TaskOutcome::NotFound));
+    assert_eq!(
+        w.result(5, cmd).map(|r| r.outcome),
+        Some(TaskOutcome::NotFound)
+    );
 }
