@@ -358,18 +358,21 @@ impl ProcessRuntime {
             .mode(0o700)
             .create(&data_dir)
             .map_err(io(format!("cannot create {}", data_dir.display())))?;
+        // Write a temporary file and rename it, so the agent never reads a half-written key.
         let key_path = data_dir.join("node.key");
+        let tmp_path = data_dir.join(".node.key.tmp");
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&key_path)
-            .map_err(io(format!("cannot write {}", key_path.display())))?;
-        // An existing file keeps its old mode on open; force 0600.
+            .open(&tmp_path)
+            .map_err(io(format!("cannot write {}", tmp_path.display())))?;
+        // A leftover temporary file keeps its old mode on open; force 0600.
         f.set_permissions(Permissions::from_mode(0o600))
             .and_then(|()| f.write_all(format!("{}\n", key.to_ascii_lowercase()).as_bytes()))
             .and_then(|()| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp_path, &key_path))
             .map_err(io(format!("cannot write {}", key_path.display())))?;
         let agent_dir = self.agent_dir(&a.name);
         std::fs::create_dir_all(&agent_dir)
