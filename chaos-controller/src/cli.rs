@@ -67,6 +67,11 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Restart one agent (same data dir, so it keeps its node graph).
+    Restart {
+        /// The agent.
+        agent: String,
+    },
     /// Print an agent's log.
     Logs {
         /// The agent.
@@ -166,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status(&runs, run.as_deref(), json).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Exec { agent, cmd } => exec(&runs, &agent, &cmd),
+        Cmd::Restart { agent } => restart(&runs, &agent).map(|()| ExitCode::SUCCESS),
         Cmd::Logs { agent, follow } => logs(&runs, &agent, follow).map(|()| ExitCode::SUCCESS),
         Cmd::Down { all, run } => down(&runs, all, run.as_deref()).map(|()| ExitCode::SUCCESS),
         Cmd::Plan(args) => {
@@ -586,6 +592,21 @@ fn exec(runs: &Path, agent: &str, cmd: &[String]) -> anyhow::Result<ExitCode> {
         Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
         None => ExitCode::from(1),
     })
+}
+
+fn restart(runs: &Path, agent: &str) -> anyhow::Result<()> {
+    let run_dir = run_dir_of(runs, None)?;
+    let mut state = RunState::load(&run_dir)?;
+    let rt = ProcessRuntime::new(&run_dir, &agent_bin(None)?)?;
+    rt.adopt(&state.plan.agents, &state.agents);
+    rt.restart(agent)?;
+    state.agents = rt.instances();
+    state.save(&run_dir)?;
+    println!(
+        "chaosnet: restarted {agent} (pid {})",
+        rt.pid(agent).map_or("?".into(), |p| p.to_string())
+    );
+    Ok(())
 }
 
 fn logs(runs: &Path, agent: &str, follow: bool) -> anyhow::Result<()> {

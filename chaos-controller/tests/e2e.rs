@@ -203,6 +203,42 @@ fn default_lab_comes_up_is_scraped_and_goes_away_cleanly() {
         text(&o)
     );
 
+    // --- restart one agent: it comes back with its persisted contacts and rejoins
+    let o = run(&runs, &["restart", "portrestr1-0"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = run(&runs, &["status", "--json"]);
+        let st: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        let me = st["agents"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["agent"] == "portrestr1-0").cloned());
+        if me
+            .as_ref()
+            .is_some_and(|a| a["joined"] == true && a["contacts"].as_u64().unwrap_or(0) > 0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted agent did not rejoin: {me:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = run(&runs, &["logs", "portrestr1-0"]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.matches("starting").count() >= 2,
+        "two starts in the log"
+    );
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("starting"))
+            .last()
+            .is_some_and(|l| !l.contains("restored=0")),
+        "the restarted agent restored contacts from RocksDB: {log}"
+    );
+
     // --- Prometheus (from Debian) scrapes every agent as up
     let prom = format!("127.0.0.1:{prom_port}");
     let deadline = Instant::now() + Duration::from_secs(60);
