@@ -233,8 +233,7 @@ fn default_lab_comes_up_is_scraped_and_goes_away_cleanly() {
     );
     assert!(
         log.lines()
-            .filter(|l| l.contains("starting"))
-            .last()
+            .rfind(|l| l.contains("starting"))
             .is_some_and(|l| !l.contains("restored=0")),
         "the restarted agent restored contacts from RocksDB: {log}"
     );
