@@ -10,7 +10,7 @@
 
 use chaosnet_proto::graph::RoutingTable;
 use chaosnet_proto::{ConnMode, Event, Failure, Node, TaskOutcome};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -52,18 +52,8 @@ pub struct ReasonLabels {
 /// Label set with one `direction` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
-    /// in | out
-    pub direction: Direction,
-}
-
-/// Traffic direction.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Direction {
-    /// Received.
-    r#in,
-    /// Sent.
-    out,
+    /// `in` or `out`.
+    pub direction: &'static str,
 }
 
 /// Label set with one `fill` label.
@@ -504,29 +494,26 @@ impl Metrics {
 
     /// Advances the socket counters to `now` (they are cumulative in the socket).
     fn socket_counters(&self, now: SocketStats) {
+        self.observe_socket(now);
+    }
+
+    /// Advances the socket counters to the socket's cumulative `now`.
+    pub fn observe_socket(&self, now: SocketStats) {
         let Ok(mut last) = self.last_socket.lock() else {
             return;
         };
         let d = |new: u64, old: u64| new.saturating_sub(old);
         self.bytes
-            .get_or_create(&DirectionLabels {
-                direction: Direction::r#in,
-            })
+            .get_or_create(&DirectionLabels { direction: "in" })
             .inc_by(d(now.rx_bytes, last.rx_bytes));
         self.bytes
-            .get_or_create(&DirectionLabels {
-                direction: Direction::out,
-            })
+            .get_or_create(&DirectionLabels { direction: "out" })
             .inc_by(d(now.tx_bytes, last.tx_bytes));
         self.datagrams
-            .get_or_create(&DirectionLabels {
-                direction: Direction::r#in,
-            })
+            .get_or_create(&DirectionLabels { direction: "in" })
             .inc_by(d(now.rx_datagrams, last.rx_datagrams));
         self.datagrams
-            .get_or_create(&DirectionLabels {
-                direction: Direction::out,
-            })
+            .get_or_create(&DirectionLabels { direction: "out" })
             .inc_by(d(now.tx_datagrams, last.tx_datagrams));
         for (reason, new, old) in [
             ("garbage", now.rx_garbage, last.rx_garbage),
@@ -629,5 +616,16 @@ mod tests {
         assert!(text.contains(r#"chaosnet_handshake_refusals_total{reason="wrong_network"} 1"#));
         assert!(text.contains(r#"chaosnet_decode_errors_total{reason="oversize"} 1"#));
         assert!(text.contains(r#"chaosnet_agent_info{network="mainnet""#));
+        m.observe_socket(crate::socket::SocketStats {
+            rx_bytes: 10,
+            tx_bytes: 20,
+            ..Default::default()
+        });
+        let text = m.encode();
+        assert!(
+            text.contains(r#"chaosnet_udp_bytes_total{direction="in"} 10"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"chaosnet_udp_bytes_total{direction="out"} 20"#));
     }
 }

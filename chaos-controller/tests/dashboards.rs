@@ -1,0 +1,384 @@
+//! The Grafana dashboards and Prometheus alert rules in `dashboards/` (issue #7), proven
+//! against the real thing:
+//!
+//! - structure: every dashboard has a uid, a title and panels; every non-row panel has a
+//!   datasource and targets; every datasource is the `${datasource}` variable, never a
+//!   hard-coded uid;
+//! - as root: the default lab comes up with `--monitor`, Prometheus scrapes all 24 agents, and
+//!   every panel query (variables replaced by `.*`) parses and returns at least one series,
+//!   except the panels in `EXEMPT` (they only have data under a fault or an abuse; they must
+//!   still parse);
+//! - `promtool check rules` and `promtool test rules` on the alert rules.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Panels whose queries may return no series on a healthy lab: they only have data under a
+/// fault or an abuse. Their queries must still parse. (Today the agents register these
+/// counters with every label value at 0, so they do return zero-valued series; the list keeps
+/// the test honest if that changes.)
+const EXEMPT: &[(&str, &str, &str)] = &[
+    // (panel title prefix, target refId or "*", reason)
+    (
+        "Handshake refusals by",
+        "*",
+        "only under wrong-network / bad-key / identity-mismatch / missing-proof peers",
+    ),
+    (
+        "Decode errors by reason",
+        "*",
+        "only when a peer sends garbage or an incompatible version",
+    ),
+    (
+        "Request failures by reason",
+        "*",
+        "only under loss, partitions, overloaded or refusing peers",
+    ),
+    (
+        "Datagrams dropped by",
+        "*",
+        "only under impairment (PUT /impairment), garbage UDP or a full delay queue",
+    ),
+    ("Store errors by", "*", "only when RocksDB writes fail"),
+    (
+        "Insertions / GC evictions",
+        "B",
+        "evictions only when contacts stop answering",
+    ),
+    (
+        "Connections pruned",
+        "*",
+        "only once an agent reaches --max-connections",
+    ),
+];
+
+fn needs_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CHAOSNET_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!("CHAOSNET_REQUIRE_ROOT=1 but not running as root");
+    }
+    eprintln!("skipped: needs root");
+    false
+}
+
+fn chaosnet() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_chaosnet"))
+}
+
+fn agent_bin() -> PathBuf {
+    let p = chaosnet().with_file_name("chaosnet-agent");
+    assert!(
+        p.is_file(),
+        "{} missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+fn run(runs: &Path, args: &[&str]) -> Output {
+    Command::new(chaosnet())
+        .arg("--runs-dir")
+        .arg(runs)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chaosnet")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn dashboards_dir() -> PathBuf {
+    repo().join("dashboards")
+}
+
+/// (file name, dashboard JSON) for every `dashboards/*.json`.
+fn dashboards() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dashboards_dir()).expect("dashboards/") {
+        let p = e.expect("entry").path();
+        if p.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let name = p.file_name().expect("name").to_string_lossy().to_string();
+        let v: Value = serde_json::from_slice(&std::fs::read(&p).expect("read"))
+            .unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
+        out.push((name, v));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(out.len() >= 2, "dashboards/*.json: found {}", out.len());
+    out
+}
+
+/// Every panel, rows' nested panels included.
+fn panels(d: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().into_iter().flatten() {
+        out.push(p.clone());
+        for q in p["panels"].as_array().into_iter().flatten() {
+            out.push(q.clone());
+        }
+    }
+    out
+}
+
+fn check_datasource(ds: &Value, at: &str) {
+    assert_eq!(ds["type"], "prometheus", "{at}: datasource type: {ds}");
+    assert_eq!(
+        ds["uid"], "${datasource}",
+        "{at}: datasource must be the ${{datasource}} variable, not a hard-coded uid: {ds}"
+    );
+}
+
+#[test]
+fn dashboards_are_well_formed() {
+    for (name, d) in dashboards() {
+        let uid = d["uid"].as_str().unwrap_or("");
+        assert!(!uid.is_empty(), "{name}: uid");
+        assert!(
+            d["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{name}: title"
+        );
+        let ps = panels(&d);
+        assert!(!ps.is_empty(), "{name}: panels");
+        let vars = d["templating"]["list"].as_array().expect("templating");
+        let var = |n: &str| vars.iter().find(|v| v["name"] == n).cloned();
+        let dsv = var("datasource").unwrap_or_else(|| panic!("{name}: datasource variable"));
+        assert_eq!(dsv["type"], "datasource", "{name}");
+        assert_eq!(dsv["query"], "prometheus", "{name}");
+        for n in ["site", "agent"] {
+            let v = var(n).unwrap_or_else(|| panic!("{name}: variable {n}"));
+            check_datasource(&v["datasource"], &format!("{name}: variable {n}"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for p in ps {
+            let title = p["title"].as_str().unwrap_or("?");
+            let at = format!("{name}: panel {title:?}");
+            assert!(ids.insert(p["id"].to_string()), "{at}: duplicate id");
+            if p["type"] == "row" {
+                continue;
+            }
+            assert!(
+                p["description"].as_str().is_some_and(|s| s.len() > 20),
+                "{at}: description (what healthy looks like)"
+            );
+            check_datasource(&p["datasource"], &at);
+            let targets = p["targets"].as_array().cloned().unwrap_or_default();
+            assert!(!targets.is_empty(), "{at}: targets");
+            for t in targets {
+                check_datasource(&t["datasource"], &at);
+                assert!(
+                    t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                    "{at}: expr"
+                );
+            }
+        }
+    }
+    // No datasource uid other than the variable anywhere in the files.
+    for (name, d) in dashboards() {
+        let s = d.to_string();
+        for (i, _) in s.match_indices("\"uid\":") {
+            let rest = &s[i + 6..];
+            let ok = rest.starts_with("\"${datasource}\"")
+                || rest.starts_with("\"chaosnet-")
+                || rest.starts_with("null");
+            assert!(
+                ok,
+                "{name}: hard-coded uid near {}",
+                &rest[..rest.len().min(60)]
+            );
+        }
+    }
+}
+
+fn promtool(args: &[&str]) -> Output {
+    Command::new("promtool")
+        .args(args)
+        .current_dir(dashboards_dir())
+        .output()
+        .expect("promtool (apt install prometheus)")
+}
+
+#[test]
+fn alert_rules_check_and_unit_tests_pass() {
+    let o = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(o.status.success(), "promtool check rules:\n{}", text(&o));
+    let o = promtool(&["test", "rules", "alerts_test.yml"]);
+    assert!(o.status.success(), "promtool test rules:\n{}", text(&o));
+}
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn query(prom: &str, expr: &str) -> Value {
+    let body =
+        http_get(prom, &format!("/api/v1/query?query={}", urlencode(expr))).unwrap_or_default();
+    serde_json::from_str(&body).unwrap_or(Value::Null)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Takes the lab down when dropped, also when an assertion fails.
+struct Lab {
+    runs: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let o = run(&self.runs, &["down"]);
+        if !o.status.success() {
+            eprintln!("chaosnet down failed:\n{}", text(&o));
+        }
+    }
+}
+
+fn substitute(expr: &str) -> String {
+    expr.replace("$__rate_interval", "30s")
+        .replace("${run}", ".*")
+        .replace("${site}", ".*")
+        .replace("${agent}", ".*")
+        .replace("$run", ".*")
+        .replace("$site", ".*")
+        .replace("$agent", ".*")
+}
+
+#[test]
+fn every_panel_query_returns_data_from_a_real_lab() {
+    if !needs_root() {
+        return;
+    }
+    let started = Instant::now();
+    let _ = agent_bin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runs = dir.path().join("runs");
+    let prom_port = free_port();
+    let lab = Lab { runs: runs.clone() };
+    let o = run(
+        &runs,
+        &[
+            "up",
+            "--monitor",
+            "--prometheus-port",
+            &prom_port.to_string(),
+        ],
+    );
+    assert!(o.status.success(), "up failed:\n{}", text(&o));
+
+    // Every agent scraped as up.
+    let prom = format!("127.0.0.1:{prom_port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = query(&prom, "up{job=\"chaosnet-agents\"}");
+        let results = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        let up = results.iter().filter(|r| r["value"][1] == "1").count();
+        if results.len() == 24 && up == 24 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus sees {up} of {} targets up (want 24): {v}",
+            results.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "all 24 agents up in Prometheus after {:?}",
+        started.elapsed()
+    );
+    // Scrape interval is 5 s: 20 s more gives every [1m] rate() at least 4 samples.
+    std::thread::sleep(Duration::from_secs(20));
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (name, d) in dashboards() {
+        for p in panels(&d) {
+            let title = p["title"].as_str().unwrap_or("?").to_string();
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let ref_id = t["refId"].as_str().unwrap_or("?");
+                let exempt = EXEMPT
+                    .iter()
+                    .find(|(p, r, _)| title.starts_with(p) && (*r == "*" || *r == ref_id))
+                    .map(|(_, _, why)| why);
+                let Some(expr) = t["expr"].as_str() else {
+                    continue;
+                };
+                let q = substitute(expr);
+                assert!(
+                    !q.contains('$'),
+                    "{name}: {title}: unsubstituted variable in {q}"
+                );
+                let v = query(&prom, &q);
+                checked += 1;
+                let n = v["data"]["result"].as_array().map_or(0, Vec::len);
+                let ok = v["status"] == "success";
+                eprintln!(
+                    "{} {name}: {title} [{}]: {n} series{}",
+                    if ok && (n > 0 || exempt.is_some()) {
+                        "ok  "
+                    } else {
+                        "FAIL"
+                    },
+                    ref_id,
+                    exempt.map_or(String::new(), |why| format!(" (exempt: {why})"))
+                );
+                if !ok {
+                    failures.push(format!("{name}: {title}: does not parse: {q}\n  -> {v}"));
+                } else if n == 0 && exempt.is_none() {
+                    failures.push(format!("{name}: {title}: no series: {q}"));
+                }
+            }
+        }
+    }
+    drop(lab);
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} queries failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("{checked} panel queries checked in {:?}", started.elapsed());
+}
