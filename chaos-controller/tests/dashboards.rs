@@ -10,13 +10,16 @@
 //!   still parse);
 //! - `promtool check rules` and `promtool test rules` on the alert rules.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use common::cli::{agent_bin, free_port, http_get, run, text};
+use common::require_root;
 
 /// Panels whose queries may return no series on a healthy lab: they only have data under a
 /// fault or an abuse. Their queries must still parse. (Today the agents register these
@@ -56,50 +59,6 @@ const EXEMPT: &[(&str, &str, &str)] = &[
         "only once an agent reaches --max-connections",
     ),
 ];
-
-fn needs_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CHAOSNET_REQUIRE_ROOT").as_deref() == Ok("1") {
-        panic!("CHAOSNET_REQUIRE_ROOT=1 but not running as root");
-    }
-    eprintln!("skipped: needs root");
-    false
-}
-
-fn chaosnet() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_chaosnet"))
-}
-
-fn agent_bin() -> PathBuf {
-    let p = chaosnet().with_file_name("chaosnet-agent");
-    assert!(
-        p.is_file(),
-        "{} missing: build the workspace first (cargo build --workspace)",
-        p.display()
-    );
-    p
-}
-
-fn run(runs: &Path, args: &[&str]) -> Output {
-    Command::new(chaosnet())
-        .arg("--runs-dir")
-        .arg(runs)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run chaosnet")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -227,15 +186,6 @@ fn alert_rules_check_and_unit_tests_pass() {
     assert!(o.status.success(), "promtool test rules:\n{}", text(&o));
 }
 
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
 fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
@@ -252,14 +202,6 @@ fn query(prom: &str, expr: &str) -> Value {
     let body =
         http_get(prom, &format!("/api/v1/query?query={}", urlencode(expr))).unwrap_or_default();
     serde_json::from_str(&body).unwrap_or(Value::Null)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Takes the lab down when dropped, also when an assertion fails.
@@ -288,7 +230,7 @@ fn substitute(expr: &str) -> String {
 
 #[test]
 fn every_panel_query_returns_data_from_a_real_lab() {
-    if !needs_root() {
+    if !require_root() {
         return;
     }
     let started = Instant::now();
