@@ -5,7 +5,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: chaosnet up down status build release test lint fmt bench deps clean
+.PHONY: chaosnet up down status build release test lint fmt bench deps clean image
 
 # Options for `make chaosnet up`: SCENARIO=path.yaml, AGENTS=N, MONITOR=1.
 # The lab runs release binaries: a debug agent costs several times the CPU, and 100 of them
@@ -41,6 +41,10 @@ fmt:
 bench: release
 	bash scripts/bench-agent.sh
 	bash scripts/bench-lab.sh
+
+## The agent container image chaosnet-agent:<version>, FROM scratch (no registry needed).
+image: release
+	bash scripts/build-image.sh
 
 ## The fleet in the NAT lab (needs root): `make chaosnet up|status|down`.
 up: release
