@@ -66,6 +66,7 @@ fn two_hundred_nodes_join_through_three_seeds_and_find_each_other() {
         (joined, found, total, w.digest())
     };
     let (joined, found, total, digest) = run(7);
+    eprintln!("200 nodes: {joined} joined, {found}/{total} lookups found the target");
     assert_eq!(joined, 200, "every node joins");
     assert_eq!(total, 200 * 199);
     let rate = found as f64 / total as f64;
