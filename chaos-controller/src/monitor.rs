@@ -182,33 +182,48 @@ pub fn free_port() -> Result<u16, MonitorError> {
         })
 }
 
-/// Starts `exe serve --run-dir D --listen ADDR` detached (own session), returning its pid.
-pub fn spawn_proxy(exe: &Path, run_dir: &Path, listen: SocketAddr) -> Result<u32, MonitorError> {
-    let log = run_dir.join("serve.log");
-    let out = std::fs::File::create(&log).map_err(|source| MonitorError::Io {
-        path: log.clone(),
+/// Starts `program args...` under `setsid` (own session, detached from the controller),
+/// with stdout and stderr appended to `log`. Returns its pid.
+fn spawn_detached(
+    what: &'static str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<u32, MonitorError> {
+    let io = |source| MonitorError::Io {
+        path: log.to_path_buf(),
         source,
-    })?;
-    let err = out.try_clone().map_err(|source| MonitorError::Io {
-        path: log.clone(),
-        source,
-    })?;
+    };
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io)?;
+    let err = out.try_clone().map_err(io)?;
     let child = Command::new("setsid")
-        .arg(exe)
-        .arg("serve")
-        .arg("--run-dir")
-        .arg(run_dir)
-        .arg("--listen")
-        .arg(listen.to_string())
+        .arg(program)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .spawn()
         .map_err(|e| MonitorError::Spawn {
-            what: "chaosnet serve (needs setsid from util-linux)",
-            detail: e.to_string(),
+            what,
+            detail: format!("{e} (needs setsid from util-linux)"),
         })?;
     Ok(child.id())
+}
+
+/// Starts `exe serve --run-dir D --listen ADDR` detached (own session), returning its pid.
+pub fn spawn_proxy(exe: &Path, run_dir: &Path, listen: SocketAddr) -> Result<u32, MonitorError> {
+    let args = vec![
+        "serve".into(),
+        "--run-dir".into(),
+        run_dir.display().to_string(),
+        "--listen".into(),
+        listen.to_string(),
+    ];
+    spawn_detached("chaosnet serve", exe, &args, &run_dir.join("serve.log"))
 }
 
 /// Starts the local `prometheus` binary on `listen`, detached, storing data in the run
@@ -218,46 +233,17 @@ pub fn spawn_prometheus(
     config: &Path,
     listen: SocketAddr,
 ) -> Result<Option<u32>, MonitorError> {
-    let Some(bin) = which("prometheus") else {
+    let Some(bin) = crate::apply::which("prometheus") else {
         return Ok(None);
     };
     let dir = run_dir.join("prometheus");
-    let log = dir.join("prometheus.log");
-    let out = std::fs::File::create(&log).map_err(|source| MonitorError::Io {
-        path: log.clone(),
-        source,
-    })?;
-    let err = out.try_clone().map_err(|source| MonitorError::Io {
-        path: log.clone(),
-        source,
-    })?;
-    let child = Command::new("setsid")
-        .arg(bin)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={listen}"))
-        .arg("--web.enable-lifecycle")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| MonitorError::Spawn {
-            what: "prometheus",
-            detail: e.to_string(),
-        })?;
-    Ok(Some(child.id()))
-}
-
-/// The path of `name` on PATH.
-pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
+    let args = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", dir.join("data").display()),
+        format!("--web.listen-address={listen}"),
+        "--web.enable-lifecycle".to_string(),
+    ];
+    spawn_detached("prometheus", &bin, &args, &dir.join("prometheus.log")).map(Some)
 }
 
 /// Runs the scrape proxy in the foreground: `GET /agents/<name>/metrics` (and `/status`) is

@@ -427,8 +427,8 @@ impl ProcessRuntime {
         }
     }
 
-    /// Takes the running process out of a slot (so the lock is not held while waiting).
-    fn take_running(&self, name: &str) -> Result<Option<(u32, Option<Child>)>, RuntimeError> {
+    /// Runs `f` on the agent's slot, its process state refreshed first, under the lock.
+    fn with_slot<T>(&self, name: &str, f: impl FnOnce(&mut Slot) -> T) -> Result<T, RuntimeError> {
         let mut slots = self.lock();
         let slot = slots
             .get_mut(name)
@@ -436,7 +436,14 @@ impl ProcessRuntime {
                 name: name.to_string(),
             })?;
         Self::refresh(slot);
-        Ok(slot.pid.take().map(|pid| (pid, slot.child.take())))
+        Ok(f(slot))
+    }
+
+    /// Takes the running process out of a slot (so the lock is not held while waiting).
+    fn take_running(&self, name: &str) -> Result<Option<(u32, Option<Child>)>, RuntimeError> {
+        self.with_slot(name, |slot| {
+            slot.pid.take().map(|pid| (pid, slot.child.take()))
+        })
     }
 
     fn put_back(&self, name: &str, pid: u32, child: Option<Child>) {
@@ -453,16 +460,10 @@ impl ProcessRuntime {
     }
 
     fn running_pid(&self, name: &str) -> Result<u32, RuntimeError> {
-        let mut slots = self.lock();
-        let slot = slots
-            .get_mut(name)
-            .ok_or_else(|| RuntimeError::UnknownAgent {
+        self.with_slot(name, |slot| slot.pid)?
+            .ok_or_else(|| RuntimeError::NotRunning {
                 name: name.to_string(),
-            })?;
-        Self::refresh(slot);
-        slot.pid.ok_or_else(|| RuntimeError::NotRunning {
-            name: name.to_string(),
-        })
+            })
     }
 
     fn signal(name: &str, pid: u32, sig: Signal) -> Result<(), RuntimeError> {
@@ -678,14 +679,7 @@ impl Runtime for ProcessRuntime {
     }
 
     fn state(&self, name: &str) -> Result<AgentState, RuntimeError> {
-        let mut slots = self.lock();
-        let slot = slots
-            .get_mut(name)
-            .ok_or_else(|| RuntimeError::UnknownAgent {
-                name: name.to_string(),
-            })?;
-        Self::refresh(slot);
-        Ok(match slot.pid {
+        self.with_slot(name, |slot| match slot.pid {
             Some(pid) => match apply::proc_state(pid as i32) {
                 Some('T') | Some('t') => AgentState::Paused { pid },
                 _ => AgentState::Running { pid },
