@@ -162,6 +162,7 @@ impl Contact {
             addrs: self.addrs.clone(),
             mode: self.mode,
             nat: self.nat,
+            live: false,
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod graph;
 pub mod id;
 pub mod node;
+pub mod signal;
 pub mod sim;
 pub mod time;
 pub mod wire;

@@ -14,8 +14,14 @@ use rand::{Rng, RngExt, SeedableRng};
 
 use crate::graph::{BUCKETS, ConnMode, Contact, GraphChange, NatType, Observed, RoutingTable};
 use crate::id::NodeId;
+use crate::signal::{
+    self, BirthdayRole, Countersign, RateLimiter, ReplayCache, SecretKey, Signal, SignalRefusal,
+    Strategy,
+};
 use crate::time::Time;
-use crate::wire::{ErrorCode, MAX_ECHO_LEN, MAX_NODES_PER_RESPONSE, PeerInfo, Request, Response};
+use crate::wire::{
+    ErrorCode, MAX_ADDRS_PER_PEER, MAX_ECHO_LEN, MAX_NODES_PER_RESPONSE, PeerInfo, Request, Response,
+};
 
 /// Relative weights of the autonomous tasks. A zero weight disables that task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +50,10 @@ impl Default for TaskWeights {
 /// Configuration of a [`Node`]. Every field has a documented default (see [`Default`]).
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// This node's id.
+    /// This node's id: the public half of `key`.
     pub id: NodeId,
+    /// This node's signing key; it signs and countersigns hole-punching signals.
+    pub key: SecretKey,
     /// Addresses this node listens on; used to tell "no NAT" from a cone NAT.
     pub listen_addrs: Vec<SocketAddr>,
     /// Bootstrap nodes. Entries equal to `id` are ignored.
@@ -90,13 +98,65 @@ pub struct NodeConfig {
     pub max_inflight: usize,
     /// Minimum interval between two persists of the same contact's counters. Default 30,000 ms.
     pub persist_interval_ms: u64,
+    /// How long a plain dial of known addresses may take before signalling starts.
+    /// Default 2,000 ms.
+    pub direct_timeout_ms: u64,
+    /// How long a signalled hole punch (birthday probing included) may take. Default 8,000 ms.
+    pub punch_timeout_ms: u64,
+    /// How long opening a connection through a relay may take. Default 8,000 ms.
+    pub relay_timeout_ms: u64,
+    /// Signals older (or newer) than this by our clock are refused as replays. Default 30,000 ms.
+    pub signal_max_age_ms: u64,
+    /// Signals a single peer may make us carry or act on at once. Default 20.
+    pub signal_burst: u32,
+    /// Sustained signals per second per peer. Default 10.
+    pub signal_per_s: f64,
+    /// Sockets the symmetric side opens for birthday probing. Default 256.
+    pub birthday_sockets: u16,
+    /// Probes the other side sprays at random ports. Default 1,024 (≈98% success with 256
+    /// sockets over the 64,512 ports of a randomising NAT).
+    pub birthday_probes: u16,
+    /// After a relayed connect, try to upgrade to a punched one after this long; 0 disables.
+    /// Default 5,000 ms.
+    pub upgrade_after_ms: u64,
+    /// What this node accepts as a relay.
+    pub relay: RelayLimits,
+}
+
+/// Limits of this node as a relay. They are advertised to the dialer in
+/// [`Response::RelayAccepted`], enforced, and counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Relay at all. Default true.
+    pub enabled: bool,
+    /// Circuits open at once through this node. Default 64.
+    pub max_circuits: u32,
+    /// Circuits open at once for one requester. Default 4.
+    pub max_circuits_per_peer: u32,
+    /// Bytes one circuit may carry, both directions together. Default 256 MiB.
+    pub max_bytes: u64,
+    /// How long one circuit may stay open. Default 600,000 ms (10 min).
+    pub max_duration_ms: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            enabled: true,
+            max_circuits: 64,
+            max_circuits_per_peer: 4,
+            max_bytes: 256 * 1024 * 1024,
+            max_duration_ms: 600_000,
+        }
+    }
 }
 
 impl NodeConfig {
-    /// Defaults for node `id`.
-    pub fn new(id: NodeId) -> NodeConfig {
+    /// Defaults for the node whose signing key is `key`.
+    pub fn new(key: SecretKey) -> NodeConfig {
         NodeConfig {
-            id,
+            id: key.node_id(),
+            key,
             listen_addrs: Vec::new(),
             seeds: Vec::new(),
             rng_seed: 0,
@@ -118,6 +178,16 @@ impl NodeConfig {
             max_lookups: 16,
             max_inflight: 256,
             persist_interval_ms: 30_000,
+            direct_timeout_ms: 2_000,
+            punch_timeout_ms: 8_000,
+            relay_timeout_ms: 8_000,
+            signal_max_age_ms: 30_000,
+            signal_burst: 20,
+            signal_per_s: 10.0,
+            birthday_sockets: 256,
+            birthday_probes: 1024,
+            upgrade_after_ms: 5_000,
+            relay: RelayLimits::default(),
         }
     }
 }
@@ -169,6 +239,56 @@ pub struct Connected {
     pub mode: ConnMode,
     /// The peer's address as seen on the connection.
     pub remote: SocketAddr,
+    /// Random-port probes this side sprayed, if it birthday-probed as the easy side.
+    pub birthday_probes: Option<u32>,
+}
+
+/// How the shell must try to reach a peer for an [`Output::Connect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Dial the addresses, all at once; the first handshake wins.
+    Direct,
+    /// Dial the addresses while punching: send probes carrying the token from the QUIC
+    /// socket, dial any address a probe from the peer arrives from, and birthday-probe if
+    /// the plan says so. The peer runs the same plan from its [`Output::Punch`].
+    Punch(PunchPlan),
+    /// Ask `relay` (over a live connection, or dialing `relay_addrs`) for a circuit to the
+    /// peer, and run the QUIC handshake with the peer end to end through it.
+    Relay {
+        /// The relay.
+        relay: NodeId,
+        /// Where to dial the relay if no connection to it is live.
+        relay_addrs: Vec<SocketAddr>,
+    },
+}
+
+/// One side's part in a hole punch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PunchPlan {
+    /// Where the peer may be: its address as seen by a node it talks to, then its listen
+    /// addresses.
+    pub peer_addrs: Vec<SocketAddr>,
+    /// Carried in every probe, so probes of different punches are told apart.
+    pub token: u64,
+    /// This side's birthday-probing role, if any.
+    pub birthday: Option<BirthdayRole>,
+    /// Sockets the hard side opens.
+    pub birthday_sockets: u16,
+    /// Probes the easy side sprays.
+    pub birthday_probes: u16,
+    /// When to give up, from now.
+    pub timeout_ms: u64,
+}
+
+/// One step of a connect: which path was tried and how it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Attempt {
+    /// The path: direct, punched or relayed.
+    pub path: ConnMode,
+    /// `None` if it connected.
+    pub failure: Option<Failure>,
+    /// How long it took.
+    pub elapsed: Duration,
 }
 
 /// The autonomous tasks.
@@ -273,6 +393,12 @@ pub struct CommandResult {
     pub mode: Option<ConnMode>,
     /// For lookups: the closest nodes that answered, nearest first.
     pub closest: Vec<NodeId>,
+    /// For connects: every path tried, in order.
+    pub attempts: Vec<Attempt>,
+    /// For relayed connects: the relay.
+    pub relay: Option<NodeId>,
+    /// For connects that birthday-probed as the easy side: probes sprayed.
+    pub birthday_probes: Option<u32>,
 }
 
 /// Something that happened, for metrics, logs and callers of [`Node::command`].
@@ -330,6 +456,94 @@ pub enum Event {
         /// The error sent.
         code: ErrorCode,
     },
+    /// One path of a connect ended (tasks, commands and upgrades alike).
+    ConnectAttempt {
+        /// The path tried.
+        path: ConnMode,
+        /// `None` if it connected.
+        failure: Option<Failure>,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// A signal was handled (carried, acted on, or refused).
+    Signal {
+        /// What happened.
+        outcome: SignalOutcome,
+    },
+    /// Something happened to a relay circuit through this node.
+    Relay {
+        /// What happened.
+        event: RelayEvent,
+    },
+    /// A relayed connection was replaced by a better one.
+    Upgraded {
+        /// The new connection's mode.
+        to: ConnMode,
+    },
+    /// This node started punching towards a peer that signalled it.
+    PunchStarted {
+        /// Whether birthday probing is part of it.
+        birthday: bool,
+    },
+}
+
+/// What became of a signal, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SignalOutcome {
+    /// We signed one to reach a peer.
+    Sent,
+    /// We carried one towards its target.
+    Forwarded,
+    /// A duplicate joined one already being carried.
+    Coalesced,
+    /// We were the target and started punching.
+    Accepted,
+    /// Refused: bad signature or chain.
+    Forged,
+    /// Refused: seen before or stale.
+    Replayed,
+    /// Refused: the source went over its rate limit.
+    RateLimited,
+    /// Refused: no live connection towards the target, or too many hops.
+    NoRoute,
+}
+
+impl SignalOutcome {
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalOutcome::Sent => "sent",
+            SignalOutcome::Forwarded => "forwarded",
+            SignalOutcome::Coalesced => "coalesced",
+            SignalOutcome::Accepted => "accepted",
+            SignalOutcome::Forged => "forged",
+            SignalOutcome::Replayed => "replayed",
+            SignalOutcome::RateLimited => "rate_limited",
+            SignalOutcome::NoRoute => "no_route",
+        }
+    }
+}
+
+/// A relay circuit's life, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RelayEvent {
+    /// Admitted.
+    Opened,
+    /// Refused (limits, no route, relaying disabled).
+    Refused,
+    /// Ended, for whatever reason.
+    Closed,
+}
+
+impl RelayEvent {
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayEvent::Opened => "opened",
+            RelayEvent::Refused => "refused",
+            RelayEvent::Closed => "closed",
+        }
+    }
 }
 
 /// What the shell must do.
@@ -364,6 +578,18 @@ pub enum Output {
         addrs: Vec<SocketAddr>,
         /// Open a new connection even if one exists.
         fresh: bool,
+        /// How to go about it.
+        path: Path,
+        /// Give up after this long.
+        timeout_ms: u64,
+    },
+    /// A peer signalled us: run our side of the punch towards it (probes, and birthday
+    /// probing if the plan says so). The peer dials; we do not.
+    Punch {
+        /// The peer that will dial us.
+        peer: NodeId,
+        /// Our part.
+        plan: PunchPlan,
     },
     /// Close the connection to `peer`.
     Disconnect {
@@ -394,12 +620,15 @@ enum Timer {
     Gc,
     Refresh,
     Bootstrap,
+    Upgrade(NodeId),
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Origin {
     Task(TaskKind),
     Command(CommandId),
+    /// An attempt to replace a relayed connection with a punched one.
+    Upgrade,
 }
 
 #[derive(Clone, Debug)]
@@ -407,6 +636,47 @@ struct Op {
     origin: Origin,
     started: Time,
     echo: Option<Vec<u8>>,
+    conn: Option<ConnectState>,
+}
+
+/// Where a connect operation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Direct,
+    Signal,
+    Punch,
+    Relay,
+}
+
+#[derive(Clone, Debug)]
+struct ConnectState {
+    peer: NodeId,
+    fresh: bool,
+    stage: Stage,
+    stage_started: Time,
+    attempts: Vec<Attempt>,
+    looked_up: bool,
+    /// Go straight to signalling (an upgrade: plain dials are known to fail).
+    skip_direct: bool,
+    /// Nodes to ask to carry our signal, best first.
+    signallers: Vec<(NodeId, Vec<SocketAddr>)>,
+    next_signaller: usize,
+    /// The node that holds a live connection to the peer (relay candidate).
+    via: Option<NodeId>,
+    my_nat: NatType,
+    token: u64,
+    relay: Option<NodeId>,
+    birthday_probes: Option<u32>,
+}
+
+/// A signal we are carrying, and everyone waiting for its answer.
+#[derive(Clone, Debug)]
+struct Forward {
+    key: (NodeId, NodeId),
+    inbounds: Vec<InboundId>,
+    /// We deliver it to the target ourselves (so we fill in its address).
+    last_hop: bool,
+    target: NodeId,
 }
 
 type OpId = u64;
@@ -417,7 +687,7 @@ enum LookupPurpose {
     Op(OpId),
     Bootstrap,
     Refresh,
-    ConnectTarget { op: OpId, fresh: bool },
+    ConnectTarget { op: OpId },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -429,6 +699,8 @@ enum Purpose {
     Verify,
     Op(OpId),
     Connect(OpId),
+    Signal(OpId),
+    Forward(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -463,6 +735,8 @@ struct Lookup {
     inflight: usize,
     found: Option<Vec<SocketAddr>>,
     queried: u32,
+    /// Responders that hold a live connection to the target.
+    holders: Vec<(NodeId, Vec<SocketAddr>)>,
 }
 
 /// Most candidates a lookup tracks; bounds its memory whatever peers answer.
@@ -475,6 +749,18 @@ const INTRODUCE_VERIFY: usize = 3;
 const BOOTSTRAP_BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Refresh lookups started per refresh check, so a cold table does not burst.
 const REFRESH_PER_CHECK: usize = 2;
+/// Signallers tried per connect.
+const MAX_SIGNALLERS: usize = 3;
+/// Requesters waiting on one carried signal; more are refused as busy.
+const MAX_COALESCED: usize = 4;
+/// Signals carried at once.
+const MAX_FORWARDS: usize = 256;
+/// Sources the signal rate limiter tracks.
+const RATE_LIMIT_SOURCES: usize = 1024;
+/// Signal nonces remembered against replay.
+const REPLAY_CAPACITY: usize = 4096;
+/// Extra time the core gives the shell beyond a path's own timeout before declaring it dead.
+const SHELL_SLACK: Duration = Duration::from_secs(2);
 
 /// The protocol core of one agent.
 ///
@@ -516,6 +802,12 @@ pub struct Node {
     bootstrapping: bool,
     bootstrap_backoff: Duration,
     tasks_paused: bool,
+    forwards: HashMap<u64, Forward>,
+    forward_keys: HashMap<(NodeId, NodeId), u64>,
+    limiter: RateLimiter,
+    replays: ReplayCache,
+    circuits: HashMap<NodeId, u32>,
+    circuits_total: u32,
 }
 
 impl Node {
@@ -528,6 +820,8 @@ impl Node {
             table.observe(c, seen);
         }
         let backoff = Duration::from_millis(cfg.bootstrap_retry_ms.max(1));
+        let (cfg_burst, cfg_per_s, cfg_max_age) =
+            (cfg.signal_burst, cfg.signal_per_s, cfg.signal_max_age_ms);
         Node {
             cfg,
             rng,
@@ -550,6 +844,12 @@ impl Node {
             bootstrapping: false,
             bootstrap_backoff: backoff,
             tasks_paused: false,
+            forwards: HashMap::new(),
+            forward_keys: HashMap::new(),
+            limiter: RateLimiter::new(cfg_burst, cfg_per_s, RATE_LIMIT_SOURCES),
+            replays: ReplayCache::new(cfg_max_age, REPLAY_CAPACITY),
+            circuits: HashMap::new(),
+            circuits_total: 0,
         }
     }
 
@@ -669,10 +969,60 @@ impl Node {
                 since: now,
             },
         );
-        let mut c = Contact::new(peer, Some(remote), now);
+        // A relayed connection's remote is a local stand-in for the circuit, not an address
+        // anyone else could use.
+        let addr = (mode != ConnMode::Relayed).then_some(remote);
+        let mut c = Contact::new(peer, addr, now);
         c.mode = mode;
         self.observe_contact(now, c, true);
         self.prune_connections(now, peer);
+    }
+
+    /// The addresses `peer` says it listens on (from its hello). They go after the observed
+    /// ones, so a peer on our own LAN can be dialed directly.
+    pub fn handle_listen_addrs(&mut self, now: Time, peer: NodeId, addrs: &[SocketAddr]) {
+        if let Some(c) = self.table.get_mut(&peer) {
+            let before = c.addrs.clone();
+            for a in addrs {
+                if c.addrs.len() >= MAX_ADDRS_PER_PEER {
+                    break;
+                }
+                if !c.addrs.contains(a) {
+                    c.addrs.push(*a);
+                }
+            }
+            if c.addrs != before {
+                self.persist(now, peer, true);
+            }
+        }
+    }
+
+    /// A relay circuit admitted by this node (`as_relay`, for `requester`) or accepted as its
+    /// target ended; frees its slot.
+    pub fn handle_circuit_closed(&mut self, _now: Time, requester: NodeId, as_relay: bool) {
+        if as_relay {
+            if let Some(n) = self.circuits.get_mut(&requester) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.circuits.remove(&requester);
+                }
+            }
+            self.circuits_total = self.circuits_total.saturating_sub(1);
+        }
+        self.emit(Event::Relay {
+            event: RelayEvent::Closed,
+        });
+    }
+
+    /// Circuits currently relayed through this node.
+    pub fn relay_circuits(&self) -> u32 {
+        self.circuits_total
+    }
+
+    /// Whether peers can reach this node without its help: it has no NAT. (A dial-back
+    /// test of filtering is not implemented, so a full-cone NAT shows as not reachable.)
+    pub fn reachable(&self) -> bool {
+        self.nat_type() == NatType::Public
     }
 
     /// The connection to `peer` closed.
@@ -684,7 +1034,7 @@ impl Node {
     /// [`Output::Respond`] under `inbound`.
     pub fn handle_request(
         &mut self,
-        _now: Time,
+        now: Time,
         from: NodeId,
         inbound: InboundId,
         request: Request,
@@ -692,17 +1042,40 @@ impl Node {
         let response = match request {
             Request::Ping { nonce } => Response::Pong {
                 nonce,
-                observed: self.conns.get(&from).map(|c| c.remote),
+                observed: self.direct_remote(&from),
+                nat: self.nat_type(),
             },
             Request::FindNode { target } => {
-                let peers = self
-                    .table
-                    .closest(&target, self.cfg.k.min(MAX_NODES_PER_RESPONSE) + 1)
-                    .into_iter()
-                    .filter(|c| c.id != from)
-                    .take(self.cfg.k.min(MAX_NODES_PER_RESPONSE))
-                    .map(|c| c.to_peer_info())
-                    .collect();
+                let max = self.cfg.k.min(MAX_NODES_PER_RESPONSE);
+                let mut peers: Vec<PeerInfo> = Vec::with_capacity(max);
+                // A live connection to the target is what a signaller needs: list it first,
+                // even when the target sits in a full bucket's pending list.
+                if target != from
+                    && let Some(remote) = self.direct_remote(&target)
+                {
+                    let mut info = self
+                        .table
+                        .get(&target)
+                        .map(|c| c.to_peer_info())
+                        .unwrap_or_else(|| Contact::new(target, Some(remote), now).to_peer_info());
+                    if !info.addrs.contains(&remote) {
+                        info.addrs.insert(0, remote);
+                        info.addrs.truncate(MAX_ADDRS_PER_PEER);
+                    }
+                    info.live = true;
+                    peers.push(info);
+                }
+                for c in self.table.closest(&target, max + 2) {
+                    if peers.len() >= max {
+                        break;
+                    }
+                    if c.id == from || peers.iter().any(|p| p.id == c.id) {
+                        continue;
+                    }
+                    let mut info = c.to_peer_info();
+                    info.live = self.direct_remote(&c.id).is_some();
+                    peers.push(info);
+                }
                 Response::Nodes { peers }
             }
             Request::Introduce { max } => {
@@ -721,7 +1094,26 @@ impl Node {
                 Response::Nodes { peers }
             }
             Request::Echo { payload } => Response::Echo { payload },
+            Request::Signal { signal, hops } => {
+                match self.on_signal(now, from, inbound, signal, hops) {
+                    Some(r) => r,
+                    None => return, // carried on; answered when the next hop answers
+                }
+            }
+            Request::RelayOpen { target } => self.on_relay_open(from, target),
+            Request::RelayIncoming { .. } => {
+                if self.cfg.relay.enabled || self.direct_remote(&from).is_some() {
+                    self.relay_accepted()
+                } else {
+                    Response::Error {
+                        code: ErrorCode::Refused,
+                    }
+                }
+            }
         };
+        if let Response::Error { code } = &response {
+            self.emit(Event::InboundRefused { code: *code });
+        }
         self.outputs
             .push_back(Output::Respond { inbound, response });
     }
@@ -731,6 +1123,10 @@ impl Node {
         let Some(p) = self.untrack(id) else {
             return; // late answer after its deadline: already handled as a timeout
         };
+        if let Purpose::Forward(fid) = p.purpose {
+            self.forward_answer(now, fid, p.peer, result);
+            return;
+        }
         let result = match result {
             Ok(Response::Error {
                 code: ErrorCode::Busy,
@@ -746,6 +1142,11 @@ impl Node {
             // Every pong, whatever asked for it, feeds NAT self-classification.
             self.note_observed(p.peer, *addr);
         }
+        if let Ok(Response::Pong { nat, .. }) = &result
+            && let Some(c) = self.table.get_mut(&p.peer)
+        {
+            c.nat = *nat;
+        }
         match &result {
             Ok(_) => self.note_success(now, p.peer, now.since(p.sent)),
             Err(f) => self.note_failure(now, p.peer, *f),
@@ -757,7 +1158,8 @@ impl Node {
             Purpose::Introduce => self.introduce_answer(now, result),
             Purpose::Verify => {}
             Purpose::Op(op) => self.op_answer(now, op, result),
-            Purpose::Connect(_) => {} // connects report through handle_connect_result
+            Purpose::Signal(op) => self.signal_answer(now, op, result),
+            Purpose::Connect(_) | Purpose::Forward(_) => {} // reported elsewhere
         }
     }
 
@@ -773,14 +1175,42 @@ impl Node {
             return;
         };
         let elapsed = now.since(p.sent);
+        let path = self.ops.get(&op).and_then(|o| o.conn.as_ref()).map(|c| match c.stage {
+            Stage::Relay => ConnMode::Relayed,
+            Stage::Punch => ConnMode::Punched,
+            Stage::Direct | Stage::Signal => ConnMode::Direct,
+        });
+        let path = path.unwrap_or(ConnMode::Direct);
+        let failure = result.as_ref().err().copied();
+        self.emit(Event::ConnectAttempt {
+            path,
+            failure,
+            elapsed,
+        });
+        if let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) {
+            cs.attempts.push(Attempt {
+                path,
+                failure,
+                elapsed,
+            });
+            if let Ok(c) = &result
+                && c.birthday_probes.is_some()
+            {
+                cs.birthday_probes = c.birthday_probes;
+            }
+        }
         match result {
             Ok(c) => {
                 self.note_success(now, p.peer, elapsed);
-                self.finish_op(now, op, TaskOutcome::Ok, Some(c.mode), Vec::new());
+                self.connect_succeeded(now, op, c);
             }
             Err(f) => {
-                self.note_failure(now, p.peer, f);
-                self.finish_op(now, op, TaskOutcome::Failed(f), None, Vec::new());
+                // A failed punch or relay says nothing about the peer's liveness: its other
+                // connections may be fine. Only plain dials count against it.
+                if path == ConnMode::Direct {
+                    self.note_failure(now, p.peer, f);
+                }
+                self.connect_failed(now, op, f);
             }
         }
     }
@@ -822,6 +1252,7 @@ impl Node {
                 Timer::Gc => self.run_gc(now),
                 Timer::Refresh => self.run_refresh(now),
                 Timer::Bootstrap => self.bootstrap(now),
+                Timer::Upgrade(peer) => self.try_upgrade(now, peer),
             }
         }
     }
@@ -864,6 +1295,7 @@ impl Node {
                 origin,
                 started: now,
                 echo: None,
+                conn: None,
             },
         );
         id
@@ -924,11 +1356,7 @@ impl Node {
     }
 
     fn addrs_of(&self, peer: &NodeId) -> Vec<SocketAddr> {
-        let mut addrs: Vec<SocketAddr> = self
-            .conns
-            .get(peer)
-            .map(|c| vec![c.remote])
-            .unwrap_or_default();
+        let mut addrs: Vec<SocketAddr> = self.direct_remote(peer).into_iter().collect();
         if let Some(c) = self.table.get(peer) {
             for a in &c.addrs {
                 if !addrs.contains(a) {
@@ -1161,6 +1589,7 @@ impl Node {
                 inflight: 0,
                 found,
                 queried: 0,
+                holders: Vec::new(),
             },
         );
         self.lookup_step(now, id);
@@ -1254,6 +1683,13 @@ impl Node {
                         if p.id == target && l.found.is_none() {
                             l.found = Some(p.addrs.clone());
                         }
+                        if p.id == target
+                            && p.live
+                            && l.holders.len() < MAX_SIGNALLERS
+                            && !l.holders.iter().any(|(h, _)| *h == from)
+                        {
+                            l.holders.push((from, l.cands[pos].addrs.clone()));
+                        }
                         if l.cands.iter().any(|c| c.id == p.id) {
                             continue;
                         }
@@ -1336,18 +1772,32 @@ impl Node {
                 }
             }
             LookupPurpose::Refresh => {}
-            LookupPurpose::ConnectTarget { op, fresh } => match l.found {
-                Some(addrs) if !addrs.is_empty() => {
-                    self.connect_addrs(now, op, l.target, addrs, fresh)
-                }
-                _ => self.finish_op(now, op, TaskOutcome::NotFound, None, closest),
-            },
+            LookupPurpose::ConnectTarget { op } => {
+                let responders: Vec<(NodeId, Vec<SocketAddr>)> = l
+                    .cands
+                    .iter()
+                    .filter(|c| c.state == CandState::Done && c.id != l.target)
+                    .map(|c| (c.id, c.addrs.clone()))
+                    .collect();
+                self.connect_looked_up(now, op, l.found, l.holders, responders, closest);
+            }
         }
     }
 
     // ----- operations (tasks and commands) -----
 
     fn start_connect(&mut self, now: Time, op: OpId, peer: NodeId, fresh: bool) {
+        self.start_connect_with(now, op, peer, fresh, false);
+    }
+
+    fn start_connect_with(
+        &mut self,
+        now: Time,
+        op: OpId,
+        peer: NodeId,
+        fresh: bool,
+        skip_direct: bool,
+    ) {
         if peer == self.cfg.id {
             self.finish_op(
                 now,
@@ -1358,23 +1808,53 @@ impl Node {
             );
             return;
         }
+        if !fresh && let Some(c) = self.conns.get(&peer) {
+            let mode = c.mode;
+            self.finish_op(now, op, TaskOutcome::Ok, Some(mode), Vec::new());
+            return;
+        }
+        let state = ConnectState {
+            peer,
+            fresh,
+            stage: Stage::Direct,
+            stage_started: now,
+            attempts: Vec::new(),
+            looked_up: false,
+            skip_direct,
+            signallers: Vec::new(),
+            next_signaller: 0,
+            via: None,
+            my_nat: self.nat_type(),
+            token: self.rng.next_u64(),
+            relay: None,
+            birthday_probes: None,
+        };
+        if let Some(o) = self.ops.get_mut(&op) {
+            o.conn = Some(state);
+        }
         let addrs = self.addrs_of(&peer);
-        if addrs.is_empty() {
-            self.start_lookup(now, peer, LookupPurpose::ConnectTarget { op, fresh });
+        if addrs.is_empty() || skip_direct {
+            self.start_lookup(now, peer, LookupPurpose::ConnectTarget { op });
         } else {
-            self.connect_addrs(now, op, peer, addrs, fresh);
+            self.emit_connect(now, op, peer, addrs, Path::Direct, self.cfg.direct_timeout_ms);
         }
     }
 
-    fn connect_addrs(
+    fn emit_connect(
         &mut self,
         now: Time,
         op: OpId,
         peer: NodeId,
         addrs: Vec<SocketAddr>,
-        fresh: bool,
+        path: Path,
+        timeout_ms: u64,
     ) {
         let id = RequestId(self.fresh_id());
+        let fresh = self
+            .ops
+            .get(&op)
+            .and_then(|o| o.conn.as_ref())
+            .is_none_or(|c| c.fresh);
         self.track(
             id,
             Pending {
@@ -1384,7 +1864,7 @@ impl Node {
             },
         );
         self.set_timer(
-            now + Duration::from_millis(self.cfg.connect_timeout_ms),
+            now + Duration::from_millis(timeout_ms) + SHELL_SLACK,
             Timer::Deadline(id),
         );
         self.outputs.push_back(Output::Connect {
@@ -1392,6 +1872,8 @@ impl Node {
             peer,
             addrs,
             fresh,
+            path,
+            timeout_ms,
         });
     }
 
@@ -1454,7 +1936,18 @@ impl Node {
             return;
         };
         let elapsed = now.since(o.started);
+        let (attempts, relay, birthday_probes) = match o.conn {
+            Some(c) => (c.attempts, c.relay, c.birthday_probes),
+            None => (Vec::new(), None, None),
+        };
         match o.origin {
+            Origin::Upgrade => {
+                if let (TaskOutcome::Ok, Some(to)) = (outcome, mode)
+                    && to != ConnMode::Relayed
+                {
+                    self.emit(Event::Upgraded { to });
+                }
+            }
             Origin::Task(kind) => self.emit(Event::TaskFinished {
                 kind,
                 outcome,
@@ -1467,6 +1960,9 @@ impl Node {
                     elapsed,
                     mode,
                     closest,
+                    attempts,
+                    relay,
+                    birthday_probes,
                 },
             }),
         }
@@ -1594,6 +2090,456 @@ impl Node {
     }
 }
 
+/// Connectivity: the connect strategy (direct, then signalled punch, then relay), carrying
+/// signals for others, and relay admission.
+impl Node {
+    /// The peer's address on a live connection that is not relayed.
+    fn direct_remote(&self, peer: &NodeId) -> Option<SocketAddr> {
+        self.conns
+            .get(peer)
+            .filter(|c| c.mode != ConnMode::Relayed)
+            .map(|c| c.remote)
+    }
+
+    fn now_ms(now: Time) -> u64 {
+        now.as_millis()
+    }
+
+    /// A signal arrived from `from`. Returns the immediate answer, or `None` when it was
+    /// carried on and the answer will come later.
+    fn on_signal(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        inbound: InboundId,
+        signal: Signal,
+        hops: Vec<Countersign>,
+    ) -> Option<Response> {
+        let refuse = |this: &mut Node, outcome: SignalOutcome, code: ErrorCode| {
+            this.emit(Event::Signal { outcome });
+            Some(Response::Error { code })
+        };
+        if !self.limiter.allow(now, from) {
+            return refuse(self, SignalOutcome::RateLimited, ErrorCode::RateLimited);
+        }
+        match signal::check_chain(&signal, &hops, &from) {
+            Ok(()) => {}
+            Err(SignalRefusal::TooManyHops) => {
+                return refuse(self, SignalOutcome::NoRoute, ErrorCode::NoRoute);
+            }
+            Err(_) => return refuse(self, SignalOutcome::Forged, ErrorCode::Forbidden),
+        }
+        if signal.to == self.cfg.id {
+            if self.replays.check_and_insert(now, &signal).is_err() {
+                return refuse(self, SignalOutcome::Replayed, ErrorCode::Forbidden);
+            }
+            // The requester's address as the first carrier saw it; if it came straight from
+            // the requester, as we see it.
+            let first = hops
+                .first()
+                .map(|h| h.observed)
+                .or_else(|| self.direct_remote(&signal.from));
+            let mut peer_addrs: Vec<SocketAddr> = first.into_iter().collect();
+            if let Some(c) = self.table.get(&signal.from) {
+                for a in &c.addrs {
+                    if !peer_addrs.contains(a) && peer_addrs.len() < MAX_ADDRS_PER_PEER {
+                        peer_addrs.push(*a);
+                    }
+                }
+            }
+            if let Strategy::Punch { birthday } = signal::strategy(self.nat_type(), signal.from_nat)
+                && !peer_addrs.is_empty()
+            {
+                self.emit(Event::PunchStarted {
+                    birthday: birthday.is_some(),
+                });
+                self.outputs.push_back(Output::Punch {
+                    peer: signal.from,
+                    plan: PunchPlan {
+                        peer_addrs,
+                        token: signal.nonce,
+                        birthday,
+                        birthday_sockets: self.cfg.birthday_sockets,
+                        birthday_probes: self.cfg.birthday_probes,
+                        timeout_ms: self.cfg.punch_timeout_ms,
+                    },
+                });
+            }
+            self.emit(Event::Signal {
+                outcome: SignalOutcome::Accepted,
+            });
+            return Some(Response::SignalAnswer {
+                target_nat: self.nat_type(),
+                target_addr: None,
+                via: None,
+            });
+        }
+        // Carry it one hop further.
+        let key = (signal.from, signal.to);
+        if let Some(fid) = self.forward_keys.get(&key).copied()
+            && let Some(f) = self.forwards.get_mut(&fid)
+        {
+            if f.inbounds.len() >= MAX_COALESCED {
+                return refuse(self, SignalOutcome::RateLimited, ErrorCode::Busy);
+            }
+            f.inbounds.push(inbound);
+            self.emit(Event::Signal {
+                outcome: SignalOutcome::Coalesced,
+            });
+            return None;
+        }
+        let Some(observed) = self.direct_remote(&from) else {
+            return refuse(self, SignalOutcome::NoRoute, ErrorCode::NoRoute);
+        };
+        if hops.len() + 1 > signal::MAX_SIGNAL_HOPS || self.forwards.len() >= MAX_FORWARDS {
+            return refuse(self, SignalOutcome::NoRoute, ErrorCode::NoRoute);
+        }
+        let last_hop = self.direct_remote(&signal.to).is_some();
+        let next = if last_hop {
+            Some(signal.to)
+        } else {
+            // Greedy: the connected peer closest to the target that is closer than we are
+            // and not already on the path.
+            let mine = self.cfg.id.distance(&signal.to);
+            self.conns
+                .iter()
+                .filter(|(id, c)| {
+                    c.mode != ConnMode::Relayed
+                        && **id != from
+                        && **id != signal.from
+                        && !hops.iter().any(|h| h.by == **id)
+                        && id.distance(&signal.to) < mine
+                })
+                .map(|(id, _)| *id)
+                .min_by_key(|id| id.distance(&signal.to))
+        };
+        let Some(next) = next else {
+            return refuse(self, SignalOutcome::NoRoute, ErrorCode::NoRoute);
+        };
+        let mut hops = hops;
+        let index = hops.len();
+        hops.push(Countersign::new(&self.cfg.key, &signal, index, observed));
+        let fid = self.fresh_id();
+        self.forwards.insert(
+            fid,
+            Forward {
+                key,
+                inbounds: vec![inbound],
+                last_hop,
+                target: signal.to,
+            },
+        );
+        self.forward_keys.insert(key, fid);
+        self.emit(Event::Signal {
+            outcome: SignalOutcome::Forwarded,
+        });
+        self.send_request(
+            now,
+            next,
+            Vec::new(),
+            Request::Signal { signal, hops },
+            Purpose::Forward(fid),
+        );
+        None
+    }
+
+    /// The next hop answered a signal we carried: pass the answer to everyone waiting.
+    fn forward_answer(
+        &mut self,
+        _now: Time,
+        fid: u64,
+        _next: NodeId,
+        result: Result<Response, Failure>,
+    ) {
+        let Some(f) = self.forwards.remove(&fid) else {
+            return;
+        };
+        if self.forward_keys.get(&f.key) == Some(&fid) {
+            self.forward_keys.remove(&f.key);
+        }
+        let response = match result {
+            Ok(Response::SignalAnswer {
+                target_nat,
+                target_addr,
+                via,
+            }) => {
+                if f.last_hop {
+                    Response::SignalAnswer {
+                        target_nat,
+                        target_addr: self.direct_remote(&f.target),
+                        via: Some(self.cfg.id),
+                    }
+                } else {
+                    Response::SignalAnswer {
+                        target_nat,
+                        target_addr,
+                        via,
+                    }
+                }
+            }
+            Ok(Response::Error { code }) => Response::Error { code },
+            Ok(_) => Response::Error {
+                code: ErrorCode::BadRequest,
+            },
+            Err(Failure::Busy) => Response::Error {
+                code: ErrorCode::Busy,
+            },
+            Err(_) => Response::Error {
+                code: ErrorCode::NoRoute,
+            },
+        };
+        for inbound in f.inbounds {
+            self.outputs.push_back(Output::Respond {
+                inbound,
+                response: response.clone(),
+            });
+        }
+    }
+
+    fn relay_accepted(&self) -> Response {
+        Response::RelayAccepted {
+            max_bytes: self.cfg.relay.max_bytes,
+            max_duration_ms: self.cfg.relay.max_duration_ms,
+        }
+    }
+
+    /// Admission of a circuit from `from` to `target` through us.
+    fn on_relay_open(&mut self, from: NodeId, target: NodeId) -> Response {
+        let limits = self.cfg.relay;
+        let code = if !limits.enabled {
+            Some(ErrorCode::Refused)
+        } else if target == from
+            || target == self.cfg.id
+            || self.direct_remote(&target).is_none()
+            || self.direct_remote(&from).is_none()
+        {
+            // No circuits over circuits: both legs must be real connections.
+            Some(ErrorCode::NoRoute)
+        } else if self.circuits_total >= limits.max_circuits
+            || self.circuits.get(&from).copied().unwrap_or(0) >= limits.max_circuits_per_peer
+        {
+            Some(ErrorCode::Refused)
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            self.emit(Event::Relay {
+                event: RelayEvent::Refused,
+            });
+            return Response::Error { code };
+        }
+        *self.circuits.entry(from).or_insert(0) += 1;
+        self.circuits_total += 1;
+        self.emit(Event::Relay {
+            event: RelayEvent::Opened,
+        });
+        self.relay_accepted()
+    }
+
+    /// The lookup a connect needed is done.
+    fn connect_looked_up(
+        &mut self,
+        now: Time,
+        op: OpId,
+        found: Option<Vec<SocketAddr>>,
+        holders: Vec<(NodeId, Vec<SocketAddr>)>,
+        responders: Vec<(NodeId, Vec<SocketAddr>)>,
+        closest: Vec<NodeId>,
+    ) {
+        let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) else {
+            return;
+        };
+        cs.looked_up = true;
+        let peer = cs.peer;
+        let mut signallers = holders;
+        for r in responders {
+            if signallers.len() >= MAX_SIGNALLERS {
+                break;
+            }
+            if !signallers.iter().any(|(id, _)| *id == r.0) {
+                signallers.push(r);
+            }
+        }
+        cs.signallers = signallers;
+        let tried_direct = cs.skip_direct || !cs.attempts.is_empty();
+        let found = found.filter(|a| !a.is_empty());
+        // Nobody knows the peer: no one could carry a signal to it either.
+        if found.is_none() {
+            self.finish_op(now, op, TaskOutcome::NotFound, None, closest);
+            return;
+        }
+        match found {
+            Some(addrs) if !tried_direct => {
+                let t = self.cfg.direct_timeout_ms;
+                self.emit_connect(now, op, peer, addrs, Path::Direct, t);
+            }
+            _ => self.enter_signal(now, op),
+        }
+    }
+
+    fn connect_succeeded(&mut self, now: Time, op: OpId, c: Connected) {
+        // A relayed connect whose punch failed may have failed on a transient: try once more
+        // later. When no punch was even tried (both sides symmetric), upgrading is pointless.
+        if c.mode == ConnMode::Relayed
+            && self.cfg.upgrade_after_ms > 0
+            && let Some(cs) = self.ops.get(&op).and_then(|o| o.conn.as_ref())
+            && cs.attempts.iter().any(|a| a.path == ConnMode::Punched)
+        {
+            let at = now + Duration::from_millis(self.cfg.upgrade_after_ms);
+            self.set_timer(at, Timer::Upgrade(cs.peer));
+        }
+        self.finish_op(now, op, TaskOutcome::Ok, Some(c.mode), Vec::new());
+    }
+
+    fn connect_failed(&mut self, now: Time, op: OpId, f: Failure) {
+        let Some(cs) = self.ops.get(&op).and_then(|o| o.conn.as_ref()) else {
+            self.finish_op(now, op, TaskOutcome::Failed(f), None, Vec::new());
+            return;
+        };
+        match cs.stage {
+            Stage::Direct | Stage::Signal => {
+                if cs.looked_up {
+                    self.enter_signal(now, op);
+                } else {
+                    let peer = cs.peer;
+                    self.start_lookup(now, peer, LookupPurpose::ConnectTarget { op });
+                }
+            }
+            Stage::Punch => self.enter_relay(now, op, f),
+            Stage::Relay => self.finish_op(now, op, TaskOutcome::Failed(f), None, Vec::new()),
+        }
+    }
+
+    /// Asks the next signaller to carry our signal to the peer.
+    fn enter_signal(&mut self, now: Time, op: OpId) {
+        let key = self.cfg.key.clone();
+        let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) else {
+            return;
+        };
+        let last_failure = cs
+            .attempts
+            .last()
+            .and_then(|a| a.failure)
+            .unwrap_or(Failure::Unreachable);
+        let Some((signaller, addrs)) = cs.signallers.get(cs.next_signaller).cloned() else {
+            self.finish_op(
+                now,
+                op,
+                TaskOutcome::Failed(last_failure),
+                None,
+                Vec::new(),
+            );
+            return;
+        };
+        cs.next_signaller += 1;
+        cs.stage = Stage::Signal;
+        cs.stage_started = now;
+        let signal = Signal::new(
+            &key,
+            cs.peer,
+            cs.token,
+            Self::now_ms(now),
+            cs.my_nat,
+        );
+        self.emit(Event::Signal {
+            outcome: SignalOutcome::Sent,
+        });
+        self.send_request(
+            now,
+            signaller,
+            addrs,
+            Request::Signal {
+                signal,
+                hops: Vec::new(),
+            },
+            Purpose::Signal(op),
+        );
+    }
+
+    /// A signaller answered (or failed to).
+    fn signal_answer(&mut self, now: Time, op: OpId, result: Result<Response, Failure>) {
+        let (target_nat, target_addr, via) = match result {
+            Ok(Response::SignalAnswer {
+                target_nat,
+                target_addr,
+                via,
+            }) => (target_nat, target_addr, via),
+            _ => {
+                // Try the next signaller, or give up.
+                self.enter_signal(now, op);
+                return;
+            }
+        };
+        let (peer, my_nat, token) = {
+            let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) else {
+                return;
+            };
+            let signaller = cs.signallers.get(cs.next_signaller.saturating_sub(1)).map(|s| s.0);
+            cs.via = via.or(signaller);
+            (cs.peer, cs.my_nat, cs.token)
+        };
+        match signal::strategy(my_nat, target_nat) {
+            Strategy::Relay => self.enter_relay(now, op, Failure::Unreachable),
+            Strategy::Punch { birthday } => {
+                let mut addrs: Vec<SocketAddr> = target_addr.into_iter().collect();
+                for a in self.addrs_of(&peer) {
+                    if !addrs.contains(&a) && addrs.len() < MAX_ADDRS_PER_PEER {
+                        addrs.push(a);
+                    }
+                }
+                if let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) {
+                    cs.stage = Stage::Punch;
+                    cs.stage_started = now;
+                }
+                let plan = PunchPlan {
+                    peer_addrs: addrs.clone(),
+                    token,
+                    birthday,
+                    birthday_sockets: self.cfg.birthday_sockets,
+                    birthday_probes: self.cfg.birthday_probes,
+                    timeout_ms: self.cfg.punch_timeout_ms,
+                };
+                let t = self.cfg.punch_timeout_ms;
+                self.emit_connect(now, op, peer, addrs, Path::Punch(plan), t);
+            }
+        }
+    }
+
+    /// Goes through the node that holds a live connection to the peer.
+    fn enter_relay(&mut self, now: Time, op: OpId, f: Failure) {
+        let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) else {
+            return;
+        };
+        let Some(relay) = cs.via else {
+            self.finish_op(now, op, TaskOutcome::Failed(f), None, Vec::new());
+            return;
+        };
+        cs.stage = Stage::Relay;
+        cs.stage_started = now;
+        cs.relay = Some(relay);
+        let peer = cs.peer;
+        let relay_addrs = self.addrs_of(&relay);
+        let t = self.cfg.relay_timeout_ms;
+        self.emit_connect(
+            now,
+            op,
+            peer,
+            Vec::new(),
+            Path::Relay { relay, relay_addrs },
+            t,
+        );
+    }
+
+    /// Tries once to replace a relayed connection to `peer` with a punched one.
+    fn try_upgrade(&mut self, now: Time, peer: NodeId) {
+        if self.conns.get(&peer).is_none_or(|c| c.mode != ConnMode::Relayed) {
+            return;
+        }
+        let op = self.new_op(now, Origin::Upgrade);
+        self.start_connect_with(now, op, peer, true, true);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1621,6 +2567,7 @@ mod tests {
                     Ok(Response::Pong {
                         nonce,
                         observed: None,
+                        nat: NatType::Unknown,
                     }),
                 );
             }
@@ -1629,7 +2576,7 @@ mod tests {
 
     #[test]
     fn peer_choice_closes_the_slowest_idle_connection() {
-        let mut cfg = NodeConfig::new(NodeId([0; 32]));
+        let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
         cfg.max_connections = 3;
         cfg.task_rate_per_s = 0.0;
         let mut n = Node::new(cfg, Vec::new());
@@ -1657,8 +2604,8 @@ mod tests {
 
     #[test]
     fn gc_evicts_silent_contacts_of_full_buckets_and_promotes_pending_ones() {
-        let me = NodeId([0; 32]);
-        let mut cfg = NodeConfig::new(me);
+        let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
+        let me = cfg.id;
         cfg.k = 2;
         cfg.task_rate_per_s = 0.0;
         cfg.gc_interval_ms = 1_000;
@@ -1708,6 +2655,7 @@ mod tests {
                     Ok(Response::Pong {
                         nonce: 0,
                         observed: None,
+                        nat: NatType::Unknown,
                     }),
                 );
             }
@@ -1727,7 +2675,7 @@ mod tests {
 
     #[test]
     fn inbound_requests_are_answered_within_limits() {
-        let mut cfg = NodeConfig::new(NodeId([0; 32]));
+        let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
         cfg.task_rate_per_s = 0.0;
         let mut n = Node::new(cfg, Vec::new());
         let now = Time::ZERO;
@@ -1774,7 +2722,8 @@ mod tests {
                 inbound: InboundId(3),
                 response: Response::Pong {
                     nonce: 7,
-                    observed: Some(addr(1))
+                    observed: Some(addr(1)),
+                    nat: NatType::Unknown,
                 }
             }
         );
@@ -1782,7 +2731,7 @@ mod tests {
 
     #[test]
     fn nat_type_needs_two_observers() {
-        let mut cfg = NodeConfig::new(NodeId([0; 32]));
+        let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
         cfg.task_rate_per_s = 0.0;
         cfg.listen_addrs = vec![addr(1)];
         let mut n = Node::new(cfg, Vec::new());
@@ -1804,6 +2753,7 @@ mod tests {
                         Ok(Response::Pong {
                             nonce: 0,
                             observed: Some(seen),
+                            nat: NatType::Unknown,
                         }),
                     );
                 }
@@ -1820,6 +2770,7 @@ mod tests {
                     Ok(Response::Pong {
                         nonce: 0,
                         observed: Some(other),
+                        nat: NatType::Unknown,
                     }),
                 );
             }

@@ -21,7 +21,9 @@ use rand::{Rng, RngExt, SeedableRng};
 
 use crate::graph::{ConnMode, Contact, GraphChange};
 use crate::id::NodeId;
+use crate::signal::SecretKey;
 use crate::node::{
+    Path,
     Command, CommandId, CommandResult, Connected, Event, Failure, InboundId, Node, NodeConfig,
     Output, RequestId,
 };
@@ -110,6 +112,7 @@ enum Msg {
     },
     ConnUp {
         peer: usize,
+        mode: ConnMode,
     },
 }
 
@@ -198,10 +201,10 @@ impl World {
     /// it bootstraps from. `tweak` adjusts its config (task rate, timeouts...).
     pub fn add_node(&mut self, seeds: &[usize], tweak: impl FnOnce(&mut NodeConfig)) -> usize {
         let idx = self.nodes.len();
-        let mut id = [0u8; 32];
-        self.rng.fill_bytes(&mut id);
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
         let addr = SocketAddr::from(([10, (idx >> 16) as u8, (idx >> 8) as u8, idx as u8], 4433));
-        let mut cfg = NodeConfig::new(NodeId(id));
+        let mut cfg = NodeConfig::new(SecretKey::from_bytes(seed));
         cfg.listen_addrs = vec![addr];
         cfg.rng_seed = self.rng.next_u64();
         cfg.seeds = seeds
@@ -349,6 +352,16 @@ impl World {
     /// Dials from `from` to whoever answers at `addrs` claiming to be `peer`. Returns when
     /// the connection will be up, or `None` if the dial fails.
     fn dial(&mut self, from: usize, peer: NodeId, addrs: &[SocketAddr]) -> Option<(usize, Time)> {
+        self.dial_as(from, peer, addrs, ConnMode::Direct)
+    }
+
+    fn dial_as(
+        &mut self,
+        from: usize,
+        peer: NodeId,
+        addrs: &[SocketAddr],
+        mode: ConnMode,
+    ) -> Option<(usize, Time)> {
         let to = addrs
             .iter()
             .filter_map(|a| self.by_addr.get(a).copied())
@@ -358,8 +371,27 @@ impl World {
         let back = self.transit(to, from)?;
         let up_at = self.now + there + back;
         self.stats.dials += 1;
-        self.schedule(self.now + there, to, Msg::ConnUp { peer: from });
-        self.schedule(up_at, from, Msg::ConnUp { peer: to });
+        self.schedule(self.now + there, to, Msg::ConnUp { peer: from, mode });
+        self.schedule(up_at, from, Msg::ConnUp { peer: to, mode });
+        Some((to, up_at))
+    }
+
+    /// A circuit from `from` through `relay` to `peer`: both legs must be live connections.
+    fn relay_dial(&mut self, from: usize, relay: NodeId, peer: NodeId) -> Option<(usize, Time)> {
+        let r = self.peer_index(relay)?;
+        let to = self.peer_index(peer)?;
+        if !(self.nodes[r].up && self.nodes[to].up)
+            || !self.nodes[from].conns.contains(&r)
+            || !self.nodes[r].conns.contains(&to)
+        {
+            return None;
+        }
+        let a = self.transit(from, r)?;
+        let b = self.transit(r, to)?;
+        let up_at = self.now + (a + b) * 2;
+        let mode = ConnMode::Relayed;
+        self.schedule(self.now + a + b, to, Msg::ConnUp { peer: from, mode });
+        self.schedule(up_at, from, Msg::ConnUp { peer: to, mode });
         Some((to, up_at))
     }
 
@@ -395,7 +427,7 @@ impl World {
             Msg::ConnectResult { id, result } => {
                 self.nodes[idx].node.handle_connect_result(now, id, result)
             }
-            Msg::ConnUp { peer } => {
+            Msg::ConnUp { peer, mode } => {
                 if !self.nodes[peer].up {
                     return;
                 }
@@ -403,7 +435,7 @@ impl World {
                 let (pid, paddr) = (self.nodes[peer].node.id(), self.nodes[peer].addr);
                 self.nodes[idx]
                     .node
-                    .handle_connection_up(now, pid, paddr, ConnMode::Direct);
+                    .handle_connection_up(now, pid, paddr, mode);
             }
         }
         self.drain(idx);
@@ -438,20 +470,29 @@ impl World {
                     peer,
                     addrs,
                     fresh,
+                    path,
+                    ..
                 } => {
                     let existing = self
                         .peer_index(peer)
                         .filter(|p| self.nodes[idx].conns.contains(p));
-                    let result_at = match existing {
-                        Some(p) if !fresh => Some((p, now)),
-                        _ => self.dial(idx, peer, &addrs),
+                    let mode = match path {
+                        Path::Direct => ConnMode::Direct,
+                        Path::Punch(_) => ConnMode::Punched,
+                        Path::Relay { .. } => ConnMode::Relayed,
+                    };
+                    let result_at = match (existing, &path) {
+                        (Some(p), _) if !fresh => Some((p, now)),
+                        (_, Path::Relay { relay, .. }) => self.relay_dial(idx, *relay, peer),
+                        _ => self.dial_as(idx, peer, &addrs, mode),
                     };
                     match result_at {
                         Some((p, at)) => {
                             let remote = self.nodes[p].addr;
                             let result = Ok(Connected {
-                                mode: ConnMode::Direct,
+                                mode,
                                 remote,
+                                birthday_probes: None,
                             });
                             self.schedule(at, idx, Msg::ConnectResult { id, result });
                         }
@@ -468,6 +509,9 @@ impl World {
                         }
                     }
                 }
+                // Without a NAT model every node is reachable, so the target's side of a
+                // punch has nothing to open.
+                Output::Punch { .. } => {}
                 Output::Disconnect { peer } => {
                     if let Some(p) = self.peer_index(peer) {
                         self.nodes[idx].conns.remove(&p);

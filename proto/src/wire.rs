@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::{ConnMode, NatType};
 use crate::id::NodeId;
+use crate::signal::{Countersign, MAX_SIGNAL_HOPS, SIGNATURE_LEN, Signal};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -53,6 +54,26 @@ pub enum Request {
         /// At most [`MAX_ECHO_LEN`] bytes.
         payload: Vec<u8>,
     },
+    /// Carry a hole-punching signal towards `signal.to` (or act on it, if we are `to`).
+    /// Answered with [`Response::SignalAnswer`] once the target accepted it.
+    Signal {
+        /// The requester's signed request.
+        signal: Signal,
+        /// One countersignature per node that carried it so far, first carrier first.
+        hops: Vec<Countersign>,
+    },
+    /// Open a relay circuit to `target`. On [`Response::RelayAccepted`] the stream stays
+    /// open and carries the requester's QUIC datagrams to `target`, length-prefixed.
+    RelayOpen {
+        /// The node to reach through the responder.
+        target: NodeId,
+    },
+    /// Sent by a relay to the circuit's target: `from` wants to reach you through me. On
+    /// [`Response::RelayAccepted`] the stream stays open and carries `from`'s datagrams.
+    RelayIncoming {
+        /// The node at the other end of the circuit.
+        from: NodeId,
+    },
 }
 
 /// A peer as described on the wire.
@@ -66,6 +87,8 @@ pub struct PeerInfo {
     pub mode: ConnMode,
     /// The NAT type it advertised.
     pub nat: NatType,
+    /// The sender holds a live connection to it (so it can carry signals and relay to it).
+    pub live: bool,
 }
 
 /// Why a request was refused by its responder.
@@ -75,6 +98,14 @@ pub enum ErrorCode {
     BadRequest,
     /// The responder is shedding load.
     Busy,
+    /// A signature did not verify, or a signal was replayed.
+    Forbidden,
+    /// The responder has no way towards the requested node.
+    NoRoute,
+    /// The requester went over its rate limit.
+    RateLimited,
+    /// The responder does not accept this (relay full, relaying disabled).
+    Refused,
 }
 
 /// A response, the only frame the responder writes on a request's stream.
@@ -86,6 +117,8 @@ pub enum Response {
         nonce: u64,
         /// The address the responder sees the requester at.
         observed: Option<SocketAddr>,
+        /// The responder's own NAT type, as it classifies itself.
+        nat: NatType,
     },
     /// Answer to [`Request::FindNode`] and [`Request::Introduce`].
     Nodes {
@@ -96,6 +129,25 @@ pub enum Response {
     Echo {
         /// The request's payload.
         payload: Vec<u8>,
+    },
+    /// Answer to [`Request::Signal`]: the target accepted it and is punching.
+    SignalAnswer {
+        /// The target's NAT type.
+        target_nat: NatType,
+        /// The target's address as seen by the node that delivered the signal to it; filled
+        /// in by that node.
+        target_addr: Option<SocketAddr>,
+        /// The node that delivered the signal (it holds a live connection to the target, so
+        /// it can also relay).
+        via: Option<NodeId>,
+    },
+    /// Answer to [`Request::RelayOpen`] and [`Request::RelayIncoming`]: the circuit is open
+    /// within these limits.
+    RelayAccepted {
+        /// Bytes the circuit may carry, both directions together.
+        max_bytes: u64,
+        /// How long the circuit may stay open, in milliseconds.
+        max_duration_ms: u64,
     },
     /// The request was refused.
     Error {
@@ -170,6 +222,15 @@ impl Validate for Request {
             }
             Request::Introduce { max } if usize::from(*max) > MAX_NODES_PER_RESPONSE => {
                 Err(format!("introduce max {max}"))
+            }
+            Request::Signal { hops, .. } if hops.len() > MAX_SIGNAL_HOPS => {
+                Err(format!("signal with {} hops", hops.len()))
+            }
+            Request::Signal { signal, hops }
+                if signal.sig.len() != SIGNATURE_LEN
+                    || hops.iter().any(|h| h.sig.len() != SIGNATURE_LEN) =>
+            {
+                Err("signature of the wrong length".into())
             }
             _ => Ok(()),
         }
@@ -311,6 +372,7 @@ mod tests {
                 addrs,
                 mode,
                 nat,
+                live: id.0[0] & 1 == 1,
             })
     }
 
@@ -321,18 +383,55 @@ mod tests {
             (0u8..=32).prop_map(|max| Request::Introduce { max }),
             prop::collection::vec(any::<u8>(), 0..2048)
                 .prop_map(|payload| Request::Echo { payload }),
+            (any::<[u8; 32]>(), arb_node_id(), any::<u64>(), arb_addr(), 0usize..=4).prop_map(
+                |(seed, to, nonce, observed, n)| {
+                    let key = crate::signal::SecretKey::from_bytes(seed);
+                    let signal = Signal::new(&key, to, nonce, nonce >> 20, NatType::Cone);
+                    let hops = (0..n)
+                        .map(|i| Countersign::new(&key, &signal, i, observed))
+                        .collect();
+                    Request::Signal { signal, hops }
+                }
+            ),
+            arb_node_id().prop_map(|target| Request::RelayOpen { target }),
+            arb_node_id().prop_map(|from| Request::RelayIncoming { from }),
         ]
     }
 
     fn arb_response() -> impl Strategy<Value = Response> {
         prop_oneof![
-            (any::<u64>(), prop::option::of(arb_addr()))
-                .prop_map(|(nonce, observed)| Response::Pong { nonce, observed }),
+            (any::<u64>(), prop::option::of(arb_addr()), arb_nat()).prop_map(
+                |(nonce, observed, nat)| Response::Pong {
+                    nonce,
+                    observed,
+                    nat
+                }
+            ),
+            (arb_nat(), prop::option::of(arb_addr()), prop::option::of(arb_node_id())).prop_map(
+                |(target_nat, target_addr, via)| Response::SignalAnswer {
+                    target_nat,
+                    target_addr,
+                    via
+                }
+            ),
+            (any::<u64>(), any::<u64>()).prop_map(|(max_bytes, max_duration_ms)| {
+                Response::RelayAccepted {
+                    max_bytes,
+                    max_duration_ms,
+                }
+            }),
             prop::collection::vec(arb_peer(), 0..=MAX_NODES_PER_RESPONSE)
                 .prop_map(|peers| Response::Nodes { peers }),
             prop::collection::vec(any::<u8>(), 0..2048)
                 .prop_map(|payload| Response::Echo { payload }),
-            prop_oneof![Just(ErrorCode::BadRequest), Just(ErrorCode::Busy)]
+            prop_oneof![
+                Just(ErrorCode::BadRequest),
+                Just(ErrorCode::Busy),
+                Just(ErrorCode::Forbidden),
+                Just(ErrorCode::NoRoute),
+                Just(ErrorCode::RateLimited),
+                Just(ErrorCode::Refused)
+            ]
                 .prop_map(|code| Response::Error { code }),
         ]
     }
