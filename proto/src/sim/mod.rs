@@ -5,15 +5,21 @@
 //! persisted graph so nodes can be killed and restarted. Time jumps from event to event, so a
 //! minute of a 200-node network runs in well under a second of CPU.
 //!
-//! It models no NATs yet; links are the extension point where NAT models plug in. It is a
-//! test tool, not a simulator of QUIC: a handshake costs one round trip and never fails
-//! except through loss or an unreachable peer.
+//! Without NATs, a handshake costs one round trip and never fails except through loss or
+//! an unreachable peer. Once a world has NATs ([`World::add_nat`], [`nat`]), every dial is
+//! played at packet level ([`net`]): retransmitted QUIC Initials through NAT mappings and
+//! filters, the hole-punching probes of [`Output::Punch`] and `Path::Punch` (birthday
+//! probing included), and relay circuits admitted by the relay's own core. It is a test
+//! tool, not a simulator of QUIC or of any particular NAT box.
+
+pub mod nat;
+mod net;
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -23,12 +29,15 @@ use crate::graph::{ConnMode, Contact, GraphChange};
 use crate::id::NodeId;
 use crate::signal::SecretKey;
 use crate::node::{
-    Path,
     Command, CommandId, CommandResult, Connected, Event, Failure, InboundId, Node, NodeConfig,
-    Output, RequestId,
+    Output, Path, RequestId,
 };
 use crate::time::Time;
 use crate::wire::{Request, Response};
+
+pub use nat::{Filtering, Mapping, NatBehaviour};
+pub use net::BirthdayRecord;
+use net::{Host, NetEv, NetState, Packet, Reply};
 
 /// Behaviour of a link between two nodes, applied to each message independently.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -80,8 +89,10 @@ impl Default for SimConfig {
 pub struct SimNode {
     /// The core.
     pub node: Node,
-    /// Its address.
+    /// Its address: public, or private behind its NAT.
     pub addr: SocketAddr,
+    /// The NAT it sits behind, if any.
+    pub nat: Option<usize>,
     /// Whether it is running.
     pub up: bool,
     /// What it reported, if the world records events.
@@ -99,7 +110,7 @@ enum Msg {
     Wake,
     Request {
         from: usize,
-        id: RequestId,
+        reply: Reply,
         request: Request,
     },
     Response {
@@ -113,7 +124,10 @@ enum Msg {
     ConnUp {
         peer: usize,
         mode: ConnMode,
+        remote: SocketAddr,
     },
+    Packet(Packet),
+    Net(NetEv),
 }
 
 #[derive(Debug)]
@@ -163,10 +177,14 @@ pub struct World {
     links: HashMap<(usize, usize), LinkModel>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
-    inbound: HashMap<(usize, InboundId), (usize, RequestId)>,
+    inbound: HashMap<(usize, InboundId), (usize, Reply)>,
     next_inbound: u64,
     results: HashMap<(usize, CommandId), CommandResult>,
     digest: DefaultHasher,
+    nats: Vec<nat::Nat>,
+    hosts: HashMap<(Option<usize>, IpAddr), Host>,
+    lan_hosts: HashMap<usize, u32>,
+    net: NetState,
     /// Network counters.
     pub stats: SimStats,
 }
@@ -188,6 +206,10 @@ impl World {
             next_inbound: 0,
             results: HashMap::new(),
             digest: DefaultHasher::new(),
+            nats: Vec::new(),
+            hosts: HashMap::new(),
+            lan_hosts: HashMap::new(),
+            net: NetState::default(),
             stats: SimStats::default(),
         }
     }
@@ -201,9 +223,70 @@ impl World {
     /// it bootstraps from. `tweak` adjusts its config (task rate, timeouts...).
     pub fn add_node(&mut self, seeds: &[usize], tweak: impl FnOnce(&mut NodeConfig)) -> usize {
         let idx = self.nodes.len();
+        let addr = SocketAddr::from(([10, (idx >> 16) as u8, (idx >> 8) as u8, idx as u8], 4433));
+        self.add_node_at(None, addr, seeds, tweak)
+    }
+
+    /// Adds a NAT on the internet with public IP 198.18.x.y. Nodes go behind it with
+    /// [`World::add_node_behind`], other NATs with [`World::add_nat_behind`].
+    pub fn add_nat(&mut self, behaviour: NatBehaviour) -> usize {
+        let n = self.nats.len();
+        let ip = Ipv4Addr::new(198, 18 + (n >> 16) as u8 % 2, (n >> 8) as u8, n as u8 + 1);
+        self.add_nat_at(behaviour, IpAddr::V4(ip), None)
+    }
+
+    /// Adds a NAT behind `outer` (carrier-grade NAT: the two stack). Its outside address is
+    /// in the shared space 100.64.0.0/10.
+    pub fn add_nat_behind(&mut self, outer: usize, behaviour: NatBehaviour) -> usize {
+        let n = self.nats.len();
+        let ip = Ipv4Addr::new(100, 64 + (n >> 16) as u8 % 64, (n >> 8) as u8, n as u8 + 1);
+        self.add_nat_at(behaviour, IpAddr::V4(ip), Some(outer))
+    }
+
+    fn add_nat_at(&mut self, behaviour: NatBehaviour, ip: IpAddr, parent: Option<usize>) -> usize {
+        let n = self.nats.len();
+        let seed = self.rng.next_u64();
+        self.nats.push(nat::Nat::new(behaviour, ip, parent, seed));
+        self.hosts.insert((parent, ip), Host::Nat(n));
+        n
+    }
+
+    /// Adds a node (not started) on the LAN behind NAT `nat`, at 192.168.n.h:4433 (the
+    /// LANs of different NATs are separate realms, so their ranges may overlap).
+    pub fn add_node_behind(
+        &mut self,
+        nat: usize,
+        seeds: &[usize],
+        tweak: impl FnOnce(&mut NodeConfig),
+    ) -> usize {
+        let h = self.lan_hosts.entry(nat).or_insert(0);
+        *h += 1;
+        let h = *h;
+        let ip = Ipv4Addr::new(192, 168, nat as u8, (h % 250) as u8 + 1);
+        let addr = SocketAddr::new(IpAddr::V4(ip), 4433 + (h / 250) as u16);
+        self.add_node_at(Some(nat), addr, seeds, tweak)
+    }
+
+    /// Public IP of NAT `nat`.
+    pub fn nat_ip(&self, nat: usize) -> IpAddr {
+        self.nats[nat].public_ip
+    }
+
+    /// Live mappings of NAT `nat`.
+    pub fn nat_mappings(&self, nat: usize) -> usize {
+        self.nats[nat].mappings(self.now)
+    }
+
+    fn add_node_at(
+        &mut self,
+        realm: Option<usize>,
+        addr: SocketAddr,
+        seeds: &[usize],
+        tweak: impl FnOnce(&mut NodeConfig),
+    ) -> usize {
+        let idx = self.nodes.len();
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
-        let addr = SocketAddr::from(([10, (idx >> 16) as u8, (idx >> 8) as u8, idx as u8], 4433));
         let mut cfg = NodeConfig::new(SecretKey::from_bytes(seed));
         cfg.listen_addrs = vec![addr];
         cfg.rng_seed = self.rng.next_u64();
@@ -213,10 +296,14 @@ impl World {
             .collect();
         tweak(&mut cfg);
         let node = Node::new(cfg.clone(), Vec::new());
-        self.by_addr.insert(addr, idx);
+        if realm.is_none() {
+            self.by_addr.insert(addr, idx);
+        }
+        self.hosts.insert((realm, addr.ip()), Host::Node(idx));
         self.nodes.push(SimNode {
             node,
             addr,
+            nat: realm,
             up: false,
             events: Vec::new(),
             store: BTreeMap::new(),
@@ -283,6 +370,7 @@ impl World {
                 self.drain(p);
             }
         }
+        self.net_kill(idx);
     }
 
     /// Restarts a killed node from its persisted graph, as the agent does after a crash.
@@ -304,7 +392,11 @@ impl World {
                 break;
             };
             self.now = ev.at;
-            self.deliver(ev.to, ev.msg);
+            match ev.msg {
+                Msg::Packet(p) => self.arrive(p),
+                Msg::Net(e) => self.net_event(e),
+                msg => self.deliver(ev.to, msg),
+            }
         }
         self.now = self.now.max(until);
     }
@@ -371,27 +463,25 @@ impl World {
         let back = self.transit(to, from)?;
         let up_at = self.now + there + back;
         self.stats.dials += 1;
-        self.schedule(self.now + there, to, Msg::ConnUp { peer: from, mode });
-        self.schedule(up_at, from, Msg::ConnUp { peer: to, mode });
-        Some((to, up_at))
-    }
-
-    /// A circuit from `from` through `relay` to `peer`: both legs must be live connections.
-    fn relay_dial(&mut self, from: usize, relay: NodeId, peer: NodeId) -> Option<(usize, Time)> {
-        let r = self.peer_index(relay)?;
-        let to = self.peer_index(peer)?;
-        if !(self.nodes[r].up && self.nodes[to].up)
-            || !self.nodes[from].conns.contains(&r)
-            || !self.nodes[r].conns.contains(&to)
-        {
-            return None;
-        }
-        let a = self.transit(from, r)?;
-        let b = self.transit(r, to)?;
-        let up_at = self.now + (a + b) * 2;
-        let mode = ConnMode::Relayed;
-        self.schedule(self.now + a + b, to, Msg::ConnUp { peer: from, mode });
-        self.schedule(up_at, from, Msg::ConnUp { peer: to, mode });
+        let (from_addr, to_addr) = (self.nodes[from].addr, self.nodes[to].addr);
+        self.schedule(
+            self.now + there,
+            to,
+            Msg::ConnUp {
+                peer: from,
+                mode,
+                remote: from_addr,
+            },
+        );
+        self.schedule(
+            up_at,
+            from,
+            Msg::ConnUp {
+                peer: to,
+                mode,
+                remote: to_addr,
+            },
+        );
         Some((to, up_at))
     }
 
@@ -411,13 +501,17 @@ impl World {
                 }
                 self.nodes[idx].node.handle_timeout(now);
             }
-            Msg::Request { from, id, request } => {
+            Msg::Request {
+                from,
+                reply,
+                request,
+            } => {
                 if !self.nodes[from].up {
                     return;
                 }
                 self.next_inbound += 1;
                 let inbound = InboundId(self.next_inbound);
-                self.inbound.insert((idx, inbound), (from, id));
+                self.inbound.insert((idx, inbound), (from, reply));
                 let from_id = self.nodes[from].node.id();
                 self.nodes[idx]
                     .node
@@ -427,16 +521,23 @@ impl World {
             Msg::ConnectResult { id, result } => {
                 self.nodes[idx].node.handle_connect_result(now, id, result)
             }
-            Msg::ConnUp { peer, mode } => {
+            Msg::ConnUp { peer, mode, remote } => {
                 if !self.nodes[peer].up {
                     return;
                 }
                 self.nodes[idx].conns.insert(peer);
-                let (pid, paddr) = (self.nodes[peer].node.id(), self.nodes[peer].addr);
+                let pid = self.nodes[peer].node.id();
                 self.nodes[idx]
                     .node
-                    .handle_connection_up(now, pid, paddr, mode);
+                    .handle_connection_up(now, pid, remote, mode);
+                // The peer's hello carries its listen addresses (how LAN neighbours find
+                // each other's private address).
+                if self.packet_level() && mode != ConnMode::Relayed {
+                    let listen = self.nodes[peer].config.listen_addrs.clone();
+                    self.nodes[idx].node.handle_listen_addrs(now, pid, &listen);
+                }
             }
+            Msg::Packet(_) | Msg::Net(_) => {} // handled in run_until
         }
         self.drain(idx);
     }
@@ -450,19 +551,26 @@ impl World {
                     peer,
                     addrs,
                     request,
-                } => self.carry_request(idx, id, peer, &addrs, request),
+                } => self.carry_request(idx, Reply::Core(id), peer, &addrs, request),
                 Output::Respond { inbound, response } => {
-                    if let Some((to, id)) = self.inbound.remove(&(idx, inbound))
-                        && let Some(d) = self.transit(idx, to)
-                    {
-                        self.schedule(
-                            now + d,
-                            to,
-                            Msg::Response {
-                                id,
-                                result: Ok(response),
-                            },
-                        );
+                    match self.inbound.remove(&(idx, inbound)) {
+                        Some((_, Reply::RelayOpen(c))) => self.relay_open_answered(c, response),
+                        Some((_, Reply::RelayIncoming(c))) => {
+                            self.relay_incoming_answered(c, response)
+                        }
+                        Some((to, Reply::Core(id))) => {
+                            if let Some(d) = self.transit(idx, to) {
+                                self.schedule(
+                                    now + d,
+                                    to,
+                                    Msg::Response {
+                                        id,
+                                        result: Ok(response),
+                                    },
+                                );
+                            }
+                        }
+                        None => {}
                     }
                 }
                 Output::Connect {
@@ -471,7 +579,7 @@ impl World {
                     addrs,
                     fresh,
                     path,
-                    ..
+                    timeout_ms,
                 } => {
                     let existing = self
                         .peer_index(peer)
@@ -481,9 +589,16 @@ impl World {
                         Path::Punch(_) => ConnMode::Punched,
                         Path::Relay { .. } => ConnMode::Relayed,
                     };
-                    let result_at = match (existing, &path) {
+                    let result_at = match (existing, path) {
                         (Some(p), _) if !fresh => Some((p, now)),
-                        (_, Path::Relay { relay, .. }) => self.relay_dial(idx, *relay, peer),
+                        (_, Path::Relay { relay, relay_addrs }) => {
+                            self.net_relay(idx, id, peer, relay, &relay_addrs, timeout_ms);
+                            continue;
+                        }
+                        (_, path) if self.packet_level() => {
+                            self.net_connect(idx, id, peer, &addrs, path, timeout_ms);
+                            continue;
+                        }
                         _ => self.dial_as(idx, peer, &addrs, mode),
                     };
                     match result_at {
@@ -509,9 +624,13 @@ impl World {
                         }
                     }
                 }
-                // Without a NAT model every node is reachable, so the target's side of a
-                // punch has nothing to open.
-                Output::Punch { .. } => {}
+                // Without NATs every node is reachable, so the target's side of a punch has
+                // nothing to open.
+                Output::Punch { peer, plan } => {
+                    if self.packet_level() {
+                        self.start_punch(idx, peer, plan, None);
+                    }
+                }
                 Output::Disconnect { peer } => {
                     if let Some(p) = self.peer_index(peer) {
                         self.nodes[idx].conns.remove(&p);
@@ -520,6 +639,7 @@ impl World {
                             self.nodes[p].node.handle_connection_down(now, me);
                             self.drain(p);
                         }
+                        self.net_conn_down(idx, p);
                     }
                 }
                 Output::Persist(change) => match change {
@@ -557,37 +677,40 @@ impl World {
     fn carry_request(
         &mut self,
         from: usize,
-        id: RequestId,
+        reply: Reply,
         peer: NodeId,
         addrs: &[SocketAddr],
         request: Request,
     ) {
         let now = self.now;
-        let connected = self.nodes[from]
-            .conns
-            .iter()
-            .copied()
-            .find(|&p| self.nodes[p].node.id() == peer);
+        let connected = self
+            .peer_index(peer)
+            .filter(|p| self.nodes[from].conns.contains(p));
         let (to, ready_at) = match connected {
             Some(p) => (p, now),
+            None if self.packet_level() => {
+                self.net_request(from, reply, peer, addrs, request);
+                return;
+            }
             None => match self.dial(from, peer, addrs) {
                 Some(x) => x,
                 None => {
                     let at = now + Duration::from_millis(self.cfg.unreachable_after_ms);
-                    self.schedule(
-                        at,
-                        from,
-                        Msg::Response {
-                            id,
-                            result: Err(Failure::Unreachable),
-                        },
-                    );
+                    self.answer(from, reply, Err(Failure::Unreachable), at);
                     return;
                 }
             },
         };
         if let Some(d) = self.transit(from, to) {
-            self.schedule(ready_at + d, to, Msg::Request { from, id, request });
+            self.schedule(
+                ready_at + d,
+                to,
+                Msg::Request {
+                    from,
+                    reply,
+                    request,
+                },
+            );
         }
     }
 }
