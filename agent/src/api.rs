@@ -5,7 +5,9 @@
 //! - `GET /status`: JSON [`Status`].
 //! - `GET /peers`: JSON list of contacts, best-scoring first.
 //! - `POST /connect {"node_id": "...", "fresh": true}`: connects by NodeId (looking it up if
-//!   needed) and returns `{node_id, mode, elapsed_ms}`, or an error with a reason.
+//!   needed) and returns `{node_id, mode, elapsed_ms, relay, birthday_probes, attempts}`
+//!   (the path taken: direct, punched or relayed; every path tried), or an error with a
+//!   reason and the attempts.
 //! - `POST /lookup {"node_id": "..."}`: iterative lookup; `{found, elapsed_ms, closest}`.
 //! - `POST /tasks {"paused": bool}`: pauses or resumes the task loop.
 //! - `GET|PUT /impairment {"loss_pct", "delay_ms", "jitter_ms"}`: userspace impairment on
@@ -142,8 +144,36 @@ fn yes() -> bool {
 #[derive(Debug, Serialize)]
 struct ConnectAnswer {
     node_id: String,
+    /// direct | punched | relayed: the path the connection took.
     mode: &'static str,
     elapsed_ms: f64,
+    /// The relay's id (hex), for relayed connections.
+    relay: Option<String>,
+    /// Spray probes sent, when this side birthday-probed.
+    birthday_probes: Option<u32>,
+    /// Every path tried, in order.
+    attempts: Vec<AttemptAnswer>,
+}
+
+/// One path tried by a connect.
+#[derive(Debug, Serialize)]
+struct AttemptAnswer {
+    path: &'static str,
+    /// ok, or why it failed.
+    outcome: &'static str,
+    elapsed_ms: f64,
+}
+
+fn attempts(result: &chaosnet_proto::CommandResult) -> Vec<AttemptAnswer> {
+    result
+        .attempts
+        .iter()
+        .map(|a| AttemptAnswer {
+            path: a.path.as_str(),
+            outcome: a.failure.map_or("ok", |f| f.as_str()),
+            elapsed_ms: a.elapsed.as_secs_f64() * 1000.0,
+        })
+        .collect()
 }
 
 async fn connect(
@@ -191,6 +221,9 @@ async fn connect(
             node_id: peer.to_hex(),
             mode: mode.as_str(),
             elapsed_ms,
+            relay: result.relay.map(|r| r.to_hex()),
+            birthday_probes: result.birthday_probes,
+            attempts: attempts(&result),
         })
         .into_response(),
         (outcome, _) => {
@@ -204,6 +237,7 @@ async fn connect(
                     "error": format!("cannot connect to {}", peer.short()),
                     "reason": outcome.as_str(),
                     "elapsed_ms": elapsed_ms,
+                    "attempts": attempts(&result),
                 })),
             )
                 .into_response()

@@ -328,10 +328,11 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
         tx.clone(),
         metrics.clone(),
         TransportTimeouts::default(),
+        socket_handle.clone(),
     )
     .map_err(|e| cfg(e.into()))?;
 
-    let mut node_cfg = NodeConfig::new(me);
+    let mut node_cfg = NodeConfig::new(identity.secret_key());
     node_cfg.listen_addrs = vec![listen];
     node_cfg.seeds = seeds;
     node_cfg.rng_seed = rng_seed;

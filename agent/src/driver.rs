@@ -41,6 +41,13 @@ pub enum Input {
         remote: SocketAddr,
         /// How it was made.
         mode: ConnMode,
+        /// The addresses it says it listens on (from its hello).
+        listen_addrs: Vec<SocketAddr>,
+    },
+    /// A relay circuit this node admitted (for `requester`) ended.
+    CircuitClosed {
+        /// Who asked for it.
+        requester: NodeId,
     },
     /// A connection closed.
     ConnDown {
@@ -113,6 +120,10 @@ pub struct Status {
     pub observed_addrs: Vec<String>,
     /// Self-classified NAT type.
     pub nat_type: &'static str,
+    /// Whether peers can reach this node unaided (it has no NAT).
+    pub reachable: bool,
+    /// Relay circuits open through this node.
+    pub relay_circuits: u32,
     /// Whether bootstrap completed.
     pub joined: bool,
     /// Contacts in buckets.
@@ -282,8 +293,17 @@ impl Driver {
     fn handle(&mut self, input: Input) {
         let now = self.clock.now();
         match input {
-            Input::ConnUp { peer, remote, mode } => {
-                self.node.handle_connection_up(now, peer, remote, mode)
+            Input::ConnUp {
+                peer,
+                remote,
+                mode,
+                listen_addrs,
+            } => {
+                self.node.handle_connection_up(now, peer, remote, mode);
+                self.node.handle_listen_addrs(now, peer, &listen_addrs);
+            }
+            Input::CircuitClosed { requester } => {
+                self.node.handle_circuit_closed(now, requester, true)
             }
             Input::ConnDown { peer } => self.node.handle_connection_down(now, peer),
             Input::Request {
@@ -337,10 +357,12 @@ impl Driver {
                     peer,
                     addrs,
                     fresh,
+                    path,
+                    timeout_ms,
                 } => {
                     let (t, tx) = (self.transport.clone(), self.inputs_tx.clone());
                     tokio::spawn(async move {
-                        let result = t.connect(peer, addrs, fresh).await;
+                        let result = t.connect(peer, addrs, fresh, path, timeout_ms).await;
                         let _ = tx.send(Input::ConnectResult { id, result }).await;
                     });
                 }
@@ -349,6 +371,7 @@ impl Driver {
                         let _ = tx.send(response);
                     }
                 }
+                Output::Punch { peer, plan } => self.transport.punch(peer, plan),
                 Output::Disconnect { peer } => self.transport.disconnect(&peer),
                 Output::Persist(change) => changes.push(change),
                 Output::Event(event) => {
@@ -418,6 +441,8 @@ impl Driver {
                 .map(|a| a.to_string())
                 .collect(),
             nat_type: self.node.nat_type().as_str(),
+            reachable: self.node.reachable(),
+            relay_circuits: self.node.relay_circuits(),
             joined: self.node.joined(),
             contacts: self.node.graph().len(),
             pending: self.node.graph().pending_len(),

@@ -123,6 +123,11 @@ impl Identity {
         NodeId(self.key.verifying_key().to_bytes())
     }
 
+    /// The secret key in the form the protocol core signs signals with.
+    pub fn secret_key(&self) -> chaosnet_proto::signal::SecretKey {
+        chaosnet_proto::signal::SecretKey::from_bytes(self.key.to_bytes())
+    }
+
     /// Ed25519 signature of `msg`.
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.key.sign(msg).to_bytes()

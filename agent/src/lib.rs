@@ -14,6 +14,8 @@ pub mod cli;
 pub mod driver;
 pub mod identity;
 pub mod metrics;
+pub mod punch;
+pub mod relay;
 pub mod socket;
 pub mod store;
 pub mod telemetry;

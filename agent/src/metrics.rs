@@ -9,6 +9,7 @@
 //! It does not serve HTTP; the `api` module does.
 
 use chaosnet_proto::graph::RoutingTable;
+use chaosnet_proto::node::{RelayEvent, SignalOutcome};
 use chaosnet_proto::{ConnMode, Event, Failure, Node, TaskOutcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +71,29 @@ pub struct LookupLabels {
     pub outcome: String,
 }
 
+/// Label set of connect attempts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// direct | punched | relayed: the path tried.
+    pub path: String,
+    /// ok | timeout | unreachable | refused | protocol | busy
+    pub outcome: String,
+}
+
+/// Label set with one `kind` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// A bounded kind chosen by the recording site.
+    pub kind: String,
+}
+
+/// Label set with one `outcome` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// A bounded outcome chosen by the recording site.
+    pub outcome: String,
+}
+
 /// Label set of the info gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InfoLabels {
@@ -108,6 +132,15 @@ pub struct Metrics {
     joined: Gauge,
     inflight: Gauge,
     observed_addrs: Gauge,
+    connect_attempts: Family<AttemptLabels, Counter>,
+    connect_duration: Family<ModeLabels, Histogram>,
+    punches: Family<KindLabels, Counter>,
+    birthday_probes: Histogram,
+    signals: Family<OutcomeLabels, Counter>,
+    relay_circuits: Family<KindLabels, Counter>,
+    relay_circuits_open: Gauge,
+    relay_bytes: Counter,
+    upgrades: Family<ModeLabels, Counter>,
     last_socket: std::sync::Mutex<SocketStats>,
 }
 
@@ -278,8 +311,106 @@ impl Metrics {
             "Constant 1, labelled with the agent's network and version",
             info,
         );
+        let connect_attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "connect_attempts",
+            "Connect attempts by path tried (direct, punched, relayed) and outcome",
+            connect_attempts.clone(),
+        );
+        let connect_duration = Family::<ModeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register_with_unit(
+            "connect_duration",
+            "Time to connect, successful attempts only, by mode",
+            Unit::Seconds,
+            connect_duration.clone(),
+        );
+        let punches = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "punch_attempts",
+            "Hole punches started (as dialer or as signalled side), by kind (plain, birthday)",
+            punches.clone(),
+        );
+        let birthday_probes = Histogram::new([
+            16.0, 32.0, 64.0, 128.0, 256.0, 384.0, 512.0, 768.0, 1024.0, 2048.0,
+        ]);
+        registry.register(
+            "birthday_probes",
+            "Random-port probes the easy side sprayed before a birthday punch succeeded",
+            birthday_probes.clone(),
+        );
+        let signals = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "signals",
+            "Hole-punching signals handled, by outcome",
+            signals.clone(),
+        );
+        let relay_circuits = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "relay_circuits",
+            "Relay circuits through this node, by event (opened, refused, closed)",
+            relay_circuits.clone(),
+        );
+        let relay_circuits_open = Gauge::default();
+        registry.register(
+            "relay_circuits_open",
+            "Relay circuits open through this node",
+            relay_circuits_open.clone(),
+        );
+        let relay_bytes = Counter::default();
+        registry.register_with_unit(
+            "relay",
+            "Bytes carried by relay circuits through this node",
+            Unit::Bytes,
+            relay_bytes.clone(),
+        );
+        let upgrades = Family::<ModeLabels, Counter>::default();
+        registry.register(
+            "upgrades",
+            "Relayed connections replaced by a better one, by the new mode",
+            upgrades.clone(),
+        );
         // Declare every known label value up front, so a fresh agent exports each family (at
         // zero) and dashboards and alerts see series before the first event.
+        for mode in [ConnMode::Direct, ConnMode::Punched, ConnMode::Relayed] {
+            for outcome in ["ok", "timeout", "unreachable"] {
+                let _ = connect_attempts.get_or_create(&AttemptLabels {
+                    path: mode.as_str().into(),
+                    outcome: outcome.into(),
+                });
+            }
+            let _ = connect_duration.get_or_create(&ModeLabels {
+                mode: mode.as_str().into(),
+            });
+        }
+        for mode in [ConnMode::Direct, ConnMode::Punched] {
+            let _ = upgrades.get_or_create(&ModeLabels {
+                mode: mode.as_str().into(),
+            });
+        }
+        for kind in ["plain", "birthday"] {
+            let _ = punches.get_or_create(&KindLabels { kind: kind.into() });
+        }
+        for e in [RelayEvent::Opened, RelayEvent::Refused, RelayEvent::Closed] {
+            let _ = relay_circuits.get_or_create(&KindLabels {
+                kind: e.as_str().into(),
+            });
+        }
+        for o in [
+            SignalOutcome::Sent,
+            SignalOutcome::Forwarded,
+            SignalOutcome::Coalesced,
+            SignalOutcome::Accepted,
+            SignalOutcome::Forged,
+            SignalOutcome::Replayed,
+            SignalOutcome::RateLimited,
+            SignalOutcome::NoRoute,
+        ] {
+            let _ = signals.get_or_create(&OutcomeLabels {
+                outcome: o.as_str().into(),
+            });
+        }
         for mode in [ConnMode::Direct, ConnMode::Punched, ConnMode::Relayed] {
             let _ = connections_opened.get_or_create(&ModeLabels {
                 mode: mode.as_str().into(),
@@ -352,6 +483,15 @@ impl Metrics {
             joined,
             inflight,
             observed_addrs,
+            connect_attempts,
+            connect_duration,
+            punches,
+            birthday_probes,
+            signals,
+            relay_circuits,
+            relay_circuits_open,
+            relay_bytes,
+            upgrades,
             last_socket: std::sync::Mutex::new(SocketStats::default()),
         }
     }
@@ -418,7 +558,68 @@ impl Metrics {
             Event::InboundRefused { .. } => {
                 self.inbound_refused.inc();
             }
+            Event::ConnectAttempt {
+                path,
+                failure,
+                elapsed,
+            } => {
+                let outcome = failure.map_or("ok", Failure::as_str);
+                self.connect_attempts
+                    .get_or_create(&AttemptLabels {
+                        path: path.as_str().into(),
+                        outcome: outcome.into(),
+                    })
+                    .inc();
+                if failure.is_none() {
+                    self.connect_duration
+                        .get_or_create(&ModeLabels {
+                            mode: path.as_str().into(),
+                        })
+                        .observe(elapsed.as_secs_f64());
+                }
+            }
+            Event::Signal { outcome } => {
+                self.signals
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.as_str().into(),
+                    })
+                    .inc();
+            }
+            Event::Relay { event } => {
+                self.relay_circuits
+                    .get_or_create(&KindLabels {
+                        kind: event.as_str().into(),
+                    })
+                    .inc();
+            }
+            Event::Upgraded { to } => {
+                self.upgrades
+                    .get_or_create(&ModeLabels {
+                        mode: to.as_str().into(),
+                    })
+                    .inc();
+            }
+            // Counted by the transport when it starts the punch (both sides), not here.
+            Event::PunchStarted { .. } => {}
         }
+    }
+
+    /// Counts a hole punch started by this node's transport.
+    pub fn punch_started(&self, birthday: bool) {
+        let kind = if birthday { "birthday" } else { "plain" };
+        self.punches
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// Records how many spray probes a successful birthday punch took.
+    pub fn birthday_probes(&self, probes: u32) {
+        self.birthday_probes.observe(f64::from(probes));
+    }
+
+    /// Counts bytes a finished relay circuit carried.
+    pub fn relay_bytes(&self, bytes: u64) {
+        self.relay_bytes.inc_by(bytes);
     }
 
     /// Counts a new connection.
@@ -455,6 +656,8 @@ impl Metrics {
 
     /// Refreshes the state gauges from the core and the socket, just before a scrape.
     pub fn observe_state(&self, node: &Node, socket: SocketStats) {
+        self.relay_circuits_open
+            .set(i64::from(node.relay_circuits()));
         let table: &RoutingTable = node.graph();
         self.contacts.set(table.len() as i64);
         self.pending.set(table.pending_len() as i64);

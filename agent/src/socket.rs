@@ -16,6 +16,11 @@
 //! - **Garbage filtering**: a datagram that is empty, or whose first byte lacks the fixed bit
 //!   (and that is not a probe or a QUIC Version Negotiation packet), is dropped and counted.
 //! - **Counters** ([`SocketStats`]), read with [`SocketHandle::stats`].
+//! - **Routes** ([`SocketHandle::add_route`]): datagrams quinn sends to one destination can
+//!   leave through another socket (the winning socket of birthday probing) or a relay circuit
+//!   (a channel drained into a QUIC stream to the relay). Datagrams arriving on those paths
+//!   come back through [`SocketHandle::inject`], so quinn sees one socket whatever the path.
+//!   Impairments apply to the main socket only.
 //!
 //! It does **not** decide when or whom to punch (the core does), and it does no bandwidth
 //! shaping (tbf/htb in the lab do that). It does not touch kernel qdiscs.
@@ -97,6 +102,30 @@ pub const PROBE_CHANNEL_CAPACITY: usize = 256;
 /// Largest accepted `delay_ms` (one minute). Bounding it keeps `Instant + delay` from
 /// overflowing and a typo from parking the queue for days.
 pub const MAX_DELAY_MS: u64 = 60_000;
+
+/// Most routes a socket keeps (birthday sockets and relay circuits together).
+pub const MAX_ROUTES: usize = 256;
+
+/// Datagrams waiting to be handed to quinn from routes; beyond this they are dropped and
+/// counted, as a full receive buffer would.
+pub const INJECT_CAPACITY: usize = 4096;
+
+/// Where datagrams for one destination go instead of the main socket.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// Another UDP socket of ours (birthday probing's winning socket).
+    Socket(Arc<tokio::net::UdpSocket>),
+    /// A relay circuit: the receiver writes each datagram into the circuit's stream.
+    Circuit(mpsc::Sender<Vec<u8>>),
+}
+
+/// Why a route was not added.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    /// [`MAX_ROUTES`] are in use.
+    #[error("all {MAX_ROUTES} routes are in use")]
+    Full,
+}
 
 /// The QUIC fixed bit (RFC 9000 §17): set in every QUIC packet except Version Negotiation
 /// (and greased packets, which [`endpoint`] switches off).
@@ -403,6 +432,12 @@ struct Shared {
     wake: Arc<Notify>,
     probes: Mutex<Option<mpsc::Sender<ProbeMessage>>>,
     counters: Counters,
+    routes: Mutex<std::collections::HashMap<SocketAddr, Route>>,
+    /// Set once any route was added: until then sends and receives skip the route checks.
+    routes_used: AtomicBool,
+    injected: Mutex<std::collections::VecDeque<(SocketAddr, Vec<u8>)>>,
+    inject_waker: Mutex<Option<std::task::Waker>>,
+    next_circuit: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -423,8 +458,16 @@ impl Shared {
         lock(&self.state)
     }
 
-    /// Sends a transmit (QUIC or probe) through the impairments.
+    /// Sends a transmit (QUIC or probe) through its route, or the impairments and the main
+    /// socket.
     fn send(&self, t: &Transmit<'_>, probe: bool) -> io::Result<()> {
+        if self.routes_used.load(Ordering::Relaxed) {
+            let route = lock(&self.routes).get(&t.destination).cloned();
+            if let Some(route) = route {
+                self.send_routed(&route, t, probe);
+                return Ok(());
+            }
+        }
         let impaired = self.loss_active.load(Ordering::Relaxed)
             || self.delay_active.load(Ordering::Relaxed)
             || self.queued.load(Ordering::Relaxed) > 0;
@@ -447,6 +490,59 @@ impl Shared {
             self.enqueue(state, t, probe);
             Ok(())
         }
+    }
+
+    /// Sends each segment of `t` along `route`. A full path drops the datagram (QUIC
+    /// retransmits), as a full link buffer would.
+    fn send_routed(&self, route: &Route, t: &Transmit<'_>, probe: bool) {
+        for range in segment_ranges(t.contents.len(), t.segment_size) {
+            let seg = &t.contents[range];
+            let sent = match route {
+                Route::Socket(sock) => sock.try_send_to(seg, t.destination).is_ok(),
+                Route::Circuit(tx) => tx.try_send(seg.to_vec()).is_ok(),
+            };
+            if sent {
+                self.counters.sent(1, seg.len(), probe);
+            } else {
+                add(&self.counters.dropped_queue_full, 1);
+            }
+        }
+    }
+
+    /// Hands datagrams that arrived on routes to quinn, filling `bufs` from the start.
+    /// Returns how many entries were filled; 0 registers the waker for the next injection.
+    fn take_injected(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> usize {
+        let mut q = lock(&self.injected);
+        if q.is_empty() {
+            // Stored under the queue lock, so an injection cannot slip in between the check
+            // and the registration.
+            *lock(&self.inject_waker) = Some(cx.waker().clone());
+            return 0;
+        }
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let Some((from, data)) = q.pop_front() else {
+                break;
+            };
+            let len = data.len().min(bufs[n].len());
+            bufs[n][..len].copy_from_slice(&data[..len]);
+            meta[n] = RecvMeta {
+                addr: from,
+                len,
+                stride: len,
+                ecn: None,
+                dst_ip: None,
+            };
+            add(&self.counters.rx_datagrams, 1);
+            add(&self.counters.rx_bytes, len);
+            n += 1;
+        }
+        n
     }
 
     /// Sends `t` inline, leaving out the segments marked in `drops`.
@@ -761,6 +857,11 @@ impl ChaosSocket {
             wake: wake.clone(),
             probes: Mutex::new(None),
             counters: Counters::default(),
+            routes: Mutex::new(std::collections::HashMap::new()),
+            routes_used: AtomicBool::new(false),
+            injected: Mutex::new(std::collections::VecDeque::new()),
+            inject_waker: Mutex::new(None),
+            next_circuit: AtomicU64::new(1),
         });
         runtime.spawn(run_delay_queue(Arc::downgrade(&shared), wake));
         let handle = SocketHandle {
@@ -793,6 +894,12 @@ impl AsyncUdpSocket for ChaosSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        if self.shared.routes_used.load(Ordering::Relaxed) {
+            let n = self.shared.take_injected(cx, bufs, meta);
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+        }
         for _ in 0..MAX_FILTERED_BATCHES_PER_POLL {
             let n = ready!(self.shared.inner.poll_recv(cx, bufs, meta))?;
             let kept = self.shared.filter_batch(bufs, meta, n);
@@ -913,6 +1020,70 @@ impl SocketHandle {
         let (tx, rx) = mpsc::channel(PROBE_CHANNEL_CAPACITY);
         *lock(&self.shared.probes) = Some(tx);
         rx
+    }
+
+    /// Sends datagrams for `dest` along `route` from now on (replacing any earlier route).
+    pub fn add_route(&self, dest: SocketAddr, route: Route) -> Result<(), RouteError> {
+        let mut routes = lock(&self.shared.routes);
+        if !routes.contains_key(&dest) && routes.len() >= MAX_ROUTES {
+            return Err(RouteError::Full);
+        }
+        routes.insert(dest, route);
+        self.shared.routes_used.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Stops routing `dest` specially; datagrams to it use the main socket again.
+    pub fn remove_route(&self, dest: &SocketAddr) {
+        lock(&self.shared.routes).remove(dest);
+    }
+
+    /// Removes the route to `dest` if it still goes through `sock` (a newer route for the
+    /// same destination stays).
+    pub fn remove_socket_route(&self, dest: &SocketAddr, sock: &Arc<tokio::net::UdpSocket>) {
+        let mut routes = lock(&self.shared.routes);
+        if matches!(routes.get(dest), Some(Route::Socket(s)) if Arc::ptr_eq(s, sock)) {
+            routes.remove(dest);
+        }
+    }
+
+    /// Whether `addr` is a relay circuit's stand-in address on this socket.
+    pub fn is_circuit(&self, addr: &SocketAddr) -> bool {
+        matches!(
+            lock(&self.shared.routes).get(addr),
+            Some(Route::Circuit(_))
+        )
+    }
+
+    /// A fresh stand-in address for a relay circuit: quinn needs a remote address per path,
+    /// and a circuit has none of its own. It is on loopback (127.77.0.0/16) so that, should
+    /// a datagram ever miss its route, it stays on this machine.
+    pub fn circuit_addr(&self) -> SocketAddr {
+        let n = self.shared.next_circuit.fetch_add(1, Ordering::Relaxed);
+        // 2^16 addresses × 2^16 ports: wraps only after 4 billion circuits.
+        let ip = std::net::Ipv4Addr::new(127, 77, (n >> 8) as u8, n as u8);
+        SocketAddr::from((ip, ((n >> 16) as u16).max(1)))
+    }
+
+    /// Hands a datagram that arrived on a route to quinn as if it came from `from`. Drops
+    /// (and counts) it when the queue is full. Non-QUIC datagrams are ignored.
+    pub fn inject(&self, from: SocketAddr, datagram: Vec<u8>) {
+        if classify(&datagram) != Kind::Quic {
+            add(&self.shared.counters.rx_garbage, 1);
+            return;
+        }
+        {
+            let mut q = lock(&self.shared.injected);
+            if q.len() >= INJECT_CAPACITY {
+                drop(q);
+                add(&self.shared.counters.dropped_queue_full, 1);
+                return;
+            }
+            q.push_back((from, datagram));
+        }
+        if let Some(w) = lock(&self.shared.inject_waker).take() {
+            w.wake();
+        }
     }
 
     /// A snapshot of the counters.

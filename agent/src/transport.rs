@@ -14,8 +14,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chaosnet_proto::wire::{self, DecodeError, HEADER_LEN, Hello, Validate};
+use chaosnet_proto::node::{Path, PunchPlan};
+use chaosnet_proto::wire::{self, DecodeError, ErrorCode, HEADER_LEN, Hello, Validate};
 use chaosnet_proto::{ConnMode, Connected, Failure, NodeId, Request, Response};
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +29,9 @@ use tracing::field::Empty;
 use crate::driver::Input;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::punch::Puncher;
+use crate::relay;
+use crate::socket::SocketHandle;
 use crate::tls::{self, NetworkId, NetworkKey, Refusal};
 
 /// Application close code for a connection we drop to keep better peers.
@@ -33,8 +40,10 @@ const CLOSE_PRUNED: u32 = 0x5001;
 const STREAM_BAD_FRAME: u32 = 0x5101;
 /// Largest hello accepted: a few proofs and addresses.
 const MAX_HELLO_LEN: usize = 2048;
-/// Addresses tried per dial, best first.
-const MAX_DIAL_ADDRS: usize = 3;
+/// Addresses dialed at once per attempt.
+const MAX_DIAL_ADDRS: usize = 5;
+/// Peers we are punching towards at once (as the signalled side).
+const MAX_PUNCHING: usize = 64;
 
 /// Timeouts of the transport. Defaults in [`Default`].
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +78,7 @@ enum FrameError {
 struct Registered {
     conn: quinn::Connection,
     outbound: bool,
+    mode: ConnMode,
 }
 
 /// How long a replaced connection stays open so requests already on it can finish.
@@ -95,6 +105,10 @@ struct Inner {
     inputs: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     timeouts: TransportTimeouts,
+    socket: SocketHandle,
+    puncher: Puncher,
+    /// Peers that signalled us, until when, and how to stop our probes once they connect.
+    punching: Mutex<HashMap<NodeId, (tokio::time::Instant, Arc<Notify>)>>,
 }
 
 impl Transport {
@@ -109,8 +123,10 @@ impl Transport {
         inputs: mpsc::Sender<Input>,
         metrics: Arc<Metrics>,
         timeouts: TransportTimeouts,
+        socket: SocketHandle,
     ) -> Result<Transport, tls::TlsError> {
         let client = tls::client_config(identity, &network)?;
+        let puncher = Puncher::new(socket.clone());
         Ok(Transport {
             inner: Arc::new(Inner {
                 endpoint,
@@ -123,6 +139,9 @@ impl Transport {
                 inputs,
                 metrics,
                 timeouts,
+                socket,
+                puncher,
+                punching: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -134,7 +153,7 @@ impl Transport {
             tokio::spawn(async move {
                 match incoming.await {
                     Ok(conn) => {
-                        let _ = this.establish(conn, false).await;
+                        let _ = this.establish(conn, false, None).await;
                     }
                     Err(e) => this.handshake_failed(&e),
                 }
@@ -161,17 +180,24 @@ impl Transport {
             .close(quinn::VarInt::from_u32(0), b"shutdown");
     }
 
-    /// Connects to `peer`, reusing a live connection unless `fresh`. Traced as a `connect`
-    /// span with the mode and outcome.
+    /// Connects to `peer` along `path`, reusing a live connection unless `fresh`. Traced as
+    /// a `connect` span with the mode and outcome.
     pub async fn connect(
         &self,
         peer: NodeId,
         addrs: Vec<SocketAddr>,
         fresh: bool,
+        path: Path,
+        timeout_ms: u64,
     ) -> Result<Connected, Failure> {
-        let span = tracing::debug_span!("connect", peer = %peer.short(), fresh, mode = Empty, outcome = Empty);
+        let path_label = match &path {
+            Path::Direct => "direct",
+            Path::Punch(_) => "punched",
+            Path::Relay { .. } => "relayed",
+        };
+        let span = tracing::debug_span!("connect", peer = %peer.short(), fresh, path = path_label, mode = Empty, outcome = Empty);
         let result = self
-            .connect_inner(peer, addrs, fresh)
+            .connect_inner(peer, addrs, fresh, path, timeout_ms)
             .instrument(span.clone())
             .await;
         match &result {
@@ -191,17 +217,175 @@ impl Transport {
         peer: NodeId,
         addrs: Vec<SocketAddr>,
         fresh: bool,
+        path: Path,
+        timeout_ms: u64,
     ) -> Result<Connected, Failure> {
-        if !fresh && let Some(c) = self.live(&peer) {
+        if !fresh && let Some((c, mode)) = self.live_with_mode(&peer) {
             return Ok(Connected {
-                mode: ConnMode::Direct,
+                mode,
                 remote: c.remote_address(),
+                birthday_probes: None,
             });
         }
-        let conn = self.dial(peer, &addrs).await?;
+        let timeout = Duration::from_millis(timeout_ms);
+        match path {
+            Path::Direct => {
+                let conn = self.dial(peer, &addrs, timeout, ConnMode::Direct).await?;
+                Ok(Connected {
+                    mode: ConnMode::Direct,
+                    remote: conn.remote_address(),
+                    birthday_probes: None,
+                })
+            }
+            Path::Punch(plan) => self.punch_dial(peer, plan).await,
+            Path::Relay { relay, relay_addrs } => {
+                self.relay_dial(peer, relay, relay_addrs, timeout).await
+            }
+        }
+    }
+
+    /// Our side of a punch the peer will dial (it signalled us): probes until it connects or
+    /// the plan times out.
+    pub fn punch(&self, peer: NodeId, plan: PunchPlan) {
+        let stop = Arc::new(Notify::new());
+        {
+            let mut punching = self.punching();
+            let now = tokio::time::Instant::now();
+            punching.retain(|_, (until, _)| *until > now);
+            if punching.len() >= MAX_PUNCHING {
+                return;
+            }
+            let until = now + Duration::from_millis(plan.timeout_ms);
+            punching.insert(peer, (until, stop.clone()));
+        }
+        self.inner.metrics.punch_started(plan.birthday.is_some());
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                let (tx, _rx) = mpsc::channel(16);
+                let report = this
+                    .inner
+                    .puncher
+                    .run(&plan, tx, stop, Arc::new(AtomicU32::new(0)))
+                    .await;
+                tracing::debug!(learned = report.learned.len(), birthday_hit = report.birthday_hit, "punch (signalled side) ended");
+            }
+            .instrument(tracing::debug_span!("punch", peer = %peer.short())),
+        );
+    }
+
+    /// Dials `peer` while running our side of the punch: the plan's addresses at once, and
+    /// every address the peer's probes reveal as they come.
+    async fn punch_dial(&self, peer: NodeId, plan: PunchPlan) -> Result<Connected, Failure> {
+        let timeout = Duration::from_millis(plan.timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stop = Arc::new(Notify::new());
+        let sprayed = Arc::new(AtomicU32::new(0));
+        let (learned_tx, mut learned) = mpsc::channel::<SocketAddr>(16);
+        let birthday = plan.birthday;
+        self.inner.metrics.punch_started(birthday.is_some());
+        let session = {
+            let (puncher, plan, stop, sprayed) = (
+                self.inner.puncher.clone(),
+                plan.clone(),
+                stop.clone(),
+                sprayed.clone(),
+            );
+            tokio::spawn(async move { puncher.run(&plan, learned_tx, stop, sprayed).await })
+        };
+        let mut dials: JoinSet<Result<quinn::Connection, Failure>> = JoinSet::new();
+        let mut dialed: Vec<SocketAddr> = Vec::new();
+        for a in plan.peer_addrs.iter().take(MAX_DIAL_ADDRS) {
+            dialed.push(*a);
+            let this = self.clone();
+            let a = *a;
+            dials.spawn(async move { this.dial(peer, &[a], timeout, ConnMode::Punched).await });
+        }
+        let mut last = Failure::Timeout;
+        let result = loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break Err(Failure::Timeout),
+                Some(a) = learned.recv() => {
+                    if !dialed.contains(&a) && dialed.len() < 4 * MAX_DIAL_ADDRS {
+                        dialed.push(a);
+                        let this = self.clone();
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        dials.spawn(async move { this.dial(peer, &[a], left, ConnMode::Punched).await });
+                    }
+                }
+                Some(done) = dials.join_next() => match done {
+                    Ok(Ok(conn)) => break Ok(conn),
+                    Ok(Err(Failure::Refused)) => break Err(Failure::Refused),
+                    Ok(Err(f)) => last = f,
+                    Err(_) => {}
+                },
+                else => break Err(last),
+            }
+        };
+        dials.abort_all();
+        stop.notify_one();
+        let _ = session.await;
+        let conn = result?;
+        let probes = sprayed.load(Ordering::Relaxed);
+        if birthday.is_some() && probes > 0 {
+            self.inner.metrics.birthday_probes(probes);
+        }
         Ok(Connected {
-            mode: ConnMode::Direct,
+            mode: ConnMode::Punched,
             remote: conn.remote_address(),
+            birthday_probes: (birthday.is_some() && probes > 0).then_some(probes),
+        })
+    }
+
+    /// Opens a circuit through `relay` and runs the handshake with `peer` end to end over it.
+    async fn relay_dial(
+        &self,
+        peer: NodeId,
+        relay: NodeId,
+        relay_addrs: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<Connected, Failure> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let attempt = async {
+            let conn = match self.live(&relay) {
+                Some(c) => c,
+                None => self.dial(relay, &relay_addrs, timeout, ConnMode::Direct).await?,
+            };
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|_| Failure::Unreachable)?;
+            let frame = wire::encode(&Request::RelayOpen { target: peer })
+                .map_err(|_| Failure::Protocol)?;
+            send.write_all(&frame).await.map_err(|_| Failure::Unreachable)?;
+            let answer = match read_frame::<Response>(&mut recv).await {
+                Ok(r) => r,
+                Err(FrameError::Decode(e)) => {
+                    self.inner.metrics.decode_error(e.metric_label());
+                    return Err(Failure::Protocol);
+                }
+                Err(FrameError::Stream) => return Err(Failure::Unreachable),
+            };
+            match answer {
+                Response::RelayAccepted { .. } => {}
+                Response::Error {
+                    code: ErrorCode::Busy | ErrorCode::Refused | ErrorCode::RateLimited,
+                } => return Err(Failure::Busy),
+                Response::Error { .. } => return Err(Failure::Unreachable),
+                _ => return Err(Failure::Protocol),
+            }
+            let via = relay::attach(&self.inner.socket, send, recv).map_err(|_| Failure::Busy)?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let result = self.dial(peer, &[via], left, ConnMode::Relayed).await;
+            if result.is_err() {
+                self.inner.socket.remove_route(&via);
+            }
+            result
+        };
+        let conn = tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| Failure::Timeout)??;
+        Ok(Connected {
+            mode: ConnMode::Relayed,
+            remote: conn.remote_address(),
+            birthday_probes: None,
         })
     }
 
@@ -218,6 +402,9 @@ impl Transport {
             Request::FindNode { .. } => "find_node",
             Request::Introduce { .. } => "introduce",
             Request::Echo { .. } => "echo",
+            Request::Signal { .. } => "signal",
+            Request::RelayOpen { .. } => "relay_open",
+            Request::RelayIncoming { .. } => "relay_incoming",
         };
         let span = tracing::debug_span!("request", peer = %peer.short(), kind, outcome = Empty);
         let result = self
@@ -239,7 +426,10 @@ impl Transport {
     ) -> Result<Response, Failure> {
         let conn = match self.live(&peer) {
             Some(c) => c,
-            None => self.dial(peer, &addrs).await?,
+            None => {
+                let t = Duration::from_millis(self.inner.timeouts.connect_ms);
+                self.dial(peer, &addrs, t, ConnMode::Direct).await?
+            }
         };
         let deadline = Duration::from_millis(self.inner.timeouts.request_ms);
         match tokio::time::timeout(deadline, self.exchange(&conn, &request)).await {
@@ -273,9 +463,13 @@ impl Transport {
     }
 
     fn live(&self, peer: &NodeId) -> Option<quinn::Connection> {
+        self.live_with_mode(peer).map(|(c, _)| c)
+    }
+
+    fn live_with_mode(&self, peer: &NodeId) -> Option<(quinn::Connection, ConnMode)> {
         let mut conns = self.conns();
         match conns.get(peer) {
-            Some(r) if r.conn.close_reason().is_none() => Some(r.conn.clone()),
+            Some(r) if r.conn.close_reason().is_none() => Some((r.conn.clone(), r.mode)),
             Some(_) => {
                 conns.remove(peer);
                 None
@@ -284,50 +478,76 @@ impl Transport {
         }
     }
 
-    async fn dial(&self, peer: NodeId, addrs: &[SocketAddr]) -> Result<quinn::Connection, Failure> {
+    fn punching(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<NodeId, (tokio::time::Instant, Arc<Notify>)>> {
+        // A poisoned lock only means another task panicked mid-insert; the map is still usable.
+        self.inner.punching.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Dials every address at once (up to [`MAX_DIAL_ADDRS`]); the first handshake wins and
+    /// the others are dropped. `mode` is how the connection will be recorded.
+    async fn dial(
+        &self,
+        peer: NodeId,
+        addrs: &[SocketAddr],
+        timeout: Duration,
+        mode: ConnMode,
+    ) -> Result<quinn::Connection, Failure> {
         if peer == self.inner.me {
             return Err(Failure::Unreachable);
         }
-        let mut last = Failure::Unreachable;
-        let deadline = Duration::from_millis(self.inner.timeouts.connect_ms);
+        let mut attempts: JoinSet<Result<quinn::Connection, Failure>> = JoinSet::new();
         for addr in addrs.iter().take(MAX_DIAL_ADDRS) {
-            // quinn opens a span for the connection's lifetime under the current span; start
-            // the dial outside our `connect`/`request` span so that span can end (and be
-            // exported) when the attempt ends, not when the connection closes.
             // quinn opens a span for the connection's whole life under the *current* span;
             // starting the dial on a task outside our `connect`/`request` span lets that span
             // end (and be exported) when the attempt ends, not when the connection closes.
-            let connecting = {
-                let (ep, client, addr, name) = (
-                    self.inner.endpoint.clone(),
-                    self.inner.client.clone(),
-                    *addr,
-                    tls::server_name(&peer),
-                );
-                tokio::task::spawn(async move { ep.connect_with(client, addr, &name) }).await
-            };
-            let connecting = match connecting {
-                Ok(c) => c,
-                Err(_) => continue,
-            };
-            let connecting = match connecting {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(%addr, error = %e, "cannot dial");
-                    continue;
-                }
-            };
-            match tokio::time::timeout(deadline, connecting).await {
-                Ok(Ok(conn)) => return self.establish(conn, true).await,
-                Ok(Err(e)) => {
-                    if let Some(r) = tls::classify_connection_error(&e) {
-                        self.inner.metrics.refusal(r.metric_label());
-                        return Err(Failure::Refused);
+            let (ep, client, addr, name) = (
+                self.inner.endpoint.clone(),
+                self.inner.client.clone(),
+                *addr,
+                tls::server_name(&peer),
+            );
+            let this = self.clone();
+            attempts.spawn(
+                async move {
+                    let connecting = ep.connect_with(client, addr, &name).map_err(|e| {
+                        tracing::debug!(%addr, error = %e, "cannot dial");
+                        Failure::Unreachable
+                    })?;
+                    match tokio::time::timeout(timeout, connecting).await {
+                        Ok(Ok(conn)) => this.establish(conn, true, Some(mode)).await,
+                        Ok(Err(e)) => {
+                            if let Some(r) = tls::classify_connection_error(&e) {
+                                this.inner.metrics.refusal(r.metric_label());
+                                return Err(Failure::Refused);
+                            }
+                            tracing::debug!(%addr, error = %e, "dial failed");
+                            Err(Failure::Unreachable)
+                        }
+                        Err(_) => Err(Failure::Timeout),
                     }
-                    tracing::debug!(%addr, error = %e, "dial failed");
-                    last = Failure::Unreachable;
                 }
-                Err(_) => last = Failure::Timeout,
+                .instrument(tracing::Span::none()),
+            );
+        }
+        let mut last = Failure::Unreachable;
+        while let Some(done) = attempts.join_next().await {
+            match done {
+                Ok(Ok(conn)) => {
+                    attempts.abort_all();
+                    return Ok(conn);
+                }
+                Ok(Err(Failure::Refused)) => {
+                    attempts.abort_all();
+                    return Err(Failure::Refused);
+                }
+                Ok(Err(f)) => {
+                    if last != Failure::Timeout {
+                        last = f;
+                    }
+                }
+                Err(_) => {}
             }
         }
         Err(last)
@@ -346,6 +566,7 @@ impl Transport {
         &self,
         conn: quinn::Connection,
         outbound: bool,
+        mode: Option<ConnMode>,
     ) -> Result<quinn::Connection, Failure> {
         let peer = match tls::peer_node_id(&conn) {
             Ok(p) => p,
@@ -386,15 +607,17 @@ impl Transport {
             }
         }
         let remote = conn.remote_address();
-        self.register(peer, conn.clone(), outbound);
-        self.inner.metrics.connection_opened(ConnMode::Direct);
+        let mode = mode.unwrap_or_else(|| self.inbound_mode(&peer, &remote));
+        self.register(peer, conn.clone(), outbound, mode);
+        self.inner.metrics.connection_opened(mode);
         let _ = self
             .inner
             .inputs
             .send(Input::ConnUp {
                 peer,
                 remote,
-                mode: ConnMode::Direct,
+                mode,
+                listen_addrs: hello.listen_addrs.clone(),
             })
             .await;
         tokio::spawn(self.clone().serve(conn.clone(), peer));
@@ -404,8 +627,12 @@ impl Transport {
     /// Makes `conn` the connection for `peer`, closing the one it replaces after a grace
     /// period. When both peers dialed each other at once, both keep the connection dialed by
     /// the smaller NodeId, so they never close each other's choice; otherwise newer wins.
-    fn register(&self, peer: NodeId, conn: quinn::Connection, outbound: bool) {
-        let new = Registered { conn, outbound };
+    fn register(&self, peer: NodeId, conn: quinn::Connection, outbound: bool, mode: ConnMode) {
+        let new = Registered {
+            conn,
+            outbound,
+            mode,
+        };
         let mut conns = self.conns();
         let loser = match conns.get(&peer) {
             Some(old)
@@ -431,6 +658,21 @@ impl Transport {
                 tokio::time::sleep(REPLACED_GRACE).await;
                 c.close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"replaced");
             });
+        }
+    }
+
+    /// How an accepted connection was made: through a circuit, after a punch we were
+    /// signalled for (which it also ends), or plainly.
+    fn inbound_mode(&self, peer: &NodeId, remote: &SocketAddr) -> ConnMode {
+        if self.inner.socket.is_circuit(remote) {
+            return ConnMode::Relayed;
+        }
+        match self.punching().remove(peer) {
+            Some((until, stop)) if until > tokio::time::Instant::now() => {
+                stop.notify_one();
+                ConnMode::Punched
+            }
+            _ => ConnMode::Direct,
         }
     }
 
@@ -549,23 +791,125 @@ impl Transport {
             }
             Err(FrameError::Stream) => return,
         };
+        match request {
+            Request::RelayOpen { target } => {
+                return self.serve_relay_open(peer, target, send, recv).await;
+            }
+            Request::RelayIncoming { .. } => {
+                return self.serve_relay_incoming(peer, request, send, recv).await;
+            }
+            _ => {}
+        }
+        let Some(response) = self.ask_core(peer, request).await else {
+            return;
+        };
+        let _ = write_frame(&mut send, &response).await;
+    }
+
+    /// Hands an inbound request to the core and waits for its answer.
+    async fn ask_core(&self, from: NodeId, request: Request) -> Option<Response> {
         let (tx, rx) = oneshot::channel();
-        if self
-            .inner
+        self.inner
             .inputs
             .send(Input::Request {
-                from: peer,
+                from,
                 request,
                 reply: tx,
             })
             .await
-            .is_err()
-        {
+            .ok()?;
+        let deadline = Duration::from_millis(self.inner.timeouts.request_ms);
+        tokio::time::timeout(deadline, rx).await.ok()?.ok()
+    }
+
+    /// We are asked to relay from `from` to `target`: the core admits or refuses, then we
+    /// open the target's leg, and splice.
+    async fn serve_relay_open(
+        &self,
+        from: NodeId,
+        target: NodeId,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let Some(answer) = self.ask_core(from, Request::RelayOpen { target }).await else {
+            return;
+        };
+        let Some((max_bytes, max_duration)) = relay::accepted(&answer) else {
+            let _ = write_frame(&mut send, &answer).await;
+            return;
+        };
+        let span = tracing::debug_span!("relay_circuit", from = %from.short(), to = %target.short(), outcome = Empty, bytes = Empty);
+        let this = self.clone();
+        async move {
+            let leg = async {
+                let conn = this.live(&target).ok_or(())?;
+                let (mut t_send, mut t_recv) = conn.open_bi().await.map_err(|_| ())?;
+                let frame = wire::encode(&Request::RelayIncoming { from }).map_err(|_| ())?;
+                t_send.write_all(&frame).await.map_err(|_| ())?;
+                match read_frame::<Response>(&mut t_recv).await {
+                    Ok(r) if relay::accepted(&r).is_some() => Ok((t_send, t_recv)),
+                    _ => Err(()),
+                }
+            };
+            let deadline = Duration::from_millis(this.inner.timeouts.request_ms);
+            match tokio::time::timeout(deadline, leg).await {
+                Ok(Ok(t)) => {
+                    let ok = wire::encode(&answer).map_err(|_| ());
+                    if let Ok(frame) = ok
+                        && send.write_all(&frame).await.is_ok()
+                    {
+                        let (end, bytes) =
+                            relay::splice((send, recv), t, max_bytes, max_duration).await;
+                        this.inner.metrics.relay_bytes(bytes);
+                        tracing::Span::current().record("outcome", format!("{end:?}").as_str());
+                        tracing::Span::current().record("bytes", bytes);
+                    }
+                }
+                _ => {
+                    tracing::Span::current().record("outcome", "no_route");
+                    let _ = write_frame(
+                        &mut send,
+                        &Response::Error {
+                            code: ErrorCode::NoRoute,
+                        },
+                    )
+                    .await;
+                }
+            }
+            let _ = this
+                .inner
+                .inputs
+                .send(Input::CircuitClosed { requester: from })
+                .await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// A relay brings us a circuit: the core accepts, and the circuit becomes a path of our
+    /// socket on which the requester's handshake will arrive.
+    async fn serve_relay_incoming(
+        &self,
+        relay_peer: NodeId,
+        request: Request,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let Some(answer) = self.ask_core(relay_peer, request).await else {
+            return;
+        };
+        if relay::accepted(&answer).is_none() {
+            let _ = write_frame(&mut send, &answer).await;
             return;
         }
-        let deadline = Duration::from_millis(self.inner.timeouts.request_ms);
-        if let Ok(Ok(response)) = tokio::time::timeout(deadline, rx).await {
-            let _ = write_frame(&mut send, &response).await;
+        let Ok(frame) = wire::encode(&answer) else {
+            return;
+        };
+        if send.write_all(&frame).await.is_err() {
+            return;
+        }
+        if let Err(e) = relay::attach(&self.inner.socket, send, recv) {
+            tracing::debug!(error = %e, "cannot attach relay circuit");
         }
     }
 }
