@@ -1680,7 +1680,9 @@ impl Node {
                         if p.id == me || p.addrs.is_empty() {
                             continue;
                         }
-                        if p.id == target && l.found.is_none() {
+                        // The target itself may have answered over a relayed connection,
+                        // which gives no address: a peer's addresses for it still count.
+                        if p.id == target && l.found.as_ref().is_none_or(|f| f.is_empty()) {
                             l.found = Some(p.addrs.clone());
                         }
                         if p.id == target

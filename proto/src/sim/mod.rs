@@ -27,11 +27,11 @@ use rand::{Rng, RngExt, SeedableRng};
 
 use crate::graph::{ConnMode, Contact, GraphChange};
 use crate::id::NodeId;
-use crate::signal::SecretKey;
 use crate::node::{
     Command, CommandId, CommandResult, Connected, Event, Failure, InboundId, Node, NodeConfig,
     Output, Path, RequestId,
 };
+use crate::signal::SecretKey;
 use crate::time::Time;
 use crate::wire::{Request, Response};
 
@@ -164,6 +164,8 @@ pub struct SimStats {
     pub lost: u64,
     /// Dials that reached their peer.
     pub dials: u64,
+    /// [`Output::Punch`]es carried out (only packet-level worlds send probes for them).
+    pub punches: u64,
 }
 
 /// The simulated network.
@@ -373,6 +375,20 @@ impl World {
         self.net_kill(idx);
     }
 
+    /// Drops the connection between `a` and `b`, as a network failure would (their NAT
+    /// mappings are no longer kept alive by it).
+    pub fn disconnect(&mut self, a: usize, b: usize) {
+        let now = self.now;
+        for (x, y) in [(a, b), (b, a)] {
+            if self.nodes[x].conns.remove(&y) && self.nodes[x].up {
+                let yid = self.nodes[y].node.id();
+                self.nodes[x].node.handle_connection_down(now, yid);
+                self.drain(x);
+            }
+        }
+        self.net_conn_down(a, b);
+    }
+
     /// Restarts a killed node from its persisted graph, as the agent does after a crash.
     pub fn restart(&mut self, idx: usize) {
         let restored: Vec<Contact> = self.nodes[idx].store.values().cloned().collect();
@@ -558,6 +574,9 @@ impl World {
                         Some((_, Reply::RelayIncoming(c))) => {
                             self.relay_incoming_answered(c, response)
                         }
+                        Some((to, reply @ Reply::Injected(_))) => {
+                            self.answer(to, reply, Ok(response), now);
+                        }
                         Some((to, Reply::Core(id))) => {
                             if let Some(d) = self.transit(idx, to) {
                                 self.schedule(
@@ -592,7 +611,7 @@ impl World {
                     let result_at = match (existing, path) {
                         (Some(p), _) if !fresh => Some((p, now)),
                         (_, Path::Relay { relay, relay_addrs }) => {
-                            self.net_relay(idx, id, peer, relay, &relay_addrs, timeout_ms);
+                            self.net_relay(idx, Some(id), peer, relay, &relay_addrs, timeout_ms);
                             continue;
                         }
                         (_, path) if self.packet_level() => {
@@ -627,6 +646,7 @@ impl World {
                 // Without NATs every node is reachable, so the target's side of a punch has
                 // nothing to open.
                 Output::Punch { peer, plan } => {
+                    self.stats.punches += 1;
                     if self.packet_level() {
                         self.start_punch(idx, peer, plan, None);
                     }

@@ -82,7 +82,10 @@ impl NatBehaviour {
 
     /// EIM + APDF.
     pub fn port_restricted_cone() -> NatBehaviour {
-        Self::new(Mapping::EndpointIndependent, Filtering::AddressPortDependent)
+        Self::new(
+            Mapping::EndpointIndependent,
+            Filtering::AddressPortDependent,
+        )
     }
 
     /// EDM + APDF.
@@ -133,7 +136,12 @@ pub struct Nat {
 
 impl Nat {
     /// A NAT with no mappings; `seed` drives its port choices.
-    pub fn new(behaviour: NatBehaviour, public_ip: IpAddr, parent: Option<usize>, seed: u64) -> Nat {
+    pub fn new(
+        behaviour: NatBehaviour,
+        public_ip: IpAddr,
+        parent: Option<usize>,
+        seed: u64,
+    ) -> Nat {
         Nat {
             behaviour,
             public_ip,
@@ -197,7 +205,12 @@ impl Nat {
     /// A packet from `internal` to `dst` leaves through the NAT: returns its public source
     /// address, creating or refreshing the mapping and the permit for `dst`. `None` when
     /// every port is taken.
-    pub fn outbound(&mut self, now: Time, internal: SocketAddr, dst: SocketAddr) -> Option<SocketAddr> {
+    pub fn outbound(
+        &mut self,
+        now: Time,
+        internal: SocketAddr,
+        dst: SocketAddr,
+    ) -> Option<SocketAddr> {
         let key = self.key(internal, dst);
         let port = match self.live_port(now, key) {
             Some(p) => p,
@@ -252,7 +265,13 @@ impl Nat {
 
     /// Pins (`up`) or unpins the permit of the flow `internal` → `remote`, as a live
     /// connection's keep-alives would. Returns the flow's public address.
-    pub fn pin(&mut self, now: Time, internal: SocketAddr, remote: SocketAddr, up: bool) -> Option<SocketAddr> {
+    pub fn pin(
+        &mut self,
+        now: Time,
+        internal: SocketAddr,
+        remote: SocketAddr,
+        up: bool,
+    ) -> Option<SocketAddr> {
         let key = self.key(internal, remote);
         let port = if up {
             self.outbound(now, internal, remote)?.port()
@@ -295,12 +314,20 @@ mod tests {
     fn eim_reuses_the_port_and_edm_does_not() {
         let t = Time::from_millis(1);
         let mut cone = nat(NatBehaviour::port_restricted_cone());
-        let x = cone.outbound(t, a("192.168.0.2:4433"), a("10.0.0.1:1")).expect("port");
-        let y = cone.outbound(t, a("192.168.0.2:4433"), a("10.0.0.2:1")).expect("port");
+        let x = cone
+            .outbound(t, a("192.168.0.2:4433"), a("10.0.0.1:1"))
+            .expect("port");
+        let y = cone
+            .outbound(t, a("192.168.0.2:4433"), a("10.0.0.2:1"))
+            .expect("port");
         assert_eq!(x, y);
         let mut sym = nat(NatBehaviour::symmetric());
-        let x = sym.outbound(t, a("192.168.0.2:4433"), a("10.0.0.1:1")).expect("port");
-        let y = sym.outbound(t, a("192.168.0.2:4433"), a("10.0.0.2:1")).expect("port");
+        let x = sym
+            .outbound(t, a("192.168.0.2:4433"), a("10.0.0.1:1"))
+            .expect("port");
+        let y = sym
+            .outbound(t, a("192.168.0.2:4433"), a("10.0.0.2:1"))
+            .expect("port");
         assert_ne!(x, y);
         assert!(x.port() >= PORT_MIN && y.port() >= PORT_MIN);
     }

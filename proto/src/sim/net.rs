@@ -45,6 +45,8 @@ pub(super) enum Reply {
     RelayOpen(u64),
     /// The harness, for the circuit's `RelayIncoming` (sent by the relay to the target).
     RelayIncoming(u64),
+    /// A test, through [`World::inject_request`].
+    Injected(u64),
 }
 
 /// A node or a NAT's public side, as found at an IP in a realm.
@@ -84,16 +86,43 @@ pub(super) struct Packet {
 
 #[derive(Clone, Debug)]
 pub(super) enum NetEv {
-    Initial { dial: u64, target: usize, n: u32 },
-    DialDeadline { dial: u64 },
-    ProbeRound { punch: u64, n: u32 },
-    Spray { punch: u64 },
-    Ack { punch: u64, port: u16, to: SocketAddr, seq: Option<u32> },
-    PunchEnd { punch: u64 },
-    CircuitUp { circuit: u64 },
-    CircuitFail { circuit: u64, failure: Failure },
-    CircuitDeadline { circuit: u64 },
-    CircuitExpire { circuit: u64 },
+    Initial {
+        dial: u64,
+        target: usize,
+        n: u32,
+    },
+    DialDeadline {
+        dial: u64,
+    },
+    ProbeRound {
+        punch: u64,
+        n: u32,
+    },
+    Spray {
+        punch: u64,
+    },
+    Ack {
+        punch: u64,
+        port: u16,
+        to: SocketAddr,
+        seq: Option<u32>,
+    },
+    PunchEnd {
+        punch: u64,
+    },
+    CircuitUp {
+        circuit: u64,
+    },
+    CircuitFail {
+        circuit: u64,
+        failure: Failure,
+    },
+    CircuitDeadline {
+        circuit: u64,
+    },
+    CircuitExpire {
+        circuit: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -127,6 +156,7 @@ struct Punch {
     sprayed: u32,
     first_hit: Option<u32>,
     learned: HashSet<(u16, SocketAddr)>,
+    recorded: bool,
 }
 
 /// One side's end of a connection: the socket it uses and the peer's address on it.
@@ -152,7 +182,8 @@ enum CircuitState {
 #[derive(Debug)]
 struct Circuit {
     dialer: usize,
-    connect: RequestId,
+    /// The dialer core's connect, or `None` for a circuit a test opened.
+    connect: Option<RequestId>,
     relay: usize,
     target: usize,
     admitted: bool,
@@ -189,6 +220,8 @@ pub(super) struct NetState {
     next_port: HashMap<usize, u16>,
     paths: BTreeMap<(usize, usize), PathRec>,
     circuits: BTreeMap<u64, Circuit>,
+    circuit_results: BTreeMap<u64, Result<(), Failure>>,
+    injected: BTreeMap<u64, Result<Response, Failure>>,
     pub(super) birthday: Vec<BirthdayRecord>,
 }
 
@@ -377,11 +410,7 @@ impl World {
         self.schedule(
             self.now,
             node,
-            Msg::Net(NetEv::Initial {
-                dial,
-                target,
-                n: 0,
-            }),
+            Msg::Net(NetEv::Initial { dial, target, n: 0 }),
         );
     }
 
@@ -519,6 +548,10 @@ impl World {
     ) {
         match reply {
             Reply::Core(id) => self.schedule(at, to, Msg::Response { id, result }),
+            // Tests read answers once the world ran past them; no need to wait for `at`.
+            Reply::Injected(t) => {
+                self.net.injected.insert(t, result);
+            }
             Reply::RelayOpen(c) => {
                 let failure = match &result {
                     Ok(r) => failure_of(r),
@@ -663,6 +696,7 @@ impl World {
                 sprayed: 0,
                 first_hit: None,
                 learned: HashSet::new(),
+                recorded: false,
             },
         );
         self.schedule(now, node, Msg::Net(NetEv::ProbeRound { punch: id, n: 0 }));
@@ -709,8 +743,12 @@ impl World {
         let Some(p) = self.live_punch(punch) else {
             return;
         };
-        let (node, token, budget, sprayed) =
-            (p.node, p.plan.token, u32::from(p.plan.birthday_probes), p.sprayed);
+        let (node, token, budget, sprayed) = (
+            p.node,
+            p.plan.token,
+            u32::from(p.plan.birthday_probes),
+            p.sprayed,
+        );
         let Some(ip) = p.plan.peer_addrs.first().map(|a| a.ip()) else {
             return;
         };
@@ -749,13 +787,20 @@ impl World {
         let Some(p) = self.net.punches.get_mut(&punch).filter(|p| !p.done) else {
             return;
         };
-        if ack && let Some(s) = seq
-            && p.first_hit.is_none()
-            && p.plan.birthday == Some(BirthdayRole::Easy)
-        {
-            p.first_hit = Some(s + 1);
-        }
         let new = p.learned.insert((port, from));
+        // The easy side hit a hard-side socket: either its probe reached one (the ack
+        // names it), or it opened the permit a hard-side socket's probe then came through
+        // (the count so far is then an upper bound).
+        if p.plan.birthday == Some(BirthdayRole::Easy)
+            && p.first_hit.is_none()
+            && p.sprayed > 0
+            && !p.plan.peer_addrs.contains(&from)
+        {
+            p.first_hit = Some(match (ack, seq) {
+                (true, Some(s)) => s + 1,
+                _ => p.sprayed,
+            });
+        }
         let dial = p.dial;
         if !ack {
             let ack = Payload::Probe {
@@ -810,17 +855,43 @@ impl World {
         p.keep = Some(port);
         let (token, easy) = (p.plan.token, p.plan.birthday == Some(BirthdayRole::Easy));
         let count = (easy && p.sprayed > 0).then(|| p.first_hit.unwrap_or(p.sprayed));
-        if let Some(&other) = self.net.punch_by_token.get(&(t.node, token))
-            && let Some(q) = self.net.punches.get_mut(&other)
-        {
+        let other = self.net.punch_by_token.get(&(t.node, token)).copied();
+        if let Some(q) = other.and_then(|o| self.net.punches.get_mut(&o)) {
             q.done = true;
             q.connected = true;
             q.keep = Some(t.port);
         }
+        self.record_birthday(punch);
+        if let Some(o) = other {
+            self.record_birthday(o);
+        }
         count
     }
 
+    /// Records a session's birthday probing once, from its easy side, when it is decided.
+    fn record_birthday(&mut self, punch: u64) {
+        let Some(p) = self.net.punches.get_mut(&punch) else {
+            return;
+        };
+        if p.recorded || p.plan.birthday != Some(BirthdayRole::Easy) {
+            return;
+        }
+        p.recorded = true;
+        let record = BirthdayRecord {
+            easy: p.node,
+            hard: 0,
+            easy_dialed: p.dial.is_some(),
+            sprayed: p.sprayed,
+            probes_to_hit: p.first_hit,
+            connected: p.connected,
+        };
+        let peer = p.peer;
+        let hard = self.peer_index(peer).unwrap_or(record.easy);
+        self.net.birthday.push(BirthdayRecord { hard, ..record });
+    }
+
     fn punch_end(&mut self, punch: u64) {
+        self.record_birthday(punch);
         let Some(p) = self.net.punches.remove(&punch) else {
             return;
         };
@@ -831,17 +902,6 @@ impl World {
             if Some(*s) != p.keep {
                 self.net.sockets.remove(&(p.node, *s));
             }
-        }
-        if p.plan.birthday == Some(BirthdayRole::Easy) {
-            let hard = self.peer_index(p.peer).unwrap_or(p.node);
-            self.net.birthday.push(BirthdayRecord {
-                easy: p.node,
-                hard,
-                easy_dialed: p.dial.is_some(),
-                sprayed: p.sprayed,
-                probes_to_hit: p.first_hit,
-                connected: p.connected,
-            });
         }
     }
 
@@ -939,20 +999,27 @@ impl World {
     pub(super) fn net_relay(
         &mut self,
         node: usize,
-        id: RequestId,
+        id: Option<RequestId>,
         peer: NodeId,
         relay: NodeId,
         relay_addrs: &[SocketAddr],
         timeout_ms: u64,
     ) {
         let now = self.now;
+        let c = self.net.fresh();
         let (Some(r), Some(t)) = (self.peer_index(relay), self.peer_index(peer)) else {
             let at = now + Duration::from_millis(self.cfg.unreachable_after_ms.min(timeout_ms));
             let result = Err(Failure::Unreachable);
-            self.schedule(at, node, Msg::ConnectResult { id, result });
+            match id {
+                Some(id) => self.schedule(at, node, Msg::ConnectResult { id, result }),
+                None => {
+                    self.net
+                        .circuit_results
+                        .insert(c, Err(Failure::Unreachable));
+                }
+            }
             return;
         };
-        let c = self.net.fresh();
         self.net.circuits.insert(
             c,
             Circuit {
@@ -1018,7 +1085,11 @@ impl World {
             self.schedule(at, dialer, Msg::Net(NetEv::CircuitUp { circuit }));
         } else {
             let failure = failure_of(&response);
-            self.schedule(at, dialer, Msg::Net(NetEv::CircuitFail { circuit, failure }));
+            self.schedule(
+                at,
+                dialer,
+                Msg::Net(NetEv::CircuitFail { circuit, failure }),
+            );
             // The relay's slot is freed when the dialer learns of the failure.
         }
     }
@@ -1055,22 +1126,35 @@ impl World {
                 circuit: Some(circuit),
             },
         );
-        self.schedule(now, dialer, Msg::ConnUp {
-            peer: target,
-            mode,
-            remote,
-        });
-        self.schedule(now, target, Msg::ConnUp {
-            peer: dialer,
-            mode,
-            remote,
-        });
+        self.schedule(
+            now,
+            dialer,
+            Msg::ConnUp {
+                peer: target,
+                mode,
+                remote,
+            },
+        );
+        self.schedule(
+            now,
+            target,
+            Msg::ConnUp {
+                peer: dialer,
+                mode,
+                remote,
+            },
+        );
         let result = Ok(Connected {
             mode,
             remote,
             birthday_probes: None,
         });
-        self.schedule(now, dialer, Msg::ConnectResult { id, result });
+        match id {
+            Some(id) => self.schedule(now, dialer, Msg::ConnectResult { id, result }),
+            None => {
+                self.net.circuit_results.insert(circuit, Ok(()));
+            }
+        }
         self.schedule(now + max, relay, Msg::Net(NetEv::CircuitExpire { circuit }));
     }
 
@@ -1083,14 +1167,19 @@ impl World {
         }
         let (dialer, id) = (c.dialer, c.connect);
         self.close_circuit(circuit, false);
-        self.schedule(
-            self.now,
-            dialer,
-            Msg::ConnectResult {
-                id,
-                result: Err(failure),
-            },
-        );
+        match id {
+            Some(id) => self.schedule(
+                self.now,
+                dialer,
+                Msg::ConnectResult {
+                    id,
+                    result: Err(failure),
+                },
+            ),
+            None => {
+                self.net.circuit_results.insert(circuit, Err(failure));
+            }
+        }
     }
 
     /// Ends a circuit: the relay's core frees its slot; with `drop_conn`, the relayed
@@ -1176,6 +1265,45 @@ impl World {
         for c in ids {
             self.close_circuit(c, true);
         }
+    }
+
+    /// Sends `request` from node `from` to node `to` as `from`'s shell would (over their
+    /// connection, dialing first if needed), whatever `from`'s core thinks: how tests play a
+    /// misbehaving peer. Read the answer with [`World::injected`].
+    pub fn inject_request(&mut self, from: usize, to: usize, request: Request) -> u64 {
+        let t = self.net.fresh();
+        let peer = self.nodes[to].node.id();
+        let addrs = self.nodes[from]
+            .node
+            .graph()
+            .get(&peer)
+            .map(|c| c.addrs.clone())
+            .unwrap_or_else(|| vec![self.nodes[to].addr]);
+        self.carry_request(from, Reply::Injected(t), peer, &addrs, request);
+        t
+    }
+
+    /// The answer to an injected request, once it came.
+    pub fn injected(&self, ticket: u64) -> Option<&Result<Response, Failure>> {
+        self.net.injected.get(&ticket)
+    }
+
+    /// Opens a relay circuit from `dialer` through `relay` to `target` as `dialer`'s shell
+    /// would for a `Path::Relay` connect (the relay's core admits it), without the dialer's
+    /// core asking. Read the outcome with [`World::circuit_result`].
+    pub fn open_circuit(&mut self, dialer: usize, relay: usize, target: usize) -> u64 {
+        let (r, t) = (self.nodes[relay].node.id(), self.nodes[target].node.id());
+        let addrs = vec![self.nodes[relay].addr];
+        let timeout = self.nodes[dialer].config.relay_timeout_ms;
+        let before = self.net.next_id;
+        self.net_relay(dialer, None, t, r, &addrs, timeout);
+        // `net_relay` takes the next id for the circuit.
+        before + 1
+    }
+
+    /// How a circuit opened with [`World::open_circuit`] went, once decided.
+    pub fn circuit_result(&self, circuit: u64) -> Option<Result<(), Failure>> {
+        self.net.circuit_results.get(&circuit).copied()
     }
 
     /// Every birthday-probing session that ended, from its easy side.

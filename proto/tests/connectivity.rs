@@ -1,0 +1,662 @@
+//! Virtual-time tests of connectivity over the harness's seeded NAT models: the NAT-pair
+//! matrix, birthday probing, multi-hop signalling, forged and replayed signals, the signal
+//! rate limit, relay limits, and life after the seeds are gone.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chaosnet_proto::node::{Event, SignalOutcome};
+use chaosnet_proto::signal::{Countersign, Signal};
+use chaosnet_proto::sim::{LinkModel, NatBehaviour, SimConfig, World};
+use chaosnet_proto::wire::ErrorCode;
+use chaosnet_proto::{
+    Command, CommandResult, ConnMode, NatType, NodeConfig, Request, Response, TaskOutcome,
+};
+
+/// Where a node sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Site {
+    Public,
+    FullCone,
+    Restricted,
+    PortRestricted,
+    Symmetric,
+    /// Port-restricted behind port-restricted.
+    Cgnat,
+}
+
+impl Site {
+    const ALL: [Site; 6] = [
+        Site::Public,
+        Site::FullCone,
+        Site::Restricted,
+        Site::PortRestricted,
+        Site::Symmetric,
+        Site::Cgnat,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Site::Public => "public",
+            Site::FullCone => "full-cone",
+            Site::Restricted => "restricted",
+            Site::PortRestricted => "port-restr",
+            Site::Symmetric => "symmetric",
+            Site::Cgnat => "cgnat",
+        }
+    }
+}
+
+/// A link that loses everything.
+const BLOCKED: LinkModel = LinkModel {
+    latency_ms: 20,
+    jitter_ms: 5,
+    loss_pct: 100.0,
+};
+
+/// Longer than the NAT models' mapping timeout (30 s).
+const PERMITS_EXPIRE: Duration = Duration::from_secs(35);
+
+fn quiet(c: &mut NodeConfig) {
+    c.task_rate_per_s = 0.0;
+}
+
+/// Adds a node at `site` (with a NAT of its own), bootstrapping from `seeds`.
+fn place(w: &mut World, site: Site, seeds: &[usize], tweak: fn(&mut NodeConfig)) -> usize {
+    let nat = match site {
+        Site::Public => return w.add_node(seeds, tweak),
+        Site::FullCone => w.add_nat(NatBehaviour::full_cone()),
+        Site::Restricted => w.add_nat(NatBehaviour::restricted_cone()),
+        Site::PortRestricted => w.add_nat(NatBehaviour::port_restricted_cone()),
+        Site::Symmetric => w.add_nat(NatBehaviour::symmetric()),
+        Site::Cgnat => {
+            let outer = w.add_nat(NatBehaviour::port_restricted_cone());
+            w.add_nat_behind(outer, NatBehaviour::port_restricted_cone())
+        }
+    };
+    w.add_node_behind(nat, seeds, tweak)
+}
+
+fn world(seed: u64) -> World {
+    World::new(SimConfig {
+        seed,
+        ..SimConfig::default()
+    })
+}
+
+/// `n` public seeds, started at t=0.
+fn seeds(w: &mut World, n: usize) -> Vec<usize> {
+    let s: Vec<usize> = (0..n).map(|_| w.add_node(&[], quiet)).collect();
+    for &i in &s {
+        w.start_at(i, w.now());
+    }
+    s
+}
+
+fn start_all(w: &mut World, nodes: &[usize]) {
+    for (k, &i) in nodes.iter().enumerate() {
+        w.start_at(i, w.now() + Duration::from_millis(10 * k as u64));
+    }
+}
+
+/// Commands a fresh connect from `a` to `b` and runs until it ends (at most 60 s).
+fn connect(w: &mut World, a: usize, b: usize) -> CommandResult {
+    let peer = w.node(b).node.id();
+    let id = w.command(a, Command::Connect { peer, fresh: true });
+    for _ in 0..600 {
+        if w.result(a, id).is_some() {
+            break;
+        }
+        w.run_for(Duration::from_millis(100));
+    }
+    w.result(a, id)
+        .cloned()
+        .expect("a connect ends within 60 s")
+}
+
+fn count(w: &World, i: usize, f: impl Fn(&Event) -> bool) -> usize {
+    w.node(i).events.iter().filter(|(_, e)| f(e)).count()
+}
+
+fn signal_outcomes(w: &World, i: usize, outcome: SignalOutcome) -> usize {
+    count(
+        w,
+        i,
+        |e| matches!(e, Event::Signal { outcome: o } if *o == outcome),
+    )
+}
+
+fn punches_started(w: &World, i: usize) -> usize {
+    count(w, i, |e| matches!(e, Event::PunchStarted { .. }))
+}
+
+/// The best path theory allows for a fresh connect from `a` to `b`: a target without a NAT
+/// or behind a full cone takes a plain dial; two endpoint-dependent mappings need a relay;
+/// anything else punches (birthday probing where one side is symmetric and the other
+/// filters by port).
+fn best(a: Site, b: Site) -> ConnMode {
+    match (a, b) {
+        (_, Site::Public | Site::FullCone) => ConnMode::Direct,
+        (Site::Symmetric, Site::Symmetric) => ConnMode::Relayed,
+        _ => ConnMode::Punched,
+    }
+}
+
+/// Whether the pair needs birthday probing: one side symmetric, the other filtering by port.
+fn needs_birthday(a: Site, b: Site) -> bool {
+    let pf = |s: Site| matches!(s, Site::PortRestricted | Site::Cgnat);
+    (a == Site::Symmetric && pf(b)) || (b == Site::Symmetric && pf(a))
+}
+
+struct PairOutcome {
+    result: CommandResult,
+    birthday_hit: Option<u32>,
+    /// The mode once a relayed result had its chance to upgrade.
+    settled: Option<ConnMode>,
+}
+
+/// Birthday probing fails now and then (≈2% with the default budget); the core then relays
+/// and tries to upgrade a few seconds later. The mode after that is what a pair ends with.
+fn settle(w: &mut World, a: usize, r: &CommandResult) -> Option<ConnMode> {
+    if r.mode != Some(ConnMode::Relayed) {
+        return r.mode;
+    }
+    let before = count(w, a, |e| matches!(e, Event::Upgraded { .. }));
+    w.run_for(Duration::from_secs(30));
+    let upgraded = w.node(a).events.iter().filter_map(|(_, e)| match e {
+        Event::Upgraded { to } => Some(*to),
+        _ => None,
+    });
+    upgraded.skip(before).last().or(r.mode)
+}
+
+/// A fresh world with three public seeds and `a`, `b` at their sites; `a` connects to `b`.
+fn run_pair(seed: u64, a: Site, b: Site, same_lan: bool) -> PairOutcome {
+    let mut w = world(seed);
+    let s = seeds(&mut w, 3);
+    let (ia, ib) = if same_lan {
+        let nat = w.add_nat(NatBehaviour::port_restricted_cone());
+        let ia = w.add_node_behind(nat, &s, quiet);
+        let ib = w.add_node_behind(nat, &s, quiet);
+        (ia, ib)
+    } else {
+        (place(&mut w, a, &s, quiet), place(&mut w, b, &s, quiet))
+    };
+    // They must not meet before the connect: a live connection, or NAT permits left by
+    // packets they sent each other, would make any connect trivially direct.
+    w.set_link(ia, ib, BLOCKED);
+    start_all(&mut w, &[ia, ib]);
+    w.run_for(Duration::from_secs(20));
+    assert!(w.node(ia).node.joined() && w.node(ib).node.joined());
+    w.run_for(PERMITS_EXPIRE);
+    w.set_link(ia, ib, LinkModel::default());
+    let result = connect(&mut w, ia, ib);
+    let settled = settle(&mut w, ia, &result);
+    let birthday_hit = w
+        .birthday_records()
+        .iter()
+        .filter(|r| r.connected && ([r.easy, r.hard] == [ia, ib] || [r.easy, r.hard] == [ib, ia]))
+        .find_map(|r| r.probes_to_hit);
+    PairOutcome {
+        result,
+        birthday_hit,
+        settled,
+    }
+}
+
+#[test]
+fn nat_types_are_classified_from_observed_addresses() {
+    let mut w = world(11);
+    let s = seeds(&mut w, 3);
+    let nodes: Vec<(Site, usize)> = Site::ALL
+        .iter()
+        .map(|&site| (site, place(&mut w, site, &s, quiet)))
+        .collect();
+    let ids: Vec<usize> = nodes.iter().map(|n| n.1).collect();
+    start_all(&mut w, &ids);
+    w.run_for(Duration::from_secs(20));
+    for (site, i) in nodes {
+        let want = match site {
+            Site::Public => NatType::Public,
+            Site::Symmetric => NatType::Symmetric,
+            _ => NatType::Cone,
+        };
+        assert_eq!(w.node(i).node.nat_type(), want, "{site:?}");
+    }
+}
+
+#[test]
+fn the_nat_pair_matrix_reaches_the_best_path_for_every_pair() {
+    let mut table: BTreeMap<(Site, Site), String> = BTreeMap::new();
+    let mut bad = Vec::new();
+    let mut seed = 100;
+    for a in Site::ALL {
+        for b in Site::ALL {
+            seed += 1;
+            let o = run_pair(seed, a, b, false);
+            let r = &o.result;
+            let want = best(a, b);
+            let birthday_ok = |o: &PairOutcome| {
+                !needs_birthday(a, b)
+                    || o.result.birthday_probes.is_some()
+                    || o.birthday_hit.is_some()
+            };
+            // A missed birthday punch may only be made good by the upgrade that follows it.
+            let ok = r.outcome == TaskOutcome::Ok
+                && ((r.mode == Some(want) && birthday_ok(&o))
+                    || (needs_birthday(a, b) && o.settled == Some(want)));
+            let probes = r.birthday_probes.or(o.birthday_hit);
+            let mut cell = match (r.mode, probes) {
+                (Some(m), Some(n)) => format!("{} ({n}p)", m.as_str()),
+                (Some(m), None) => m.as_str().to_string(),
+                (None, _) => format!("FAILED {}", r.outcome.as_str()),
+            };
+            if o.settled != r.mode
+                && let Some(m) = o.settled
+            {
+                cell = format!("{cell} -> {}", m.as_str());
+            }
+            if !ok {
+                bad.push(format!(
+                    "{} -> {}: got {cell}, want {} (attempts {:?})",
+                    a.label(),
+                    b.label(),
+                    want.as_str(),
+                    r.attempts
+                ));
+            }
+            table.insert((a, b), cell);
+        }
+    }
+    let lan = run_pair(seed + 1, Site::PortRestricted, Site::PortRestricted, true);
+    eprintln!(
+        "dialer \\ target | {}",
+        Site::ALL.map(Site::label).join(" | ")
+    );
+    for a in Site::ALL {
+        let row: Vec<&str> = Site::ALL.iter().map(|b| table[&(a, *b)].as_str()).collect();
+        eprintln!("{} | {}", a.label(), row.join(" | "));
+    }
+    eprintln!("same LAN: {:?}", lan.result.mode);
+    if lan.result.mode != Some(ConnMode::Direct) {
+        bad.push(format!("same LAN: got {:?}", lan.result));
+    }
+    assert!(bad.is_empty(), "pairs short of theory:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn birthday_probing_punches_symmetric_and_port_restricted_pairs() {
+    const TRIALS: u64 = 200;
+    let (mut punched, mut relayed) = (0u64, 0u64);
+    let mut hits: Vec<u32> = Vec::new();
+    for t in 0..TRIALS {
+        // Both directions: the symmetric side dials half the time.
+        let (a, b) = if t % 2 == 0 {
+            (Site::Symmetric, Site::PortRestricted)
+        } else {
+            (Site::PortRestricted, Site::Symmetric)
+        };
+        let o = run_pair(10_000 + t, a, b, false);
+        match o.result.mode {
+            Some(ConnMode::Punched) => {
+                punched += 1;
+                let n = o.result.birthday_probes.or(o.birthday_hit);
+                hits.push(n.expect("a symmetric x port-restricted punch records its probes"));
+            }
+            Some(ConnMode::Relayed) => relayed += 1,
+            other => panic!(
+                "trial {t} ({a:?} -> {b:?}) ended with {other:?}: {:?}",
+                o.result
+            ),
+        }
+    }
+    hits.sort_unstable();
+    let pct = |p: usize| hits[(hits.len() * p / 100).min(hits.len() - 1)];
+    eprintln!(
+        "birthday: {punched}/{TRIALS} punched, {relayed} relayed; probes to success p50 {} p90 {} p99 {} max {}",
+        pct(50),
+        pct(90),
+        pct(99),
+        hits[hits.len() - 1]
+    );
+    for lo in (0..1024).step_by(128) {
+        let n = hits.iter().filter(|&&h| h > lo && h <= lo + 128).count();
+        eprintln!(
+            "  {:>4}..={:<4} {:>3} {}",
+            lo + 1,
+            lo + 128,
+            n,
+            "#".repeat(n)
+        );
+    }
+    assert_eq!(punched + relayed, TRIALS, "no trial fails");
+    assert!(
+        punched * 100 >= 95 * TRIALS,
+        "birthday probing punched {punched}/{TRIALS}, below 95%"
+    );
+}
+
+#[test]
+fn signals_travel_several_hops_to_a_target_the_requester_cannot_see() {
+    let mut w = world(21);
+    let s = seeds(&mut w, 1);
+    let publics: Vec<usize> = (0..6).map(|_| w.add_node(&s, quiet)).collect();
+    let a = w.add_node(&s, quiet);
+    let nat = w.add_nat(NatBehaviour::port_restricted_cone());
+    let b = w.add_node_behind(nat, &s, quiet);
+    w.set_link(a, b, BLOCKED);
+    let mut all = publics.clone();
+    all.extend([a, b]);
+    start_all(&mut w, &all);
+    w.run_for(Duration::from_secs(20));
+    // The last carrier: the node closest to b, where greedy forwarding ends. Only it keeps
+    // a connection to b, and a cannot reach it.
+    let bid = w.node(b).node.id();
+    let others: Vec<usize> = s.iter().chain(&publics).copied().collect();
+    let h = *others
+        .iter()
+        .min_by_key(|&&i| w.node(i).node.id().distance(&bid))
+        .expect("there are public nodes");
+    w.set_link(a, h, BLOCKED);
+    w.disconnect(a, h);
+    for &x in &others {
+        if x != h {
+            w.disconnect(b, x);
+        }
+    }
+    w.run_for(PERMITS_EXPIRE);
+    w.set_link(a, b, LinkModel::default());
+    let forwarded_before: Vec<usize> = (0..w.len())
+        .map(|i| signal_outcomes(&w, i, SignalOutcome::Forwarded))
+        .collect();
+    let r = connect(&mut w, a, b);
+    assert_eq!(r.outcome, TaskOutcome::Ok, "{r:?}");
+    assert_eq!(r.mode, Some(ConnMode::Punched), "{r:?}");
+    let carriers: Vec<usize> = (0..w.len())
+        .filter(|&i| signal_outcomes(&w, i, SignalOutcome::Forwarded) > forwarded_before[i])
+        .collect();
+    eprintln!("signal carriers: {carriers:?}, last {h}");
+    assert!(
+        carriers.len() >= 2,
+        "carried over several hops: {carriers:?}"
+    );
+    assert!(
+        carriers.contains(&h),
+        "the last hop is the node connected to b"
+    );
+    assert!(!carriers.contains(&a) && !carriers.contains(&b));
+    assert_eq!(signal_outcomes(&w, b, SignalOutcome::Accepted), 1);
+}
+
+/// Seeds, then `n` public nodes bootstrapping from them, joined.
+fn public_world(seed: u64, n: usize, tweak: fn(&mut NodeConfig)) -> (World, Vec<usize>) {
+    let mut w = world(seed);
+    let s = seeds(&mut w, 1);
+    let nodes: Vec<usize> = (0..n).map(|_| w.add_node(&s, tweak)).collect();
+    start_all(&mut w, &nodes);
+    w.run_for(Duration::from_secs(20));
+    let mut all = s;
+    all.extend(nodes);
+    (w, all)
+}
+
+fn signal_to(w: &mut World, from: usize, to: usize, signal: Signal, hops: Vec<Countersign>) -> u64 {
+    let _ = to;
+    w.inject_request(from, to, Request::Signal { signal, hops })
+}
+
+fn answer(w: &World, ticket: u64) -> Response {
+    match w.injected(ticket) {
+        Some(Ok(r)) => r.clone(),
+        other => panic!("no answer to an injected request: {other:?}"),
+    }
+}
+
+const FORBIDDEN: Response = Response::Error {
+    code: ErrorCode::Forbidden,
+};
+
+#[test]
+fn forged_and_replayed_signals_are_refused_and_start_no_punch() {
+    let (mut w, n) = public_world(31, 3, quiet);
+    let (b, m, a) = (n[1], n[2], n[3]);
+    let (aid, bid) = (w.node(a).node.id(), w.node(b).node.id());
+    let a_key = w.node(a).node.config().key.clone();
+    let m_key = w.node(m).node.config().key.clone();
+    let now_ms = w.now().as_millis();
+    let nat = NatType::Public;
+    let hop_addr = w.node(a).addr;
+
+    // a's genuine signal, delivered by m as if it were a.
+    let genuine = Signal::new(&a_key, bid, 1, now_ms, nat);
+    // m claims to be a.
+    let mut impostor = Signal::new(&m_key, bid, 2, now_ms, nat);
+    impostor.from = aid;
+    // A signature of garbage.
+    let mut garbage = Signal::new(&m_key, bid, 3, now_ms, nat);
+    garbage.sig = vec![7; 64];
+    // A chain whose last countersigner is a, delivered by m.
+    let chained = Signal::new(&a_key, bid, 4, now_ms, nat);
+    let a_hop = Countersign::new(&a_key, &chained, 0, hop_addr);
+    // m countersigns, but tampers with the address afterwards.
+    let mine = Signal::new(&a_key, bid, 5, now_ms, nat);
+    let mut m_hop = Countersign::new(&m_key, &mine, 0, hop_addr);
+    m_hop.observed = w.node(b).addr;
+
+    let forged = [
+        (genuine, vec![]),
+        (impostor, vec![]),
+        (garbage, vec![]),
+        (chained, vec![a_hop]),
+        (mine, vec![m_hop]),
+    ];
+    let tickets: Vec<u64> = forged
+        .into_iter()
+        .map(|(sig, hops)| signal_to(&mut w, m, b, sig, hops))
+        .collect();
+    w.run_for(Duration::from_secs(2));
+    for (k, t) in tickets.iter().enumerate() {
+        assert_eq!(answer(&w, *t), FORBIDDEN, "forged signal {k}");
+    }
+    assert_eq!(signal_outcomes(&w, b, SignalOutcome::Forged), 5);
+    assert_eq!(punches_started(&w, b), 0, "no punch for a forged signal");
+    assert_eq!(w.stats.punches, 0);
+
+    // m's own signal is accepted once; the same signal again is a replay.
+    let own = Signal::new(&m_key, bid, 6, w.now().as_millis(), nat);
+    let first = signal_to(&mut w, m, b, own.clone(), vec![]);
+    w.run_for(Duration::from_secs(1));
+    assert!(
+        matches!(answer(&w, first), Response::SignalAnswer { .. }),
+        "a genuine signal is accepted"
+    );
+    assert_eq!(punches_started(&w, b), 1);
+    let again = signal_to(&mut w, m, b, own, vec![]);
+    // A stale one (issued a minute away from b's clock) is refused as a replay too.
+    let stale = Signal::new(&m_key, bid, 7, w.now().as_millis() + 60_000, nat);
+    let stale = signal_to(&mut w, m, b, stale, vec![]);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(answer(&w, again), FORBIDDEN);
+    assert_eq!(answer(&w, stale), FORBIDDEN);
+    assert_eq!(signal_outcomes(&w, b, SignalOutcome::Replayed), 2);
+    assert_eq!(punches_started(&w, b), 1, "no punch for a replay");
+    assert_eq!(w.stats.punches, 1);
+}
+
+#[test]
+fn the_signal_rate_limit_holds_under_a_flood() {
+    let (mut w, n) = public_world(41, 3, quiet);
+    let (b, m, a) = (n[1], n[2], n[3]);
+    let bid = w.node(b).node.id();
+    let cfg = w.node(b).node.config().clone();
+    let m_key = w.node(m).node.config().key.clone();
+    let a_key = w.node(a).node.config().key.clone();
+    // 300 distinct, genuine signals from m, one every 10 ms.
+    let mut tickets = Vec::new();
+    let start = w.now();
+    for nonce in 0..300 {
+        let sig = Signal::new(&m_key, bid, nonce, w.now().as_millis(), NatType::Public);
+        tickets.push(signal_to(&mut w, m, b, sig, vec![]));
+        w.run_for(Duration::from_millis(10));
+    }
+    let span = w.now().since(start).as_secs_f64();
+    // An honest peer's signal in the middle of the flood.
+    let honest = Signal::new(&a_key, bid, 1, w.now().as_millis(), NatType::Public);
+    let honest = signal_to(&mut w, a, b, honest, vec![]);
+    w.run_for(Duration::from_secs(2));
+    let answers: Vec<Response> = tickets.iter().map(|t| answer(&w, *t)).collect();
+    let accepted = answers
+        .iter()
+        .filter(|r| matches!(r, Response::SignalAnswer { .. }))
+        .count();
+    let limited = answers
+        .iter()
+        .filter(|r| {
+            **r == Response::Error {
+                code: ErrorCode::RateLimited,
+            }
+        })
+        .count();
+    let bound = f64::from(cfg.signal_burst) + cfg.signal_per_s * span;
+    eprintln!(
+        "flood: {accepted} accepted, {limited} rate-limited over {span:.2} s (bound {bound:.1})"
+    );
+    assert_eq!(accepted + limited, 300);
+    assert!(
+        accepted as f64 <= bound + 1.0,
+        "{accepted} accepted > {bound:.1}"
+    );
+    assert!(
+        accepted >= cfg.signal_burst as usize,
+        "the burst goes through"
+    );
+    assert!(matches!(answer(&w, honest), Response::SignalAnswer { .. }));
+}
+
+fn small_relay(c: &mut NodeConfig) {
+    quiet(c);
+    c.relay.max_circuits = 4;
+    c.relay.max_circuits_per_peer = 2;
+    c.relay.max_duration_ms = 20_000;
+}
+
+fn relay_events(w: &World, r: usize, event: chaosnet_proto::node::RelayEvent) -> usize {
+    count(
+        w,
+        r,
+        |e| matches!(e, Event::Relay { event: x } if *x == event),
+    )
+}
+
+#[test]
+fn relay_limits_hold_while_another_peer_still_gets_a_circuit() {
+    use chaosnet_proto::Failure;
+    use chaosnet_proto::node::RelayEvent;
+    // The relay is the only seed, so every node holds a connection to it.
+    let mut w = world(51);
+    let r = w.add_node(&[], small_relay);
+    w.start_at(r, w.now());
+    let nodes: Vec<usize> = (0..8).map(|_| w.add_node(&[r], quiet)).collect();
+    start_all(&mut w, &nodes);
+    w.run_for(Duration::from_secs(20));
+    let (d1, d2, d3) = (nodes[0], nodes[1], nodes[2]);
+    let targets = &nodes[3..];
+
+    // d1 floods: only `max_circuits_per_peer` circuits open.
+    let flood: Vec<u64> = targets.iter().map(|&t| w.open_circuit(d1, r, t)).collect();
+    w.run_for(Duration::from_secs(3));
+    let results: Vec<_> = flood.iter().map(|c| w.circuit_result(*c)).collect();
+    let opened = results.iter().filter(|x| **x == Some(Ok(()))).count();
+    let refused = results
+        .iter()
+        .filter(|x| **x == Some(Err(Failure::Refused)))
+        .count();
+    assert_eq!((opened, refused), (2, targets.len() - 2), "{results:?}");
+
+    // Another peer still gets circuits, up to the total.
+    let honest = [
+        w.open_circuit(d2, r, targets[0]),
+        w.open_circuit(d2, r, targets[1]),
+    ];
+    w.run_for(Duration::from_secs(3));
+    for c in honest {
+        assert_eq!(w.circuit_result(c), Some(Ok(())));
+    }
+    assert_eq!(w.node(r).node.relay_circuits(), 4);
+    assert_eq!(w.circuits_through(r), 4);
+    let over = w.open_circuit(d3, r, targets[2]);
+    w.run_for(Duration::from_secs(3));
+    assert_eq!(
+        w.circuit_result(over),
+        Some(Err(Failure::Refused)),
+        "total limit"
+    );
+    assert_eq!(relay_events(&w, r, RelayEvent::Opened), 4);
+    assert_eq!(
+        relay_events(&w, r, RelayEvent::Refused),
+        targets.len() - 2 + 1
+    );
+
+    // Circuits end at their maximum duration, which frees the slots.
+    w.run_for(Duration::from_secs(20));
+    assert_eq!(w.node(r).node.relay_circuits(), 0);
+    assert_eq!(relay_events(&w, r, RelayEvent::Closed), 4);
+    let again = w.open_circuit(d3, r, targets[2]);
+    w.run_for(Duration::from_secs(3));
+    assert_eq!(w.circuit_result(again), Some(Ok(())));
+}
+
+#[test]
+fn nated_nodes_signal_and_relay_through_non_seeds_after_the_seeds_die() {
+    let mut w = world(61);
+    let s = seeds(&mut w, 3);
+    let publics: Vec<usize> = (0..6).map(|_| w.add_node(&s, quiet)).collect();
+    let pr1 = place(&mut w, Site::PortRestricted, &s, quiet);
+    let pr2 = place(&mut w, Site::PortRestricted, &s, quiet);
+    let sym1 = place(&mut w, Site::Symmetric, &s, quiet);
+    let sym2 = place(&mut w, Site::Symmetric, &s, quiet);
+    let cg = place(&mut w, Site::Cgnat, &s, quiet);
+    let pairs = [
+        (pr1, pr2, ConnMode::Punched),
+        (sym1, pr1, ConnMode::Punched),
+        (cg, pr2, ConnMode::Punched),
+        (sym1, sym2, ConnMode::Relayed),
+    ];
+    for (a, b, _) in pairs {
+        w.set_link(a, b, BLOCKED);
+    }
+    let mut all = publics.clone();
+    all.extend([pr1, pr2, sym1, sym2, cg]);
+    start_all(&mut w, &all);
+    w.run_for(Duration::from_secs(20));
+    for &i in &all {
+        assert!(w.node(i).node.joined(), "node {i} joined");
+    }
+    for &i in &s {
+        w.kill(i);
+    }
+    w.run_for(PERMITS_EXPIRE);
+    for (a, b, _) in pairs {
+        w.set_link(a, b, LinkModel::default());
+    }
+    for (a, b, want) in pairs {
+        let r = connect(&mut w, a, b);
+        assert_eq!(r.outcome, TaskOutcome::Ok, "{a} -> {b}: {r:?}");
+        let got = settle(&mut w, a, &r);
+        assert_eq!(got, Some(want), "{a} -> {b}: {r:?}");
+        if let Some(relay) = r.relay {
+            let relay = (0..w.len())
+                .find(|&i| w.node(i).node.id() == relay)
+                .expect("the relay is a node");
+            assert!(publics.contains(&relay), "relayed through non-seed {relay}");
+        }
+    }
+    let carried: usize = publics
+        .iter()
+        .map(|&i| signal_outcomes(&w, i, SignalOutcome::Forwarded))
+        .sum();
+    assert!(
+        carried >= pairs.len(),
+        "non-seed public nodes carried the signals"
+    );
+}
