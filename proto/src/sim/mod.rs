@@ -39,6 +39,11 @@ pub use nat::{Filtering, Mapping, NatBehaviour};
 pub use net::BirthdayRecord;
 use net::{Host, NetEv, NetState, Packet, Reply};
 
+/// Sends of a stream frame before a packet-level connection gives up on it.
+const STREAM_TRIES: u32 = 6;
+/// First retransmission timeout of a stream frame; it doubles on each loss.
+const STREAM_RTO_MS: u64 = 300;
+
 /// Behaviour of a link between two nodes, applied to each message independently.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkModel {
@@ -67,7 +72,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Link used between any two nodes without an override.
     pub link: LinkModel,
-    /// How long a dial to a dead or absent address takes to fail. Default 3,000 ms.
+    /// How long a dial to a dead or absent address takes to fail; with NATs, how long the
+    /// dial a request needs keeps retransmitting before it fails. Default 3,000 ms.
     pub unreachable_after_ms: u64,
     /// Keep every node's events (memory grows with the run). Default true.
     pub record_events: bool,
@@ -232,16 +238,16 @@ impl World {
     /// Adds a NAT on the internet with public IP 198.18.x.y. Nodes go behind it with
     /// [`World::add_node_behind`], other NATs with [`World::add_nat_behind`].
     pub fn add_nat(&mut self, behaviour: NatBehaviour) -> usize {
-        let n = self.nats.len();
-        let ip = Ipv4Addr::new(198, 18 + (n >> 16) as u8 % 2, (n >> 8) as u8, n as u8 + 1);
+        let k = self.nats.len() + 1;
+        let ip = Ipv4Addr::new(198, 18 + ((k >> 16) % 2) as u8, (k >> 8) as u8, k as u8);
         self.add_nat_at(behaviour, IpAddr::V4(ip), None)
     }
 
     /// Adds a NAT behind `outer` (carrier-grade NAT: the two stack). Its outside address is
     /// in the shared space 100.64.0.0/10.
     pub fn add_nat_behind(&mut self, outer: usize, behaviour: NatBehaviour) -> usize {
-        let n = self.nats.len();
-        let ip = Ipv4Addr::new(100, 64 + (n >> 16) as u8 % 64, (n >> 8) as u8, n as u8 + 1);
+        let k = self.nats.len() + 1;
+        let ip = Ipv4Addr::new(100, 64 + ((k >> 16) % 64) as u8, (k >> 8) as u8, k as u8);
         self.add_nat_at(behaviour, IpAddr::V4(ip), Some(outer))
     }
 
@@ -457,6 +463,24 @@ impl World {
         Some(Duration::from_millis(link.latency_ms + jitter))
     }
 
+    /// Delay of a message on an established connection. Without NATs a lost message is
+    /// lost (the historical model). At packet level streams are reliable, as QUIC's are: a
+    /// lost packet is sent again after a doubling retransmission timeout, and only a link
+    /// that loses every try gives up.
+    fn stream_transit(&mut self, a: usize, b: usize) -> Option<Duration> {
+        if !self.packet_level() {
+            return self.transit(a, b);
+        }
+        let mut waited = Duration::ZERO;
+        for k in 0..STREAM_TRIES {
+            if let Some(d) = self.transit(a, b) {
+                return Some(waited + d);
+            }
+            waited += Duration::from_millis(STREAM_RTO_MS << k);
+        }
+        None
+    }
+
     /// Dials from `from` to whoever answers at `addrs` claiming to be `peer`. Returns when
     /// the connection will be up, or `None` if the dial fails.
     fn dial(&mut self, from: usize, peer: NodeId, addrs: &[SocketAddr]) -> Option<(usize, Time)> {
@@ -578,7 +602,7 @@ impl World {
                             self.answer(to, reply, Ok(response), now);
                         }
                         Some((to, Reply::Core(id))) => {
-                            if let Some(d) = self.transit(idx, to) {
+                            if let Some(d) = self.stream_transit(idx, to) {
                                 self.schedule(
                                     now + d,
                                     to,
@@ -721,7 +745,7 @@ impl World {
                 }
             },
         };
-        if let Some(d) = self.transit(from, to) {
+        if let Some(d) = self.stream_transit(from, to) {
             self.schedule(
                 ready_at + d,
                 to,

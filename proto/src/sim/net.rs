@@ -497,7 +497,7 @@ impl World {
             }
             DialPurpose::Requests(reqs) => {
                 for (reply, request) in reqs {
-                    if let Some(x) = self.transit(d.node, t.node) {
+                    if let Some(x) = self.stream_transit(d.node, t.node) {
                         self.schedule(
                             now + x.max(back),
                             t.node,
