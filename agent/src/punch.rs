@@ -51,7 +51,7 @@ const HARD_RESEND: Duration = Duration::from_millis(1_000);
 /// Most extra sockets one hard session opens, whatever the plan says.
 const MAX_HARD_SOCKETS: usize = 512;
 /// Hard sessions at once: each holds hundreds of sockets.
-const MAX_HARD_SESSIONS: usize = 2;
+const MAX_HARD_SESSIONS: usize = 4;
 /// Sessions at once (each registered by token).
 const MAX_SESSIONS: usize = 64;
 /// A birthday route with no datagram for this long is dropped.
@@ -161,12 +161,15 @@ impl Puncher {
         let mut hard: Option<(Vec<Arc<UdpSocket>>, JoinSet<()>)> = None;
         let mut next_resend = start;
         let _permit = if plan.birthday == Some(BirthdayRole::Hard) {
-            match self.hard.clone().try_acquire_owned() {
-                Ok(p) => {
+            // Wait for a slot rather than punch without sockets: a plain punch from a
+            // symmetric NAT cannot pass a port-restricted one.
+            let slot = tokio::time::timeout_at(deadline, self.hard.clone().acquire_owned()).await;
+            match slot {
+                Ok(Ok(p)) => {
                     hard = Some(self.open_hard(plan, hit_tx).await);
                     Some(p)
                 }
-                Err(_) => None,
+                _ => None,
             }
         } else {
             None

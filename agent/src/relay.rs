@@ -132,7 +132,9 @@ async fn copy(
         };
         let n64 = n as u64;
         let ok = budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n64))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n64)
+            })
             .is_ok();
         if !ok {
             break SpliceEnd::BytesLimit;

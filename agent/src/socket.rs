@@ -1049,10 +1049,7 @@ impl SocketHandle {
 
     /// Whether `addr` is a relay circuit's stand-in address on this socket.
     pub fn is_circuit(&self, addr: &SocketAddr) -> bool {
-        matches!(
-            lock(&self.shared.routes).get(addr),
-            Some(Route::Circuit(_))
-        )
+        matches!(lock(&self.shared.routes).get(addr), Some(Route::Circuit(_)))
     }
 
     /// A fresh stand-in address for a relay circuit: quinn needs a remote address per path,

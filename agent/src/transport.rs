@@ -17,12 +17,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chaosnet_proto::node::{Path, PunchPlan};
 use chaosnet_proto::wire::{self, DecodeError, ErrorCode, HEADER_LEN, Hello, Validate};
 use chaosnet_proto::{ConnMode, Connected, Failure, NodeId, Request, Response};
-use std::sync::atomic::{AtomicU32, Ordering};
-use tokio::sync::Notify;
-use tokio::task::JoinSet;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio::sync::Notify;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -268,7 +268,11 @@ impl Transport {
                     .puncher
                     .run(&plan, tx, stop, Arc::new(AtomicU32::new(0)))
                     .await;
-                tracing::debug!(learned = report.learned.len(), birthday_hit = report.birthday_hit, "punch (signalled side) ended");
+                tracing::debug!(
+                    learned = report.learned.len(),
+                    birthday_hit = report.birthday_hit,
+                    "punch (signalled side) ended"
+                );
             }
             .instrument(tracing::debug_span!("punch", peer = %peer.short())),
         );
@@ -349,12 +353,17 @@ impl Transport {
         let attempt = async {
             let conn = match self.live(&relay) {
                 Some(c) => c,
-                None => self.dial(relay, &relay_addrs, timeout, ConnMode::Direct).await?,
+                None => {
+                    self.dial(relay, &relay_addrs, timeout, ConnMode::Direct)
+                        .await?
+                }
             };
             let (mut send, mut recv) = conn.open_bi().await.map_err(|_| Failure::Unreachable)?;
             let frame = wire::encode(&Request::RelayOpen { target: peer })
                 .map_err(|_| Failure::Protocol)?;
-            send.write_all(&frame).await.map_err(|_| Failure::Unreachable)?;
+            send.write_all(&frame)
+                .await
+                .map_err(|_| Failure::Unreachable)?;
             let answer = match read_frame::<Response>(&mut recv).await {
                 Ok(r) => r,
                 Err(FrameError::Decode(e)) => {
@@ -482,7 +491,10 @@ impl Transport {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<NodeId, (tokio::time::Instant, Arc<Notify>)>> {
         // A poisoned lock only means another task panicked mid-insert; the map is still usable.
-        self.inner.punching.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .punching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Dials every address at once (up to [`MAX_DIAL_ADDRS`]); the first handshake wins and

@@ -567,6 +567,21 @@ fn configure_ns(tools: &Tools, w: &NsWork) -> Result<(), ApplyError> {
     })?
 }
 
+/// Forgets every NAT mapping and filter state of the router namespace `ns` (`conntrack
+/// -F` inside it), as a NAT reboot would. Connections through it recover when their
+/// inside ends next send.
+pub fn flush_conntrack(ns: &str) -> Result<(), ApplyError> {
+    let conntrack = cmd::require("conntrack")?;
+    in_netns(ns, || {
+        Cmd::new(&conntrack)
+            .args(["-F"])
+            .timeout(Duration::from_secs(10))
+            .run()
+            .map(|_| ())
+            .map_err(|e| in_ns(e, ns))
+    })?
+}
+
 /// Adds "in netns X" to a command error run from inside a namespace.
 fn in_ns(e: ApplyError, ns: &str) -> ApplyError {
     match e {

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::agentapi;
 use crate::apply::{self, RunState, Step};
+use crate::matrix;
 use crate::monitor::{self, MonitorState};
 use crate::plan::{AgentPlan, Plan, RunId};
 use crate::planner;
@@ -85,6 +86,45 @@ enum Cmd {
         /// Remove every chaosnet run on this machine, including runs of a killed controller.
         #[arg(long)]
         all: bool,
+        /// Run id (default: the current run).
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Measure the NAT-pair matrix of the running fleet.
+    ///
+    /// For every ordered pair of sites (one agent each; with --all, every pair of agents),
+    /// the dialing agent opens a fresh connection to the other (`POST /connect`, never
+    /// reusing one) and reports the path taken: direct, punched or relayed. Each pair is
+    /// judged against the best path theory allows for its NAT types. Exits 0 when every pair
+    /// connected at its best path, 1 when a pair failed or fell short, 2 when the matrix
+    /// could not be measured. The results are also written to <run>/matrix.json.
+    Matrix {
+        /// Every ordered pair of agents, not one agent per site.
+        #[arg(long)]
+        all: bool,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Pairs measured at once (1 with --cold).
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+        /// Flush the NAT state (conntrack) of both sites' routers before each pair, so every
+        /// pair starts from cold NATs as strangers would, instead of reusing mappings and
+        /// filter entries left by earlier traffic. Pairs then run one at a time.
+        #[arg(long)]
+        cold: bool,
+        /// Only pairs dialing from this site.
+        #[arg(long, value_name = "SITE")]
+        from: Option<String>,
+        /// Only pairs dialing to this site.
+        #[arg(long, value_name = "SITE")]
+        to: Option<String>,
+        /// Measure every selected pair this many times.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Give up on one pair after this long.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
         /// Run id (default: the current run).
         #[arg(long)]
         run: Option<String>,
@@ -174,6 +214,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Restart { agent } => restart(&runs, &agent).map(|()| ExitCode::SUCCESS),
         Cmd::Logs { agent, follow } => logs(&runs, &agent, follow).map(|()| ExitCode::SUCCESS),
         Cmd::Down { all, run } => down(&runs, all, run.as_deref()).map(|()| ExitCode::SUCCESS),
+        Cmd::Matrix {
+            all,
+            json,
+            parallel,
+            cold,
+            from,
+            to,
+            repeat,
+            timeout_s,
+            run,
+        } => {
+            let opts = MatrixOpts {
+                all,
+                json,
+                parallel: if cold { 1 } else { parallel },
+                cold,
+                from,
+                to,
+                repeat,
+                timeout_s,
+            };
+            matrix(&runs, run.as_deref(), &opts)
+        }
         Cmd::Plan(args) => {
             let (scenario, _) = load_scenario(&args)?;
             let plan = planner::plan(&scenario, &RunId("000000".into()))?;
@@ -506,6 +569,75 @@ fn rows(run_dir: &Path, state: &RunState) -> Vec<AgentRow> {
             })
             .collect();
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    })
+}
+
+struct MatrixOpts {
+    all: bool,
+    json: bool,
+    parallel: usize,
+    cold: bool,
+    from: Option<String>,
+    to: Option<String>,
+    repeat: usize,
+    timeout_s: u64,
+}
+
+fn matrix(runs: &Path, run: Option<&str>, o: &MatrixOpts) -> anyhow::Result<ExitCode> {
+    let run_dir = run_dir_of(runs, run)?;
+    let state = RunState::load(&run_dir)?;
+    let pairs = matrix::select(
+        matrix::pairs(&state.plan, o.all),
+        o.from.as_deref(),
+        o.to.as_deref(),
+        o.repeat,
+    );
+    if pairs.is_empty() {
+        bail!("no pair to measure (fewer than two agents, or --from/--to match no site)");
+    }
+    if o.cold {
+        apply::preflight()?;
+    }
+    let plan = &state.plan;
+    let cold = o.cold;
+    let before = move |a: &matrix::Endpoint, b: &matrix::Endpoint| -> Result<(), String> {
+        if !cold {
+            return Ok(());
+        }
+        for site in [&a.site, &b.site] {
+            for ns in matrix::routers_of(plan, site) {
+                apply::flush_conntrack(ns).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    };
+    let (json, parallel, timeout_s) = (o.json, o.parallel, o.timeout_s);
+    let pb = bar(pairs.len() as u64, "matrix");
+    let rows = matrix::measure(
+        &run_dir,
+        pairs,
+        parallel,
+        Duration::from_secs(timeout_s),
+        &before,
+        &|r| {
+            pb.set_message(format!("{} -> {}", r.from.agent, r.to.agent));
+            pb.inc(1);
+        },
+    );
+    pb.finish_and_clear();
+    let out = serde_json::json!({ "run_id": state.run_id.0, "pairs": rows });
+    let text = serde_json::to_string_pretty(&out)?;
+    let file = run_dir.join("matrix.json");
+    std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
+    if json {
+        println!("{text}");
+    } else {
+        print!("{}", matrix::render(&rows));
+    }
+    Ok(if rows.iter().all(|r| r.pass) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
 

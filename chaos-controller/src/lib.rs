@@ -7,15 +7,18 @@
 //! - [`apply`]: carries a plan out as root (namespaces, links, sysctls, nft) and tears runs
 //!   down, idempotently, from a state file or by name prefix.
 //!
+//! - [`matrix`]: the NAT-pair connectivity matrix (theory, judging, measuring).
 //! - [`runtime`]: how agents run (processes in their namespaces; docker and kube later).
 //! - [`monitor`]: Prometheus config and the scrape proxy; [`agentapi`]: HTTP over the agents'
 //!   unix sockets; [`cli`]: the `chaosnet` command line.
 //!
-//! Nothing outside `apply`, `runtime`, `monitor`, `agentapi` and `cli` touches the system.
+//! Nothing outside `apply`, `runtime`, `monitor`, `agentapi`, `matrix::measure` and `cli`
+//! touches the system.
 
 pub mod agentapi;
 pub mod apply;
 pub mod cli;
+pub mod matrix;
 pub mod monitor;
 pub mod nat;
 pub mod plan;

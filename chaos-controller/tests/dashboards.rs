@@ -4,7 +4,7 @@
 //! - structure: every dashboard has a uid, a title and panels; every non-row panel has a
 //!   datasource and targets; every datasource is the `${datasource}` variable, never a
 //!   hard-coded uid;
-//! - as root: the default lab comes up with `--monitor`, Prometheus scrapes all 24 agents, and
+//! - as root: the default lab comes up with `--monitor`, Prometheus scrapes all 26 agents, and
 //!   every panel query (variables replaced by `.*`) parses and returns at least one series,
 //!   except the panels in `EXEMPT` (they only have data under a fault or an abuse; they must
 //!   still parse);
@@ -257,18 +257,18 @@ fn every_panel_query_returns_data_from_a_real_lab() {
         let v = query(&prom, "up{job=\"chaosnet-agents\"}");
         let results = v["data"]["result"].as_array().cloned().unwrap_or_default();
         let up = results.iter().filter(|r| r["value"][1] == "1").count();
-        if results.len() == 24 && up == 24 {
+        if results.len() == 26 && up == 26 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "Prometheus sees {up} of {} targets up (want 24): {v}",
+            "Prometheus sees {up} of {} targets up (want 26): {v}",
             results.len()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
     eprintln!(
-        "all 24 agents up in Prometheus after {:?}",
+        "all 26 agents up in Prometheus after {:?}",
         started.elapsed()
     );
     // Scrape interval is 5 s: 20 s more gives every [1m] rate() at least 4 samples.

@@ -66,7 +66,7 @@ fn default_lab_comes_up_is_scraped_and_goes_away_cleanly() {
     let st: Value = serde_json::from_slice(&o.stdout).expect("status JSON");
     let run_id = st["run_id"].as_str().expect("run_id").to_string();
     let agents = st["agents"].as_array().expect("agents").clone();
-    assert_eq!(agents.len(), 24, "default scenario: 3 seeds + 21 agents");
+    assert_eq!(agents.len(), 26, "default scenario: 3 seeds + 23 agents");
     for a in &agents {
         assert_eq!(a["joined"], true, "{a}");
     }
@@ -154,12 +154,12 @@ fn default_lab_comes_up_is_scraped_and_goes_away_cleanly() {
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let results = v["data"]["result"].as_array().cloned().unwrap_or_default();
         let up = results.iter().filter(|r| r["value"][1] == "1").count();
-        if results.len() == 24 && up == 24 {
+        if results.len() == 26 && up == 26 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "Prometheus sees {up} of {} targets up (want 24): {body}",
+            "Prometheus sees {up} of {} targets up (want 26): {body}",
             results.len()
         );
         std::thread::sleep(Duration::from_millis(500));

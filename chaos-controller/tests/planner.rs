@@ -73,11 +73,11 @@ fn default_plan_matches_snapshot() {
 #[test]
 fn default_plan_shape() {
     let p = default_plan();
-    assert_eq!(p.agents.len(), 24);
+    assert_eq!(p.agents.len(), 26);
     assert_eq!(p.agents.iter().filter(|a| a.seed).count(), 3);
     assert!(p.agents[..3].iter().all(|a| a.seed), "seeds come first");
-    // internet + 5 NATed sites (cgnat has two routers) + 24 hosts
-    assert_eq!(p.namespaces.len(), 1 + 6 + 24);
+    // internet + 6 NATed sites (cgnat has two routers) + 26 hosts
+    assert_eq!(p.namespaces.len(), 1 + 7 + 26);
     assert_eq!(p.namespaces[0].role, NsRole::Internet);
     let first_host = p
         .namespaces
@@ -403,7 +403,7 @@ fn each_router_gets_the_rules_of_its_nat_kind() {
     let home = rules(&c.routers[1]);
     assert!(home.contains("ip saddr 10.6.0.0/24 masquerade\n"));
     // Only routers and the internet have rulesets.
-    assert_eq!(p.rulesets.len(), 1 + 6);
+    assert_eq!(p.rulesets.len(), 1 + 7);
 }
 
 #[test]
