@@ -20,7 +20,8 @@ use crate::signal::{
 };
 use crate::time::Time;
 use crate::wire::{
-    ErrorCode, MAX_ADDRS_PER_PEER, MAX_ECHO_LEN, MAX_NODES_PER_RESPONSE, PeerInfo, Request, Response,
+    ErrorCode, MAX_ADDRS_PER_PEER, MAX_ECHO_LEN, MAX_NODES_PER_RESPONSE, PeerInfo, Request,
+    Response,
 };
 
 /// Relative weights of the autonomous tasks. A zero weight disables that task.
@@ -911,25 +912,27 @@ impl Node {
 
     /// Self-classification from observed addresses. Needs two distinct observers; filtering
     /// behaviour is not probed yet, so an endpoint-independent mapping behind a NAT is `Cone`.
+    /// Observations equal to a listen address (peers on our own LAN, or no NAT at all) say
+    /// nothing about a NAT; any other one means we are behind one.
     pub fn nat_type(&self) -> NatType {
         let observers: HashSet<NodeId> = self.observed.iter().map(|(_, o)| *o).collect();
         if observers.len() < 2 {
             return NatType::Unknown;
-        }
-        let addrs = self.observed_addrs();
-        if addrs.iter().any(|a| self.cfg.listen_addrs.contains(a)) {
-            return NatType::Public;
         }
         // Only the most recent observation per observer counts: a remap is not EDM.
         let mut latest: HashMap<NodeId, SocketAddr> = HashMap::new();
         for (a, o) in &self.observed {
             latest.entry(*o).or_insert(*a);
         }
-        let distinct: HashSet<SocketAddr> = latest.values().copied().collect();
-        if distinct.len() == 1 {
-            NatType::Cone
-        } else {
-            NatType::Symmetric
+        let mapped: HashSet<SocketAddr> = latest
+            .values()
+            .filter(|a| !self.cfg.listen_addrs.contains(a))
+            .copied()
+            .collect();
+        match mapped.len() {
+            0 => NatType::Public,
+            1 => NatType::Cone,
+            _ => NatType::Symmetric,
         }
     }
 
@@ -1175,11 +1178,15 @@ impl Node {
             return;
         };
         let elapsed = now.since(p.sent);
-        let path = self.ops.get(&op).and_then(|o| o.conn.as_ref()).map(|c| match c.stage {
-            Stage::Relay => ConnMode::Relayed,
-            Stage::Punch => ConnMode::Punched,
-            Stage::Direct | Stage::Signal => ConnMode::Direct,
-        });
+        let path = self
+            .ops
+            .get(&op)
+            .and_then(|o| o.conn.as_ref())
+            .map(|c| match c.stage {
+                Stage::Relay => ConnMode::Relayed,
+                Stage::Punch => ConnMode::Punched,
+                Stage::Direct | Stage::Signal => ConnMode::Direct,
+            });
         let path = path.unwrap_or(ConnMode::Direct);
         let failure = result.as_ref().err().copied();
         self.emit(Event::ConnectAttempt {
@@ -1716,6 +1723,18 @@ impl Node {
                 _ => l.cands[pos].state = CandState::Failed,
             }
         }
+        // A connect's lookup is done once it knows where the target is and who holds a
+        // live connection to it: waiting for the rest (often NATed nodes that cannot be
+        // dialed) would only delay signalling.
+        let early = self.lookups.get(&id).is_some_and(|l| {
+            matches!(l.purpose, LookupPurpose::ConnectTarget { .. })
+                && l.found.as_ref().is_some_and(|f| !f.is_empty())
+                && !l.holders.is_empty()
+        });
+        if early {
+            self.finish_lookup(now, id);
+            return;
+        }
         self.lookup_step(now, id);
     }
 
@@ -1838,7 +1857,14 @@ impl Node {
         if addrs.is_empty() || skip_direct {
             self.start_lookup(now, peer, LookupPurpose::ConnectTarget { op });
         } else {
-            self.emit_connect(now, op, peer, addrs, Path::Direct, self.cfg.direct_timeout_ms);
+            self.emit_connect(
+                now,
+                op,
+                peer,
+                addrs,
+                Path::Direct,
+                self.cfg.direct_timeout_ms,
+            );
         }
     }
 
@@ -2424,25 +2450,13 @@ impl Node {
             .and_then(|a| a.failure)
             .unwrap_or(Failure::Unreachable);
         let Some((signaller, addrs)) = cs.signallers.get(cs.next_signaller).cloned() else {
-            self.finish_op(
-                now,
-                op,
-                TaskOutcome::Failed(last_failure),
-                None,
-                Vec::new(),
-            );
+            self.finish_op(now, op, TaskOutcome::Failed(last_failure), None, Vec::new());
             return;
         };
         cs.next_signaller += 1;
         cs.stage = Stage::Signal;
         cs.stage_started = now;
-        let signal = Signal::new(
-            &key,
-            cs.peer,
-            cs.token,
-            Self::now_ms(now),
-            cs.my_nat,
-        );
+        let signal = Signal::new(&key, cs.peer, cs.token, Self::now_ms(now), cs.my_nat);
         self.emit(Event::Signal {
             outcome: SignalOutcome::Sent,
         });
@@ -2476,7 +2490,10 @@ impl Node {
             let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) else {
                 return;
             };
-            let signaller = cs.signallers.get(cs.next_signaller.saturating_sub(1)).map(|s| s.0);
+            let signaller = cs
+                .signallers
+                .get(cs.next_signaller.saturating_sub(1))
+                .map(|s| s.0);
             cs.via = via.or(signaller);
             (cs.peer, cs.my_nat, cs.token)
         };
@@ -2534,7 +2551,11 @@ impl Node {
 
     /// Tries once to replace a relayed connection to `peer` with a punched one.
     fn try_upgrade(&mut self, now: Time, peer: NodeId) {
-        if self.conns.get(&peer).is_none_or(|c| c.mode != ConnMode::Relayed) {
+        if self
+            .conns
+            .get(&peer)
+            .is_none_or(|c| c.mode != ConnMode::Relayed)
+        {
             return;
         }
         let op = self.new_op(now, Origin::Upgrade);

@@ -88,7 +88,13 @@ pub struct Signal {
 
 impl Signal {
     /// A signal signed with `key` (whose id becomes `from`).
-    pub fn new(key: &SecretKey, to: NodeId, nonce: u64, issued_ms: u64, from_nat: NatType) -> Signal {
+    pub fn new(
+        key: &SecretKey,
+        to: NodeId,
+        nonce: u64,
+        issued_ms: u64,
+        from_nat: NatType,
+    ) -> Signal {
         let mut s = Signal {
             from: key.node_id(),
             to,
@@ -132,7 +138,12 @@ pub struct Countersign {
 
 impl Countersign {
     /// The countersignature of hop number `index` (0 = first carrier) by `key`.
-    pub fn new(key: &SecretKey, signal: &Signal, index: usize, observed: SocketAddr) -> Countersign {
+    pub fn new(
+        key: &SecretKey,
+        signal: &Signal,
+        index: usize,
+        observed: SocketAddr,
+    ) -> Countersign {
         let by = key.node_id();
         let sig = key.sign(&counter_bytes(signal, index, &by, observed));
         Countersign { by, observed, sig }

@@ -383,16 +383,21 @@ mod tests {
             (0u8..=32).prop_map(|max| Request::Introduce { max }),
             prop::collection::vec(any::<u8>(), 0..2048)
                 .prop_map(|payload| Request::Echo { payload }),
-            (any::<[u8; 32]>(), arb_node_id(), any::<u64>(), arb_addr(), 0usize..=4).prop_map(
-                |(seed, to, nonce, observed, n)| {
+            (
+                any::<[u8; 32]>(),
+                arb_node_id(),
+                any::<u64>(),
+                arb_addr(),
+                0usize..=4
+            )
+                .prop_map(|(seed, to, nonce, observed, n)| {
                     let key = crate::signal::SecretKey::from_bytes(seed);
                     let signal = Signal::new(&key, to, nonce, nonce >> 20, NatType::Cone);
                     let hops = (0..n)
                         .map(|i| Countersign::new(&key, &signal, i, observed))
                         .collect();
                     Request::Signal { signal, hops }
-                }
-            ),
+                }),
             arb_node_id().prop_map(|target| Request::RelayOpen { target }),
             arb_node_id().prop_map(|from| Request::RelayIncoming { from }),
         ]
@@ -407,13 +412,16 @@ mod tests {
                     nat
                 }
             ),
-            (arb_nat(), prop::option::of(arb_addr()), prop::option::of(arb_node_id())).prop_map(
-                |(target_nat, target_addr, via)| Response::SignalAnswer {
+            (
+                arb_nat(),
+                prop::option::of(arb_addr()),
+                prop::option::of(arb_node_id())
+            )
+                .prop_map(|(target_nat, target_addr, via)| Response::SignalAnswer {
                     target_nat,
                     target_addr,
                     via
-                }
-            ),
+                }),
             (any::<u64>(), any::<u64>()).prop_map(|(max_bytes, max_duration_ms)| {
                 Response::RelayAccepted {
                     max_bytes,
@@ -432,7 +440,7 @@ mod tests {
                 Just(ErrorCode::RateLimited),
                 Just(ErrorCode::Refused)
             ]
-                .prop_map(|code| Response::Error { code }),
+            .prop_map(|code| Response::Error { code }),
         ]
     }
 
