@@ -725,3 +725,77 @@ fn punching_survives_five_percent_loss() {
     }
     assert!(w.stats.lost > 0, "the links really lost packets");
 }
+
+/// The mode of `a`'s live connection to `b`, as `a`'s core sees it.
+fn conn_mode(w: &World, a: usize, b: usize) -> Option<ConnMode> {
+    let bid = w.node(b).node.id();
+    w.node(a)
+        .node
+        .connections()
+        .find(|(id, _)| **id == bid)
+        .map(|(_, c)| c.mode)
+}
+
+#[test]
+fn a_closed_connection_leaves_a_nat_permit_until_the_mapping_times_out() {
+    let mut w = world(91);
+    let s = seeds(&mut w, 3);
+    let a = place(&mut w, Site::Public, &s, quiet);
+    let b = place(&mut w, Site::PortRestricted, &s, quiet);
+    start_all(&mut w, &[a, b]);
+    w.run_for(Duration::from_secs(20));
+    // b dials a: b's NAT now lets a's packets in, and keeps doing so while the connection
+    // lives and for the mapping timeout after it closed.
+    let r = connect(&mut w, b, a);
+    assert_eq!(r.mode, Some(ConnMode::Direct));
+    w.disconnect(a, b);
+    w.run_for(Duration::from_secs(10));
+    let r = connect(&mut w, a, b);
+    assert_eq!(r.mode, Some(ConnMode::Direct), "permit still alive: {r:?}");
+    w.disconnect(a, b);
+    w.run_for(PERMITS_EXPIRE);
+    let r = connect(&mut w, a, b);
+    assert_eq!(r.mode, Some(ConnMode::Punched), "permit expired: {r:?}");
+}
+
+#[test]
+fn a_relayed_pair_upgrades_to_punched_and_frees_its_circuit() {
+    let mut w = world(93);
+    let s = seeds(&mut w, 3);
+    let a = place(&mut w, Site::PortRestricted, &s, quiet);
+    let b = place(&mut w, Site::PortRestricted, &s, quiet);
+    // Nothing passes between a and b at first: the punch fails and they are relayed.
+    w.set_link(a, b, BLOCKED);
+    start_all(&mut w, &[a, b]);
+    w.run_for(Duration::from_secs(20));
+    w.run_for(PERMITS_EXPIRE);
+    let r = connect(&mut w, a, b);
+    assert_eq!(r.mode, Some(ConnMode::Relayed), "{r:?}");
+    let relay = s
+        .iter()
+        .copied()
+        .find(|&i| Some(w.node(i).node.id()) == r.relay)
+        .expect("a seed relays");
+    assert_eq!(w.node(relay).node.relay_circuits(), 1);
+    assert_eq!(conn_mode(&w, a, b), Some(ConnMode::Relayed));
+    // The path clears; the upgrade a few seconds later punches.
+    w.set_link(a, b, LinkModel::default());
+    w.run_for(Duration::from_secs(20));
+    let upgraded = count(&w, a, |e| {
+        matches!(
+            e,
+            Event::Upgraded {
+                to: ConnMode::Punched
+            }
+        )
+    });
+    assert_eq!(upgraded, 1);
+    assert_eq!(conn_mode(&w, a, b), Some(ConnMode::Punched));
+    assert_eq!(conn_mode(&w, b, a), Some(ConnMode::Punched));
+    assert_eq!(
+        w.node(relay).node.relay_circuits(),
+        0,
+        "the circuit is freed"
+    );
+    assert_eq!(w.circuits_through(relay), 0);
+}
