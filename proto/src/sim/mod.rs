@@ -7,10 +7,12 @@
 //!
 //! Without NATs, a handshake costs one round trip and never fails except through loss or
 //! an unreachable peer. Once a world has NATs ([`World::add_nat`], [`nat`]), every dial is
-//! played at packet level ([`net`]): retransmitted QUIC Initials through NAT mappings and
-//! filters, the hole-punching probes of [`Output::Punch`] and `Path::Punch` (birthday
-//! probing included), and relay circuits admitted by the relay's own core. It is a test
-//! tool, not a simulator of QUIC or of any particular NAT box.
+//! played at packet level (the private `net` module): retransmitted QUIC Initials through
+//! NAT mappings and filters, and the hole-punching probes of [`Output::Punch`] and
+//! `Path::Punch` (birthday probing included); streams on established connections are then
+//! reliable. In every world a relay circuit is admitted by the relay's own core, which sees
+//! the real `RelayOpen` and is told when the circuit closes. It is a test tool, not a
+//! simulator of QUIC or of any particular NAT box.
 
 pub mod nat;
 mod net;
