@@ -41,11 +41,15 @@ const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(1_000);
 /// Probes sent right after hearing the peer, so an address-and-port-dependent filter on its
 /// side sees traffic from us after its own first packet went out.
 const EXTRA_PROBES: usize = 3;
-/// The easy side waits this long before spraying, so the hard side's mappings exist.
-const SPRAY_DELAY: Duration = Duration::from_millis(250);
-/// Spray pacing: this many probes per tick.
-const SPRAY_BATCH: usize = 8;
+/// The easy side waits this long before spraying, so the hard side's mappings exist (it
+/// may still be opening its sockets when the signal reaches the easy side).
+const SPRAY_DELAY: Duration = Duration::from_millis(400);
+/// Spray pacing: this many probes per tick (1,024 probes take about 1 s).
+const SPRAY_BATCH: usize = 4;
 const SPRAY_TICK: Duration = Duration::from_millis(4);
+/// Spray rounds: a round that found no mapping (about 2% of them with 256 sockets and
+/// 1,024 probes) is followed by one more, so the budget is spent at most twice.
+const SPRAY_ROUNDS: usize = 2;
 /// The hard side resends from every extra socket this often (keeps mappings alive).
 const HARD_RESEND: Duration = Duration::from_millis(1_000);
 /// Most extra sockets one hard session opens, whatever the plan says.
@@ -176,7 +180,7 @@ impl Puncher {
         };
         // Easy side: spray state.
         let mut spray_left: usize = match plan.birthday {
-            Some(BirthdayRole::Easy) => usize::from(plan.birthday_probes),
+            Some(BirthdayRole::Easy) => usize::from(plan.birthday_probes) * SPRAY_ROUNDS,
             _ => 0,
         };
         let spray_start = start + SPRAY_DELAY;
@@ -193,6 +197,13 @@ impl Puncher {
                 () = stop.notified() => break,
                 () = tokio::time::sleep_until(deadline) => break,
                 Some(h) = heard.recv() => {
+                    // Facing a symmetric peer, its hundreds of birthday sockets may all reach
+                    // us (a full-cone or restricted NAT lets them in), but only the one its
+                    // side adopts will answer our handshake: follow its ack, not the rest.
+                    let easy = plan.birthday == Some(BirthdayRole::Easy);
+                    if easy && h.kind == KIND_PUNCH && !plan.peer_addrs.contains(&h.from) {
+                        continue;
+                    }
                     if !report.learned.contains(&h.from) {
                         report.learned.push(h.from);
                         let _ = learned.try_send(h.from);
@@ -203,6 +214,7 @@ impl Puncher {
                             targets.push(h.from);
                         }
                     }
+                    tracing::debug!(from = %h.from, kind = h.kind, "heard the peer");
                     if h.kind == KIND_ACK {
                         report.birthday_hit = true;
                         spray_left = 0;
@@ -212,6 +224,7 @@ impl Puncher {
                     if let Some((socks, mut tasks)) = hard.take() {
                         tasks.abort_all();
                         let sock = socks[idx].clone();
+                        tracing::debug!(%from, socket = idx, of = socks.len(), "birthday hit");
                         drop(socks);
                         self.adopt_route(from, sock.clone());
                         for _ in 0..EXTRA_PROBES {
@@ -259,6 +272,7 @@ impl Puncher {
         if let Some((_, mut tasks)) = hard {
             tasks.abort_all();
         }
+        tracing::debug!(sprayed = ?report.sprayed, learned = report.learned.len(), hit = report.birthday_hit, role = ?plan.birthday, "punch session ended");
         report
     }
 

@@ -2121,6 +2121,23 @@ impl Node {
 /// Connectivity: the connect strategy (direct, then signalled punch, then relay), carrying
 /// signals for others, and relay admission.
 impl Node {
+    /// Where this node believes it can be reached, for signals: the most recently observed
+    /// mapped (non-listen) address first, then the other observed ones, then the listen
+    /// addresses.
+    fn self_addrs(&self) -> Vec<SocketAddr> {
+        let observed = self.observed_addrs();
+        let mut out: Vec<SocketAddr> = Vec::new();
+        let mapped = observed
+            .iter()
+            .filter(|a| !self.cfg.listen_addrs.contains(a));
+        for a in mapped.chain(self.cfg.listen_addrs.iter()) {
+            if !out.contains(a) && out.len() < MAX_ADDRS_PER_PEER {
+                out.push(*a);
+            }
+        }
+        out
+    }
+
     /// The peer's address on a live connection that is not relayed.
     fn direct_remote(&self, peer: &NodeId) -> Option<SocketAddr> {
         self.conns
@@ -2167,7 +2184,14 @@ impl Node {
                 .first()
                 .map(|h| h.observed)
                 .or_else(|| self.direct_remote(&signal.from));
-            let mut peer_addrs: Vec<SocketAddr> = first.into_iter().collect();
+            // The requester's own public claim first (the first carrier may share its LAN and
+            // see a private address), then what the first carrier saw.
+            let mut peer_addrs: Vec<SocketAddr> = Vec::new();
+            for a in signal.from_addrs.iter().copied().chain(first) {
+                if !peer_addrs.contains(&a) && peer_addrs.len() < MAX_ADDRS_PER_PEER {
+                    peer_addrs.push(a);
+                }
+            }
             if let Some(c) = self.table.get(&signal.from) {
                 for a in &c.addrs {
                     if !peer_addrs.contains(a) && peer_addrs.len() < MAX_ADDRS_PER_PEER {
@@ -2199,6 +2223,7 @@ impl Node {
             return Some(Response::SignalAnswer {
                 target_nat: self.nat_type(),
                 target_addr: None,
+                target_addrs: self.self_addrs(),
                 via: None,
             });
         }
@@ -2289,18 +2314,21 @@ impl Node {
             Ok(Response::SignalAnswer {
                 target_nat,
                 target_addr,
+                target_addrs,
                 via,
             }) => {
                 if f.last_hop {
                     Response::SignalAnswer {
                         target_nat,
                         target_addr: self.direct_remote(&f.target),
+                        target_addrs,
                         via: Some(self.cfg.id),
                     }
                 } else {
                     Response::SignalAnswer {
                         target_nat,
                         target_addr,
+                        target_addrs,
                         via,
                     }
                 }
@@ -2441,6 +2469,7 @@ impl Node {
     /// Asks the next signaller to carry our signal to the peer.
     fn enter_signal(&mut self, now: Time, op: OpId) {
         let key = self.cfg.key.clone();
+        let self_addrs = self.self_addrs();
         let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) else {
             return;
         };
@@ -2456,7 +2485,14 @@ impl Node {
         cs.next_signaller += 1;
         cs.stage = Stage::Signal;
         cs.stage_started = now;
-        let signal = Signal::new(&key, cs.peer, cs.token, Self::now_ms(now), cs.my_nat);
+        let signal = Signal::with_addrs(
+            &key,
+            cs.peer,
+            cs.token,
+            Self::now_ms(now),
+            cs.my_nat,
+            self_addrs,
+        );
         self.emit(Event::Signal {
             outcome: SignalOutcome::Sent,
         });
@@ -2474,12 +2510,13 @@ impl Node {
 
     /// A signaller answered (or failed to).
     fn signal_answer(&mut self, now: Time, op: OpId, result: Result<Response, Failure>) {
-        let (target_nat, target_addr, via) = match result {
+        let (target_nat, target_addr, target_addrs, via) = match result {
             Ok(Response::SignalAnswer {
                 target_nat,
                 target_addr,
+                target_addrs,
                 via,
-            }) => (target_nat, target_addr, via),
+            }) => (target_nat, target_addr, target_addrs, via),
             _ => {
                 // Try the next signaller, or give up.
                 self.enter_signal(now, op);
@@ -2500,8 +2537,9 @@ impl Node {
         match signal::strategy(my_nat, target_nat) {
             Strategy::Relay => self.enter_relay(now, op, Failure::Unreachable),
             Strategy::Punch { birthday } => {
-                let mut addrs: Vec<SocketAddr> = target_addr.into_iter().collect();
-                for a in self.addrs_of(&peer) {
+                let mut addrs: Vec<SocketAddr> = Vec::new();
+                let claimed = target_addrs.into_iter().chain(target_addr);
+                for a in claimed.chain(self.addrs_of(&peer)) {
                     if !addrs.contains(&a) && addrs.len() < MAX_ADDRS_PER_PEER {
                         addrs.push(a);
                     }

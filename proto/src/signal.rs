@@ -82,12 +82,15 @@ pub struct Signal {
     pub issued_ms: u64,
     /// The requester's NAT type when it signed.
     pub from_nat: NatType,
+    /// Where the requester believes it can be reached, public (mapped) address first: a
+    /// carrier may see it at a LAN address, which is useless to a target on another site.
+    pub from_addrs: Vec<SocketAddr>,
     /// Ed25519 signature by `from` over the fields above.
     pub sig: Vec<u8>,
 }
 
 impl Signal {
-    /// A signal signed with `key` (whose id becomes `from`).
+    /// A signal signed with `key` (whose id becomes `from`), claiming no addresses.
     pub fn new(
         key: &SecretKey,
         to: NodeId,
@@ -95,12 +98,25 @@ impl Signal {
         issued_ms: u64,
         from_nat: NatType,
     ) -> Signal {
+        Signal::with_addrs(key, to, nonce, issued_ms, from_nat, Vec::new())
+    }
+
+    /// A signal signed with `key` that also claims the requester's addresses.
+    pub fn with_addrs(
+        key: &SecretKey,
+        to: NodeId,
+        nonce: u64,
+        issued_ms: u64,
+        from_nat: NatType,
+        from_addrs: Vec<SocketAddr>,
+    ) -> Signal {
         let mut s = Signal {
             from: key.node_id(),
             to,
             nonce,
             issued_ms,
             from_nat,
+            from_addrs,
             sig: Vec::new(),
         };
         s.sig = key.sign(&s.signed_bytes());
@@ -115,6 +131,10 @@ impl Signal {
         m.extend_from_slice(&self.nonce.to_be_bytes());
         m.extend_from_slice(&self.issued_ms.to_be_bytes());
         m.push(self.from_nat as u8);
+        for a in &self.from_addrs {
+            m.extend_from_slice(a.to_string().as_bytes());
+            m.push(b'|');
+        }
         m
     }
 

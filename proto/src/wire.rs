@@ -137,6 +137,8 @@ pub enum Response {
         /// The target's address as seen by the node that delivered the signal to it; filled
         /// in by that node.
         target_addr: Option<SocketAddr>,
+        /// Where the target believes it can be reached, public (mapped) address first.
+        target_addrs: Vec<SocketAddr>,
         /// The node that delivered the signal (it holds a live connection to the target, so
         /// it can also relay).
         via: Option<NodeId>,
@@ -226,6 +228,9 @@ impl Validate for Request {
             Request::Signal { hops, .. } if hops.len() > MAX_SIGNAL_HOPS => {
                 Err(format!("signal with {} hops", hops.len()))
             }
+            Request::Signal { signal, .. } if signal.from_addrs.len() > MAX_ADDRS_PER_PEER => {
+                Err(format!("signal claims {} addresses", signal.from_addrs.len()))
+            }
             Request::Signal { signal, hops }
                 if signal.sig.len() != SIGNATURE_LEN
                     || hops.iter().any(|h| h.sig.len() != SIGNATURE_LEN) =>
@@ -242,6 +247,11 @@ impl Validate for Response {
         match self {
             Response::Nodes { peers } if peers.len() > MAX_NODES_PER_RESPONSE => {
                 Err(format!("{} peers in one response", peers.len()))
+            }
+            Response::SignalAnswer { target_addrs, .. }
+                if target_addrs.len() > MAX_ADDRS_PER_PEER =>
+            {
+                Err(format!("answer claims {} addresses", target_addrs.len()))
             }
             Response::Nodes { peers }
                 if peers.iter().any(|p| p.addrs.len() > MAX_ADDRS_PER_PEER) =>
@@ -392,7 +402,14 @@ mod tests {
             )
                 .prop_map(|(seed, to, nonce, observed, n)| {
                     let key = crate::signal::SecretKey::from_bytes(seed);
-                    let signal = Signal::new(&key, to, nonce, nonce >> 20, NatType::Cone);
+                    let signal = Signal::with_addrs(
+                        &key,
+                        to,
+                        nonce,
+                        nonce >> 20,
+                        NatType::Cone,
+                        vec![observed],
+                    );
                     let hops = (0..n)
                         .map(|i| Countersign::new(&key, &signal, i, observed))
                         .collect();
@@ -420,6 +437,7 @@ mod tests {
                 .prop_map(|(target_nat, target_addr, via)| Response::SignalAnswer {
                     target_nat,
                     target_addr,
+                    target_addrs: target_addr.into_iter().collect(),
                     via
                 }),
             (any::<u64>(), any::<u64>()).prop_map(|(max_bytes, max_duration_ms)| {
