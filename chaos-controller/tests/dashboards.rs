@@ -4,10 +4,13 @@
 //! - structure: every dashboard has a uid, a title and panels; every non-row panel has a
 //!   datasource and targets; every datasource is the `${datasource}` variable, never a
 //!   hard-coded uid;
-//! - as root: the default lab comes up with `--monitor`, Prometheus scrapes all 26 agents, and
+//! - as root: the default lab comes up with `--monitor`, Prometheus scrapes all 26 agents,
+//!   `chaosnet matrix` makes every pair of sites connect (direct, punched, relayed), and
 //!   every panel query (variables replaced by `.*`) parses and returns at least one series,
 //!   except the panels in `EXEMPT` (they only have data under a fault or an abuse; they must
-//!   still parse);
+//!   still parse); the NAT-traversal panels in `DRIVEN` must also show a finite, non-zero
+//!   value, since the agents pre-declare those series at zero (and their ratios and quantiles
+//!   are NaN) until a connect punches or relays;
 //! - `promtool check rules` and `promtool test rules` on the alert rules.
 
 mod common;
@@ -58,6 +61,22 @@ const EXEMPT: &[(&str, &str, &str)] = &[
         "*",
         "only once an agent reaches --max-connections",
     ),
+];
+
+/// Panels that must show a finite value > 0 once `chaosnet matrix` has connected every
+/// ordered pair of sites of the default scenario: cone and symmetric x cone pairs punch (the
+/// latter with birthday probing), symmetric1 x symmetric2 relays. Without this a panel over
+/// pre-declared zero series would pass with a wrong label value in its selector.
+const DRIVEN: &[(&str, &str)] = &[
+    // (panel title prefix, target refId or "*")
+    ("Connect attempts by path and outcome", "*"),
+    ("Connection share by mode", "*"),
+    ("Punch success", "*"),
+    ("Punches started by kind", "*"),
+    ("Time to connect p", "*"),
+    ("Birthday probes to success", "*"),
+    ("Signals by outcome", "*"),
+    ("Relay circuits opened / refused / closed", "*"),
 ];
 
 fn repo() -> PathBuf {
@@ -204,6 +223,32 @@ fn query(prom: &str, expr: &str) -> Value {
     serde_json::from_str(&body).unwrap_or(Value::Null)
 }
 
+/// The first few series of a query result as ` {label=value,..}=value`, for the log: what a
+/// healthy lab shows on each panel.
+fn sample_values(v: &Value) -> String {
+    let results = v["data"]["result"].as_array().cloned().unwrap_or_default();
+    let mut out = String::new();
+    for r in results.iter().take(6) {
+        let labels = r["metric"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            " {{{labels}}}={}",
+            r["value"][1].as_str().unwrap_or("?")
+        ));
+    }
+    if results.len() > 6 {
+        out.push_str(" ...");
+    }
+    out
+}
+
 /// Takes the lab down when dropped, also when an assertion fails.
 struct Lab {
     runs: PathBuf,
@@ -271,6 +316,22 @@ fn every_panel_query_returns_data_from_a_real_lab() {
         "all 26 agents up in Prometheus after {:?}",
         started.elapsed()
     );
+    // Every ordered pair of sites connects afresh: punches, birthday probes, signals and
+    // relay circuits for the NAT-traversal panels. Whether each pair reached its best path is
+    // tests/connectivity.rs's business; here the panels only need the events.
+    let o = run(&runs, &["matrix", "--json"]);
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let mut modes = std::collections::BTreeMap::<String, usize>::new();
+    for p in m["pairs"].as_array().into_iter().flatten() {
+        let mode = p["outcome"]["mode"].as_str().unwrap_or("failed");
+        *modes.entry(mode.to_string()).or_default() += 1;
+    }
+    eprintln!("chaosnet matrix (exit {:?}): {modes:?}", o.status.code());
+    assert!(
+        !modes.is_empty(),
+        "chaosnet matrix measured nothing:\n{}",
+        text(&o)
+    );
     // Scrape interval is 5 s: 20 s more gives every [1m] rate() at least 4 samples.
     std::thread::sleep(Duration::from_secs(20));
 
@@ -285,6 +346,9 @@ fn every_panel_query_returns_data_from_a_real_lab() {
                     .iter()
                     .find(|(p, r, _)| title.starts_with(p) && (*r == "*" || *r == ref_id))
                     .map(|(_, _, why)| why);
+                let driven = DRIVEN
+                    .iter()
+                    .any(|(p, r)| title.starts_with(p) && (*r == "*" || *r == ref_id));
                 let Some(expr) = t["expr"].as_str() else {
                     continue;
                 };
@@ -297,20 +361,31 @@ fn every_panel_query_returns_data_from_a_real_lab() {
                 checked += 1;
                 let n = v["data"]["result"].as_array().map_or(0, Vec::len);
                 let ok = v["status"] == "success";
+                let real = v["data"]["result"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+                    .any(|x| x.is_finite() && x > 0.0);
                 eprintln!(
-                    "{} {name}: {title} [{}]: {n} series{}",
-                    if ok && (n > 0 || exempt.is_some()) {
+                    "{} {name}: {title} [{}]: {n} series{}{}",
+                    if ok && (n > 0 || exempt.is_some()) && (real || !driven) {
                         "ok  "
                     } else {
                         "FAIL"
                     },
                     ref_id,
+                    sample_values(&v),
                     exempt.map_or(String::new(), |why| format!(" (exempt: {why})"))
                 );
                 if !ok {
                     failures.push(format!("{name}: {title}: does not parse: {q}\n  -> {v}"));
                 } else if n == 0 && exempt.is_none() {
                     failures.push(format!("{name}: {title}: no series: {q}"));
+                } else if driven && !real {
+                    failures.push(format!(
+                        "{name}: {title} [{ref_id}]: no finite value > 0 after chaosnet matrix: {q}\n  -> {v}"
+                    ));
                 }
             }
         }
