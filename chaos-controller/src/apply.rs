@@ -567,18 +567,27 @@ fn configure_ns(tools: &Tools, w: &NsWork) -> Result<(), ApplyError> {
     })?
 }
 
-/// Forgets every NAT mapping and filter state of the router namespace `ns` (`conntrack
-/// -F` inside it), as a NAT reboot would. Connections through it recover when their
-/// inside ends next send.
-pub fn flush_conntrack(ns: &str) -> Result<(), ApplyError> {
+/// Forgets the NAT mappings and filter state the router namespace `ns` holds for traffic
+/// to or from `peer` (`conntrack -D -s/-d` inside it), as if the two had never talked.
+/// Other flows keep their state.
+pub fn forget_conntrack_of(ns: &str, peer: std::net::Ipv4Addr) -> Result<(), ApplyError> {
     let conntrack = cmd::require("conntrack")?;
-    in_netns(ns, || {
-        Cmd::new(&conntrack)
-            .args(["-F"])
-            .timeout(Duration::from_secs(10))
-            .run()
-            .map(|_| ())
-            .map_err(|e| in_ns(e, ns))
+    let ip = peer.to_string();
+    in_netns(ns, || -> Result<(), ApplyError> {
+        for dir in ["-d", "-s"] {
+            // conntrack exits 1 when no entry matched, which is fine here; only a failure to
+            // run it at all is an error.
+            std::process::Command::new(&conntrack)
+                .args(["-D", dir, &ip])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map_err(|source| ApplyError::Spawn {
+                    command: format!("conntrack -D {dir} {ip} (in netns {ns})"),
+                    source,
+                })?;
+        }
+        Ok(())
     })?
 }
 

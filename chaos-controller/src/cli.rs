@@ -108,9 +108,10 @@ enum Cmd {
         /// Pairs measured at once (1 with --cold).
         #[arg(long, default_value_t = 4)]
         parallel: usize,
-        /// Flush the NAT state (conntrack) of both sites' routers before each pair, so every
-        /// pair starts from cold NATs as strangers would, instead of reusing mappings and
-        /// filter entries left by earlier traffic. Pairs then run one at a time.
+        /// Before each pair, make both sites' routers forget (conntrack) every mapping and
+        /// filter entry between the two sites, so each pair starts from cold NATs as
+        /// strangers would, instead of reusing state left by earlier traffic between them.
+        /// Pairs then run one at a time.
         #[arg(long)]
         cold: bool,
         /// Only pairs dialing from this site.
@@ -604,9 +605,9 @@ fn matrix(runs: &Path, run: Option<&str>, o: &MatrixOpts) -> anyhow::Result<Exit
         if !cold {
             return Ok(());
         }
-        for site in [&a.site, &b.site] {
-            for ns in matrix::routers_of(plan, site) {
-                apply::flush_conntrack(ns).map_err(|e| e.to_string())?;
+        for (here, there) in [(a, b), (b, a)] {
+            for ns in matrix::routers_of(plan, &here.site) {
+                apply::forget_conntrack_of(ns, there.public_ip).map_err(|e| e.to_string())?;
             }
         }
         Ok(())

@@ -145,25 +145,28 @@ pub struct Endpoint {
     pub behaviour: Behaviour,
     /// NodeId (hex).
     pub node_id: String,
+    /// The address the internet sees it at: its site's public IP, or its own address when
+    /// it has no NAT.
+    pub public_ip: std::net::Ipv4Addr,
     /// Control socket, relative to the run directory.
     pub api_socket: std::path::PathBuf,
 }
 
 fn endpoint(plan: &Plan, a: &AgentPlan) -> Endpoint {
-    let behaviour = if a.site == SEED_SITE {
-        Behaviour::Public
-    } else {
-        match plan.sites.iter().find(|s| s.name == a.site) {
-            Some(s) if s.cgnat => Behaviour::behind_carrier(s.nat),
-            Some(s) => Behaviour::of(s.nat),
-            None => Behaviour::Public,
-        }
+    let site = plan.sites.iter().find(|s| s.name == a.site);
+    let behaviour = match site {
+        _ if a.site == SEED_SITE => Behaviour::Public,
+        Some(s) if s.cgnat => Behaviour::behind_carrier(s.nat),
+        Some(s) => Behaviour::of(s.nat),
+        None => Behaviour::Public,
     };
+    let public_ip = site.and_then(|s| s.public_ip).unwrap_or(a.lan_ip);
     Endpoint {
         agent: a.name.clone(),
         site: a.site.clone(),
         behaviour,
         node_id: a.node_id.clone(),
+        public_ip,
         api_socket: a.api_socket.clone(),
     }
 }
