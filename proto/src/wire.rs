@@ -228,9 +228,9 @@ impl Validate for Request {
             Request::Signal { hops, .. } if hops.len() > MAX_SIGNAL_HOPS => {
                 Err(format!("signal with {} hops", hops.len()))
             }
-            Request::Signal { signal, .. } if signal.from_addrs.len() > MAX_ADDRS_PER_PEER => {
-                Err(format!("signal claims {} addresses", signal.from_addrs.len()))
-            }
+            Request::Signal { signal, .. } if signal.from_addrs.len() > MAX_ADDRS_PER_PEER => Err(
+                format!("signal claims {} addresses", signal.from_addrs.len()),
+            ),
             Request::Signal { signal, hops }
                 if signal.sig.len() != SIGNATURE_LEN
                     || hops.iter().any(|h| h.sig.len() != SIGNATURE_LEN) =>
