@@ -41,6 +41,7 @@ fmt:
 bench: release
 	bash scripts/bench-agent.sh
 	bash scripts/bench-lab.sh
+	bash scripts/bench-connect.sh
 
 ## The agent container image chaosnet-agent:<version>, FROM scratch (no registry needed).
 image: release
