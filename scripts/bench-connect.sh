@@ -4,7 +4,9 @@
 # every pair really punches or relays; then birthday probing between the symmetric and the
 # port-restricted site, both directions. Prints, per NAT pair and mode, the time to connect
 # (p50/p95), the share of pairs at theory's best path where theory allows direct or punched,
-# and the distribution of spray probes to success.
+# the distribution of spray probes to success, and relayed against direct goodput on the
+# same pair (open1-0 -> open1-1, relayed through seed-0): sequential 60 kB echoes
+# (`POST /echo`), so latency-bound rather than a bulk transfer.
 # Usage: scripts/bench-connect.sh   (REPEAT=3 matrix rounds, BIRTHDAY=20 per direction)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,18 @@ sleep 5
 "$bin" --runs-dir "$dir" matrix --cold --repeat "$repeat" --json >"$dir/matrix.json" || true
 "$bin" --runs-dir "$dir" matrix --cold --from symmetric1 --to portrestr1 --repeat "$birthday" --json >"$dir/b1.json" || true
 "$bin" --runs-dir "$dir" matrix --cold --from portrestr1 --to symmetric1 --repeat "$birthday" --json >"$dir/b2.json" || true
+
+# Relayed vs direct goodput on one pair.
+run_dir=$(find "$dir" -mindepth 1 -maxdepth 1 -type d | head -1)
+node() { python3 -c "import json,sys;s=json.load(open('$run_dir/state.json'));print([a[sys.argv[2]] for a in s['plan']['agents'] if a['name']==sys.argv[1]][0])" "$1" "$2"; }
+api() { curl -s --unix-socket "$run_dir/$(node "$1" api_socket)" -XPOST "localhost/$2" -H 'content-type: application/json' -d "$3"; }
+to=$(node open1-1 node_id); via=$(node seed-0 node_id)
+for round in 1 2 3; do
+  api open1-0 connect "{\"node_id\":\"$to\",\"via\":\"$via\"}" >/dev/null
+  api open1-0 echo "{\"node_id\":\"$to\",\"count\":300}" >"$dir/relayed$round.json"
+  api open1-0 connect "{\"node_id\":\"$to\"}" >/dev/null
+  api open1-0 echo "{\"node_id\":\"$to\",\"count\":300}" >"$dir/direct$round.json"
+done
 
 python3 - "$dir" <<'EOF'
 import json, sys, statistics
@@ -56,4 +70,13 @@ for name in ("b1.json", "b2.json"):
     print(f'birthday {b[0]["from"]["site"]} -> {b[0]["to"]["site"]}: {ok}/{len(b)} punched; '
           f'time p50 {pct(t, .5):.0f} ms p95 {pct(t, .95):.0f} ms; '
           f'easy-side probes to success (n={len(probes)}): p50 {pct(probes, .5)} p95 {pct(probes, .95)} max {probes[-1] if probes else "-"}')
+def rate(f):
+    try:
+        return json.load(open(f"{d}/{f}"))["mib_per_s"]
+    except Exception:
+        return float("nan")
+rel = [rate(f"relayed{i}.json") for i in (1, 2, 3)]
+dirc = [rate(f"direct{i}.json") for i in (1, 2, 3)]
+r, dd = statistics.median(rel), statistics.median(dirc)
+print(f"echo goodput open1-0 -> open1-1 (60 kB x 300, median of 3): relayed {r:.1f} MiB/s, direct {dd:.1f} MiB/s, ratio {r / dd:.2f}")
 EOF

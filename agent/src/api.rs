@@ -8,6 +8,9 @@
 //!   needed) and returns `{node_id, mode, elapsed_ms, relay, birthday_probes, attempts}`
 //!   (the path taken: direct, punched or relayed; every path tried), or an error with a
 //!   reason and the attempts.
+//!   With `"via": "<relay id>"` it goes only through that relay.
+//! - `POST /echo {"node_id": "...", "bytes": 60000, "count": 100}`: echoes over the current
+//!   connection and reports the goodput (`mib_per_s`), e.g. to compare relayed and direct.
 //! - `POST /lookup {"node_id": "..."}`: iterative lookup; `{found, elapsed_ms, closest}`.
 //! - `POST /tasks {"paused": bool}`: pauses or resumes the task loop.
 //! - `GET|PUT /impairment {"loss_pct", "delay_ms", "jitter_ms"}`: userspace impairment on
@@ -63,6 +66,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/peers", get(peers))
         .route("/connect", post(connect))
         .route("/lookup", post(lookup))
+        .route("/echo", post(echo))
         .route("/tasks", post(tasks))
         .route("/impairment", get(get_impairment).put(put_impairment))
         .with_state(state)
@@ -134,6 +138,9 @@ struct ConnectBody {
     /// connection attempt.
     #[serde(default = "yes")]
     fresh: bool,
+    /// Go only through this relay (hex NodeId), with a fresh connection.
+    #[serde(default)]
+    via: Option<String>,
 }
 
 fn yes() -> bool {
@@ -195,9 +202,13 @@ async fn connect(
             "the agent is shutting down",
         );
     };
-    let command = Command::Connect {
-        peer,
-        fresh: body.fresh,
+    let command = match body.via.as_deref().map(str::parse::<NodeId>) {
+        None => Command::Connect {
+            peer,
+            fresh: body.fresh,
+        },
+        Some(Ok(relay)) => Command::ConnectVia { peer, relay },
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
     };
     let result = match tokio::time::timeout(
         CONNECT_DEADLINE,
@@ -243,6 +254,79 @@ async fn connect(
                 .into_response()
         }
     }
+}
+
+/// Body of `POST /echo`.
+#[derive(Debug, Deserialize)]
+struct EchoBody {
+    node_id: String,
+    /// Bytes per echo, at most the wire limit. Default 60,000.
+    #[serde(default = "default_echo_bytes")]
+    bytes: usize,
+    /// Echoes, one after another. Default 100, at most [`MAX_ECHO_COUNT`].
+    #[serde(default = "default_echo_count")]
+    count: u32,
+}
+
+fn default_echo_bytes() -> usize {
+    60_000
+}
+
+fn default_echo_count() -> u32 {
+    100
+}
+
+/// Most echoes one `POST /echo` runs: bounds how long it can keep the agent busy.
+const MAX_ECHO_COUNT: u32 = 10_000;
+
+/// Echoes `bytes` off a node `count` times over the current connection (opening one if
+/// needed) and reports the goodput: a measure of the path, e.g. relayed against direct.
+async fn echo(
+    State(state): State<ApiState>,
+    body: Result<Json<EchoBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    let peer: NodeId = match body.node_id.parse() {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
+    };
+    if body.bytes > chaosnet_proto::wire::MAX_ECHO_LEN || body.count > MAX_ECHO_COUNT {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "bytes must be at most {} and count at most {MAX_ECHO_COUNT}",
+                chaosnet_proto::wire::MAX_ECHO_LEN
+            ),
+        );
+    }
+    let start = std::time::Instant::now();
+    let (mut ok, mut failed) = (0u32, 0u32);
+    for _ in 0..body.count {
+        let command = Command::Echo {
+            peer,
+            len: body.bytes,
+        };
+        match ask(&state, |reply| Input::Command { command, reply }).await {
+            Ok(r) if r.outcome == TaskOutcome::Ok => ok += 1,
+            Ok(_) => failed += 1,
+            Err(e) => return e,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // Both directions carry the payload.
+    let bytes = 2 * u64::from(ok) * body.bytes as u64;
+    Json(serde_json::json!({
+        "node_id": peer.to_hex(),
+        "echoes": ok,
+        "failed": failed,
+        "elapsed_ms": secs * 1000.0,
+        "mib_per_s": bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9),
+    }))
+    .into_response()
 }
 
 /// Body of `POST /lookup`.

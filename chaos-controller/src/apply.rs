@@ -319,6 +319,7 @@ pub fn apply_with(
     check_root()?;
     let tools = locate_tools()?;
     script::validate(plan)?;
+    raise_neighbour_limits();
     let scripts = script::render(plan);
     let n = plan.namespaces.len();
     let total = 2 + 3 * n;
@@ -565,6 +566,37 @@ fn configure_ns(tools: &Tools, w: &NsWork) -> Result<(), ApplyError> {
         }
         Ok(())
     })?
+}
+
+/// Neighbour (ARP) entries the kernel keeps in all, over every namespace together, that
+/// the lab asks for. The kernel's default (1,024) is exhausted by a few dozen hosts on the
+/// emulated internet, which all see each other: packets then vanish with "neighbor table
+/// overflow" in the kernel log.
+const NEIGH_GC_THRESH: [(&str, u32); 3] = [
+    ("gc_thresh1", 4_096),
+    ("gc_thresh2", 16_384),
+    ("gc_thresh3", 32_768),
+];
+
+/// Raises the kernel's global neighbour-table limits to [`NEIGH_GC_THRESH`] when they are
+/// lower. These are the only settings of the root namespace the lab changes, and only
+/// upwards; failure is logged, not fatal (a small lab fits the defaults).
+fn raise_neighbour_limits() {
+    for (name, want) in NEIGH_GC_THRESH {
+        let path = format!("/proc/sys/net/ipv4/neigh/default/{name}");
+        let have: Option<u32> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        if have.is_some_and(|h| h >= want) {
+            continue;
+        }
+        match std::fs::write(&path, want.to_string()) {
+            Ok(()) => {
+                tracing::info!(%path, from = ?have, to = want, "raised the kernel's neighbour-table limit")
+            }
+            Err(e) => tracing::warn!(%path, error = %e, "cannot raise the neighbour-table limit"),
+        }
+    }
 }
 
 /// Forgets the NAT mappings and filter state the router namespace `ns` holds for traffic

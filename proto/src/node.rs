@@ -364,6 +364,14 @@ pub enum Command {
         /// Open a new connection rather than reuse one.
         fresh: bool,
     },
+    /// Open a fresh connection to `peer` through `relay` only (no direct or punched
+    /// attempt): for measuring relays and for users who want a specific relay.
+    ConnectVia {
+        /// The node to reach.
+        peer: NodeId,
+        /// The relay; it must hold a live connection to `peer`.
+        relay: NodeId,
+    },
     /// Iterative lookup of `target`.
     Lookup {
         /// The id to find.
@@ -1228,6 +1236,7 @@ impl Node {
         let op = self.new_op(now, Origin::Command(id));
         match command {
             Command::Connect { peer, fresh } => self.start_connect(now, op, peer, fresh),
+            Command::ConnectVia { peer, relay } => self.start_connect_via(now, op, peer, relay),
             Command::Lookup { target } => self.start_lookup(now, target, LookupPurpose::Op(op)),
             Command::Ping { peer } => self.start_ping(now, op, peer),
             Command::Echo { peer, len } => self.start_echo(now, op, peer, len),
@@ -2585,6 +2594,35 @@ impl Node {
             Path::Relay { relay, relay_addrs },
             t,
         );
+    }
+
+    /// A connect that goes straight to `relay`.
+    fn start_connect_via(&mut self, now: Time, op: OpId, peer: NodeId, relay: NodeId) {
+        if peer == self.cfg.id || relay == peer || relay == self.cfg.id {
+            let f = TaskOutcome::Failed(Failure::Unreachable);
+            self.finish_op(now, op, f, None, Vec::new());
+            return;
+        }
+        let state = ConnectState {
+            peer,
+            fresh: true,
+            stage: Stage::Relay,
+            stage_started: now,
+            attempts: Vec::new(),
+            looked_up: true,
+            skip_direct: true,
+            signallers: Vec::new(),
+            next_signaller: 0,
+            via: Some(relay),
+            my_nat: self.nat_type(),
+            token: self.rng.next_u64(),
+            relay: None,
+            birthday_probes: None,
+        };
+        if let Some(o) = self.ops.get_mut(&op) {
+            o.conn = Some(state);
+        }
+        self.enter_relay(now, op, Failure::Unreachable);
     }
 
     /// Tries once to replace a relayed connection to `peer` with a punched one.
