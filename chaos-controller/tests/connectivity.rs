@@ -1,8 +1,9 @@
 //! Connectivity in the real NAT lab, as root: `chaosnet matrix` over the default scenario
 //! (every NAT type, two symmetric sites), with warm NATs and with cold ones (conntrack
 //! flushed before each pair, so punches really punch), birthday probing repeated between a
-//! symmetric and a port-restricted site, and the matrix again once every public seed is
-//! dead, so NATed agents must signal and relay through each other.
+//! symmetric and a port-restricted site, a relay's per-peer circuit limit under a flood while
+//! an honest circuit keeps flowing, and the matrix again once every public seed is dead, so
+//! NATed agents must signal and relay through each other.
 //!
 //! One test function runs the flows one after another on one fleet: bringing the lab up is
 //! the expensive part.
@@ -145,13 +146,86 @@ fn every_pair_reaches_its_best_path_warm_cold_and_without_seeds() {
         "the easy side recorded its probe counts"
     );
 
-    // --- every public seed dies: the rest keep connecting through each other
     let st: Value =
         serde_json::from_slice(&run(&runs, &["status", "--json"]).stdout).expect("status JSON");
     let run_dir = std::path::PathBuf::from(st["run_dir"].as_str().expect("run_dir"));
     let state: Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("state.json")).expect("state file"))
             .expect("state JSON");
+
+    // --- relay limits under a flood from one peer, while an honest circuit keeps flowing
+    let agent = |n: &str| -> (String, std::path::PathBuf) {
+        let a = state["plan"]["agents"]
+            .as_array()
+            .expect("agents")
+            .iter()
+            .find(|a| a["name"] == n)
+            .unwrap_or_else(|| panic!("agent {n}"));
+        (
+            a["node_id"].as_str().expect("id").to_string(),
+            run_dir.join(a["api_socket"].as_str().expect("socket")),
+        )
+    };
+    let post = |from: &str, path: &str, body: Value| -> (u16, Value) {
+        let r = chaos_controller::agentapi::call(
+            &agent(from).1,
+            "POST",
+            path,
+            Some(&body.to_string()),
+            Duration::from_secs(60),
+        )
+        .expect("agent API");
+        (
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        )
+    };
+    let relay_id = agent("seed-1").0;
+    let (status, honest) = post(
+        "fullcone1-1",
+        "/connect",
+        serde_json::json!({"node_id": agent("open1-2").0, "via": relay_id}),
+    );
+    assert_eq!(
+        (status, honest["mode"].as_str()),
+        (200, Some("relayed")),
+        "{honest}"
+    );
+    // The flooder asks the same relay for circuits to 8 different targets: the relay admits
+    // 4 per peer (its default) and refuses the rest.
+    let targets = [
+        "open1-0",
+        "open1-1",
+        "fullcone1-0",
+        "fullcone1-2",
+        "fullcone1-3",
+        "seed-0",
+        "seed-2",
+        "restricted1-1",
+    ];
+    let mut admitted = 0;
+    let mut refused = 0;
+    for t in targets {
+        let (status, v) = post(
+            "restricted1-0",
+            "/connect",
+            serde_json::json!({"node_id": agent(t).0, "via": relay_id}),
+        );
+        match (status, v["mode"].as_str()) {
+            (200, Some("relayed")) => admitted += 1,
+            _ => refused += 1,
+        }
+    }
+    assert_eq!((admitted, refused), (4, 4), "per-peer circuit limit");
+    // The honest circuit still carries traffic.
+    let (status, e) = post(
+        "fullcone1-1",
+        "/echo",
+        serde_json::json!({"node_id": agent("open1-2").0, "count": 20, "bytes": 10000}),
+    );
+    assert_eq!((status, e["echoes"].as_u64()), (200, Some(20)), "{e}");
+
+    // --- every public seed dies: the rest keep connecting through each other
     for (name, inst) in state["agents"].as_object().expect("agents") {
         if name.starts_with("seed-") {
             let pid = inst["pid"].as_i64().expect("pid") as i32;
