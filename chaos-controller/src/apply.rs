@@ -19,6 +19,8 @@
 //!   machine. Both work from namespace names alone (no state file needed), kill every
 //!   process inside first, and are idempotent.
 //! - [`in_netns`] runs a closure on a thread inside a namespace (tests open sockets there).
+//! - [`attach_host`] hands a host namespace's link and name over to a container's network
+//!   namespace (the docker runtime).
 //! - [`RunState`] is the run's state file.
 //!
 //! What it does not do: plan (see `planner`), render nft text (see `nat`), start agents
@@ -26,6 +28,7 @@
 //! and sysctl it creates lives in a namespace named `cn<run>-...`, which validation
 //! enforces before anything is created.
 
+mod attach;
 mod cmd;
 mod netns;
 mod script;
@@ -39,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use crate::plan::{Plan, RunId};
 
+pub use attach::{HostWiring, attach_host};
 pub use netns::in_netns;
 pub use state::{RunState, STATE_VERSION};
 

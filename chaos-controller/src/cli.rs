@@ -20,10 +20,13 @@ use crate::agentapi;
 use crate::apply::{self, RunState, Step};
 use crate::matrix;
 use crate::monitor::{self, MonitorState};
+use crate::plan::RuntimeKind;
 use crate::plan::{AgentPlan, Plan, RunId};
 use crate::planner;
-use crate::runtime::{AgentState, ProcessRuntime, Runtime};
-use crate::scenario::{self, Scenario};
+use crate::runtime::docker::{self, DockerOptions, DockerRuntime, Engine};
+use crate::runtime::fleet::Fleet;
+use crate::runtime::{AgentState, ProcessRuntime, Runtime, log_tail};
+use crate::scenario::{self, RuntimeChoice, Scenario};
 
 /// chaosnet: an emulated internet with every NAT type, and a fleet of P2P agents in it.
 ///
@@ -61,6 +64,10 @@ enum Cmd {
         run: Option<String>,
     },
     /// Run a command inside an agent's network namespace.
+    ///
+    /// The command is the host's (run with `ip netns exec`), for processes and containers
+    /// alike: the agent image has no shell, so `exec` enters a container's network
+    /// namespace from the host rather than running inside the container.
     Exec {
         /// The agent, e.g. `seed-0` or `home-1`.
         agent: String,
@@ -173,6 +180,14 @@ struct UpArgs {
     /// Leave the lab up when an agent fails to join (for debugging).
     #[arg(long)]
     keep_on_failure: bool,
+    /// How agents run: process, docker (one container each, image from `make image`), or
+    /// auto (docker when the engine answers and the image exists or can be built, else
+    /// process). Overrides the scenario's `runtime`; without either, process.
+    #[arg(long, value_name = "auto|process|docker")]
+    runtime: Option<RuntimeChoice>,
+    /// The agent image of the docker runtime (default chaosnet-agent:<version>).
+    #[arg(long, env = "CHAOSNET_IMAGE", value_name = "IMAGE")]
+    image: Option<String>,
 }
 
 /// Parses arguments and runs; returns the exit code.
@@ -299,12 +314,77 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// Applies `--runtime` and resolves `auto` (see [`UpArgs::runtime`]). Returns the engine
+/// when some agent will run in docker. Creates nothing, except an image that `auto` builds.
+fn resolve_runtime(
+    scenario: &mut Scenario,
+    choice: Option<RuntimeChoice>,
+    image: &str,
+    bin: Option<&Path>,
+) -> anyhow::Result<Option<Engine>> {
+    if let Some(c) = choice {
+        scenario.set_runtime(c);
+    }
+    let explicit = scenario.uses_runtime(RuntimeChoice::Docker);
+    let auto = scenario.uses_runtime(RuntimeChoice::Auto);
+    if !explicit && !auto {
+        return Ok(None);
+    }
+    let engine = match Engine::connect() {
+        Ok(e) => e,
+        Err(e) if !explicit => {
+            eprintln!("chaosnet: runtime auto: process ({e})");
+            scenario.resolve_auto(RuntimeKind::Process);
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut has_image = engine.has_image(image)?;
+    if !has_image && !explicit {
+        match bin.map(|b| docker::build_image(image, b)) {
+            Some(Ok(())) => {
+                eprintln!("chaosnet: runtime auto: built image {image}");
+                has_image = true;
+            }
+            Some(Err(e)) => eprintln!("chaosnet: runtime auto: process ({e})"),
+            None => eprintln!(
+                "chaosnet: runtime auto: process (image {image} missing and no agent binary to build it from)"
+            ),
+        }
+        if !has_image {
+            scenario.resolve_auto(RuntimeKind::Process);
+            return Ok(None);
+        }
+    }
+    if !has_image {
+        return Err(docker::DockerError::ImageMissing {
+            image: image.to_string(),
+        }
+        .into());
+    }
+    if auto {
+        eprintln!(
+            "chaosnet: runtime auto: docker (engine API {}, image {image})",
+            engine.api_version()
+        );
+    }
+    scenario.resolve_auto(RuntimeKind::Docker);
+    Ok(Some(engine))
+}
+
 fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
-    let (scenario, label) = load_scenario(&args.scenario)?;
+    let (mut scenario, label) = load_scenario(&args.scenario)?;
     let run_id = new_run_id();
-    let plan = planner::plan(&scenario, &run_id)?;
     apply::preflight()?;
-    let bin = agent_bin(args.agent_bin)?;
+    let image = args.image.clone().unwrap_or_else(docker::default_image);
+    let bin = agent_bin(args.agent_bin.clone());
+    let engine = resolve_runtime(&mut scenario, args.runtime, &image, bin.as_deref().ok())?;
+    let plan = planner::plan(&scenario, &run_id)?;
+    let has_process = plan
+        .agents
+        .iter()
+        .any(|a| a.runtime == RuntimeKind::Process);
+    let process_bin = if has_process { Some(bin?) } else { None };
     let run_dir = runs.join(&run_id.0);
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
@@ -312,9 +392,18 @@ fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     set_current(runs, &run_id)?;
     // The state file exists before anything is created, so `down` can always clean up.
     let mut state = RunState::new(plan.clone());
+    if engine.is_some() {
+        state.image = Some(image.clone());
+    }
     state.save(&run_dir)?;
+    let containers = plan.agents.len()
+        - plan
+            .agents
+            .iter()
+            .filter(|a| a.runtime == RuntimeKind::Process)
+            .count();
     eprintln!(
-        "chaosnet: run {} from {label}: {} namespaces, {} agents in {} sites",
+        "chaosnet: run {} from {label}: {} namespaces, {} agents in {} sites ({containers} in docker)",
         run_id.0,
         plan.namespaces.len(),
         plan.agents.len(),
@@ -331,13 +420,25 @@ fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     });
     pb.finish_and_clear();
-    let report = report?;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            // apply removed its namespaces; the run directory and state stay for the logs.
+            return Err(e.into());
+        }
+    };
     eprintln!(
         "chaosnet: lab up: {} namespaces in {:.2?}",
         report.namespaces, report.elapsed
     );
 
-    let rt = ProcessRuntime::new(&run_dir, &bin)?;
+    let rt = match build_fleet(&plan, &run_dir, process_bin.as_deref(), engine, &image) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = teardown_run(&run_dir, &run_id);
+            return Err(e);
+        }
+    };
     let pb = bar(plan.agents.len() as u64, "agents");
     let mut start_err = None;
     for a in &plan.agents {
@@ -376,10 +477,13 @@ fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => e.to_string(),
             };
             eprintln!(
-                "--- {} ({}, {}): {why}; last log lines:",
-                a.name, a.site, a.lan_ip
+                "--- {} ({}, {}, {}): {why}; last log lines:",
+                a.name,
+                a.site,
+                a.lan_ip,
+                a.runtime.name()
             );
-            for l in tail(&run_dir.join("agents").join(&a.name).join("agent.log"), 8) {
+            for l in log_tail(&rt, &a.name, 8) {
                 eprintln!("    {l}");
             }
         }
@@ -465,10 +569,74 @@ fn wait_joined(
     joined
 }
 
-fn tail(path: &Path, n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<String> = text.lines().map(str::to_string).collect();
-    lines[lines.len().saturating_sub(n)..].to_vec()
+/// The runtimes of a new run: a process runtime when `bin` is given, a docker runtime when
+/// `engine` is.
+fn build_fleet(
+    plan: &Plan,
+    run_dir: &Path,
+    bin: Option<&Path>,
+    engine: Option<Engine>,
+    image: &str,
+) -> anyhow::Result<Fleet> {
+    let process = bin.map(|b| ProcessRuntime::new(run_dir, b)).transpose()?;
+    let docker = engine
+        .map(|e| {
+            DockerRuntime::new(
+                e,
+                plan,
+                run_dir,
+                DockerOptions {
+                    image: image.to_string(),
+                    ..DockerOptions::default()
+                },
+            )
+        })
+        .transpose()?;
+    Ok(Fleet::new(plan, process, docker, None))
+}
+
+/// The runtimes of an existing run, with its agents adopted from the state file. A runtime
+/// that cannot be set up (no agent binary, engine down) only fails calls for its agents.
+fn fleet_for(run_dir: &Path, state: &RunState) -> Fleet {
+    let plan = &state.plan;
+    let of = |k: RuntimeKind| -> Vec<crate::plan::AgentPlan> {
+        plan.agents
+            .iter()
+            .filter(|a| a.runtime == k)
+            .cloned()
+            .collect()
+    };
+    let procs = of(RuntimeKind::Process);
+    let process = if procs.is_empty() {
+        None
+    } else {
+        // exec and logs need no agent binary; any executable satisfies the runtime's check,
+        // and `restart` needs the real one next to this binary.
+        agent_bin(None)
+            .or_else(|_| std::env::current_exe().map_err(anyhow::Error::from))
+            .ok()
+            .and_then(|bin| ProcessRuntime::new(run_dir, &bin).ok())
+            .inspect(|rt| rt.adopt(&procs, &state.agents))
+    };
+    let (docker, why) = if of(RuntimeKind::Docker).is_empty() {
+        (None, None)
+    } else {
+        let opts = DockerOptions {
+            image: state.image.clone().unwrap_or_else(docker::default_image),
+            ..DockerOptions::default()
+        };
+        match Engine::connect()
+            .map_err(crate::runtime::RuntimeError::from)
+            .and_then(|e| DockerRuntime::new(e, plan, run_dir, opts))
+        {
+            Ok(d) => {
+                d.adopt(&state.agents);
+                (Some(d), None)
+            }
+            Err(e) => (None, Some(e.to_string())),
+        }
+    };
+    Fleet::new(plan, process, docker, why)
 }
 
 fn set_current(runs: &Path, run_id: &RunId) -> anyhow::Result<()> {
@@ -545,7 +713,11 @@ fn rows(run_dir: &Path, state: &RunState) -> Vec<AgentRow> {
                                 scenario::nat_name(s.nat).to_string()
                             }
                         }),
-                        runtime: "process",
+                        runtime: state
+                            .agents
+                            .get(&a.name)
+                            .map_or(a.runtime, |i| i.kind())
+                            .name(),
                         lan_addr: format!("{}:{}", a.lan_ip, a.port),
                         public_addr: site
                             .and_then(|s| s.public_ip)
@@ -708,18 +880,10 @@ fn status(runs: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn runtime_for(run_dir: &Path, state: &RunState) -> anyhow::Result<ProcessRuntime> {
-    // exec and logs need no agent binary; any executable satisfies the runtime's check.
-    let bin = agent_bin(None).or_else(|_| std::env::current_exe().map_err(anyhow::Error::from))?;
-    let rt = ProcessRuntime::new(run_dir, &bin)?;
-    rt.adopt(&state.plan.agents, &state.agents);
-    Ok(rt)
-}
-
 fn exec(runs: &Path, agent: &str, cmd: &[String]) -> anyhow::Result<ExitCode> {
     let run_dir = run_dir_of(runs, None)?;
     let state = RunState::load(&run_dir)?;
-    let rt = runtime_for(&run_dir, &state)?;
+    let rt = fleet_for(&run_dir, &state);
     let st = rt.exec(agent, cmd)?;
     Ok(match st.code {
         Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
@@ -730,55 +894,58 @@ fn exec(runs: &Path, agent: &str, cmd: &[String]) -> anyhow::Result<ExitCode> {
 fn restart(runs: &Path, agent: &str) -> anyhow::Result<()> {
     let run_dir = run_dir_of(runs, None)?;
     let mut state = RunState::load(&run_dir)?;
-    let rt = ProcessRuntime::new(&run_dir, &agent_bin(None)?)?;
-    rt.adopt(&state.plan.agents, &state.agents);
-    rt.restart(agent)?;
+    let rt = fleet_for(&run_dir, &state);
+    let instance = rt.restart(agent)?;
     state.agents = rt.instances();
     state.save(&run_dir)?;
-    println!(
-        "chaosnet: restarted {agent} (pid {})",
-        rt.pid(agent).map_or("?".into(), |p| p.to_string())
-    );
+    let at = match (&instance, rt.state(agent)) {
+        (crate::runtime::InstanceId::Container { name, .. }, _) => format!("container {name}"),
+        (_, Ok(AgentState::Running { pid })) => format!("pid {pid}"),
+        _ => "pid ?".into(),
+    };
+    println!("chaosnet: restarted {agent} ({at})");
     Ok(())
 }
 
 fn logs(runs: &Path, agent: &str, follow: bool) -> anyhow::Result<()> {
-    use std::io::{Read, Seek, SeekFrom, Write};
     let run_dir = run_dir_of(runs, None)?;
     let state = RunState::load(&run_dir)?;
-    let path = runtime_for(&run_dir, &state)?.log_path(agent)?;
-    let mut f =
-        std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut out = std::io::stdout().lock();
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
-    out.write_all(&buf)?;
-    if !follow {
-        return Ok(());
-    }
-    let mut pos = f.stream_position()?;
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        let len = f.metadata()?.len();
-        if len < pos {
-            pos = 0; // truncated
-        }
-        if len > pos {
-            f.seek(SeekFrom::Start(pos))?;
-            buf.clear();
-            f.read_to_end(&mut buf)?;
-            out.write_all(&buf)?;
-            out.flush()?;
-            pos = f.stream_position()?;
+    fleet_for(&run_dir, &state).logs(agent, follow, &mut out)?;
+    Ok(())
+}
+
+/// Removes the containers and volumes labelled with `run` (every run's with `None`).
+/// When `required` (the run has docker agents), an unreachable engine is an error;
+/// otherwise it means there is nothing to remove.
+fn remove_containers(run: Option<&RunId>, required: bool) -> anyhow::Result<docker::CleanupReport> {
+    match Engine::connect() {
+        Ok(engine) => Ok(engine.remove_run(run)?),
+        Err(e) if required => Err(anyhow!(e).context("cannot remove the run's containers")),
+        Err(e) => {
+            tracing::debug!(error = %e, "no docker engine: no containers to remove");
+            Ok(docker::CleanupReport::default())
         }
     }
 }
 
+fn has_docker_agents(run_dir: &Path) -> bool {
+    RunState::load(run_dir).is_ok_and(|s| {
+        s.plan
+            .agents
+            .iter()
+            .any(|a| a.runtime == RuntimeKind::Docker)
+    })
+}
+
 fn teardown_run(run_dir: &Path, run_id: &RunId) -> anyhow::Result<()> {
     MonitorState::load(run_dir).stop();
+    // Containers first (they are in the namespaces), but remove the namespaces even when
+    // the engine fails, and report its error after.
+    let containers = remove_containers(Some(run_id), has_docker_agents(run_dir));
     let report = apply::teardown(run_id)?;
-    tracing::info!(?report, "teardown");
-    Ok(())
+    tracing::info!(?report, ?containers, "teardown");
+    containers.map(drop)
 }
 
 fn down(runs: &Path, all: bool, run: Option<&str>) -> anyhow::Result<()> {
@@ -790,6 +957,8 @@ fn down(runs: &Path, all: bool, run: Option<&str>) -> anyhow::Result<()> {
                 MonitorState::load(&e.path()).stop();
             }
         }
+        // Containers of every run, by label (also those of a killed controller).
+        let c = remove_containers(None, false);
         // A controller killed mid-`up` can leave `ip` children that are still creating
         // namespaces; sweep until a pass finds nothing (bounded).
         let mut r = apply::teardown_all()?;
@@ -803,11 +972,14 @@ fn down(runs: &Path, all: bool, run: Option<&str>) -> anyhow::Result<()> {
             r.processes += again.processes;
         }
         let _ = std::fs::remove_file(runs.join("current"));
+        let c = c?;
         println!(
-            "chaosnet: removed {} run(s), {} namespaces, {} processes in {:.2?}",
+            "chaosnet: removed {} run(s), {} namespaces, {} processes, {} containers, {} volumes in {:.2?}",
             r.runs.len(),
             r.namespaces,
             r.processes,
+            c.containers,
+            c.volumes,
             t0.elapsed()
         );
         return Ok(());
@@ -822,15 +994,24 @@ fn down(runs: &Path, all: bool, run: Option<&str>) -> anyhow::Result<()> {
     };
     let state = RunState::load(&run_dir)?;
     MonitorState::load(&run_dir).stop();
+    let docker_agents = state
+        .plan
+        .agents
+        .iter()
+        .any(|a| a.runtime == RuntimeKind::Docker);
+    let c = remove_containers(Some(&state.run_id), docker_agents);
     let r = apply::teardown(&state.run_id)?;
+    let c = c?;
     if run.is_none() {
         let _ = std::fs::remove_file(runs.join("current"));
     }
     println!(
-        "chaosnet: run {} down: {} namespaces, {} processes removed in {:.2?} (logs kept in {})",
+        "chaosnet: run {} down: {} namespaces, {} processes, {} containers, {} volumes removed in {:.2?} (logs kept in {})",
         state.run_id.0,
         r.namespaces,
         r.processes,
+        c.containers,
+        c.volumes,
         t0.elapsed(),
         run_dir.display()
     );

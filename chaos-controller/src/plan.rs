@@ -169,6 +169,33 @@ pub struct SitePlan {
     pub hairpin: bool,
 }
 
+/// How an agent runs (see [`crate::runtime`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// A plain process inside its host namespace.
+    #[default]
+    Process,
+    /// A Docker container whose network namespace takes the place of the host namespace.
+    Docker,
+}
+
+impl RuntimeKind {
+    /// `process` or `docker`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Docker => "docker",
+        }
+    }
+
+    /// True for [`RuntimeKind::Process`] (the default, left out of serialized plans so
+    /// process-only plans read as before).
+    pub fn is_process(&self) -> bool {
+        *self == RuntimeKind::Process
+    }
+}
+
 /// One agent as planned.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentPlan {
@@ -197,6 +224,10 @@ pub struct AgentPlan {
     /// Arguments after `chaosnet-agent` (starting with `run`). Paths in them are relative to
     /// the run directory, where the runtime starts the agent.
     pub args: Vec<String>,
+    /// How it runs. Omitted from JSON when `process`, so older plans and state files read
+    /// the same.
+    #[serde(default, skip_serializing_if = "RuntimeKind::is_process")]
+    pub runtime: RuntimeKind,
 }
 
 /// Everything one run creates.

@@ -8,8 +8,10 @@
 //! on-link routers) before it is returned, so a plan that would fail half-way is never
 //! applied.
 //!
-//! What it does not do: touch the system, pick the run id, or know where the agent binary
-//! is (agent args start with `run`; paths in them are relative to the run directory).
+//! What it does not do: touch the system, pick the run id, know where the agent binary is
+//! (agent args start with `run`; paths in them are relative to the run directory), or
+//! resolve a runtime choice of `auto` (that needs the Docker engine: the CLI resolves it
+//! with [`Scenario::resolve_auto`] first; an unresolved `auto` plans as `process`).
 //!
 //! # Address plan
 //!
@@ -67,8 +69,8 @@ use ed25519_dalek::SigningKey;
 
 use crate::nat::{self, RouterParams};
 use crate::plan::{
-    AgentPlan, Bridge, IfAddr, Namespace, NatKind, NsRole, Plan, Route, Ruleset, RunId, SitePlan,
-    Sysctl, Veth, VethEnd,
+    AgentPlan, Bridge, IfAddr, Namespace, NatKind, NsRole, Plan, Route, Ruleset, RunId,
+    RuntimeKind, SitePlan, Sysctl, Veth, VethEnd,
 };
 use crate::scenario::{MAX_HOSTS_PER_LAN, MAX_SITES, MAX_TOTAL_AGENTS, Network, Scenario, Site};
 
@@ -216,6 +218,7 @@ pub fn plan(scenario: &Scenario, run_id: &RunId) -> Result<Plan, PlanError> {
             &inet,
             &format!("seed{i}"),
             None,
+            scenario.seed_runtime.resolved(),
         );
     }
 
@@ -322,6 +325,7 @@ impl Builder {
         peer_ns: &str,
         peer_if: &str,
         gateway: Option<Ipv4Addr>,
+        runtime: RuntimeKind,
     ) {
         let ns = self.run.ns(&format!("h-{name}"));
         self.hosts.push(Namespace {
@@ -366,6 +370,7 @@ impl Builder {
             data_dir: dir.join("data"),
             api_socket: dir.join("api.sock"),
             args: Vec::new(),
+            runtime,
         });
     }
 
@@ -454,6 +459,7 @@ impl Builder {
                     inet,
                     &format!("s{s}h{j}"),
                     None,
+                    site.runtime.resolved(),
                 );
             }
             self.plan.sites.push(SitePlan {
@@ -552,6 +558,7 @@ impl Builder {
                 &home_ns,
                 &format!("h{j}"),
                 Some(lan.ip),
+                site.runtime.resolved(),
             );
         }
         self.plan.sites.push(SitePlan {

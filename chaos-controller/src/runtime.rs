@@ -22,6 +22,10 @@
 //!   with the same data dir; `exec` runs a command via `ip netns exec` in the agent's
 //!   namespace with the caller's stdio and waits for it (no timeout: it is interactive).
 //!
+//! [`docker::DockerRuntime`] runs agents as Docker containers wired into the same host
+//! namespaces, and [`fleet::Fleet`] drives a run whose agents use either runtime (see their
+//! module docs).
+//!
 //! Pids recorded by an earlier controller process can be adopted ([`ProcessRuntime::adopt`]);
 //! before signalling such a pid, the runtime checks that the process still lives in the
 //! agent's namespace, so a recycled pid is never signalled. This module does not create
@@ -44,6 +48,11 @@ use serde::{Deserialize, Serialize};
 use crate::apply::{self, ApplyError};
 use crate::plan::AgentPlan;
 
+pub mod docker;
+pub mod fleet;
+
+pub use crate::plan::RuntimeKind;
+
 /// Default time `stop` waits after SIGTERM before SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Time waited for a process to die after SIGKILL, or to change state after SIGSTOP/CONT.
@@ -58,6 +67,23 @@ pub enum InstanceId {
         /// Its pid.
         pid: u32,
     },
+    /// A Docker container (the docker runtime); it exists (running or not) until `down`.
+    Container {
+        /// The container id.
+        id: String,
+        /// The container name, `chaosnet-<run>-<agent>`.
+        name: String,
+    },
+}
+
+impl InstanceId {
+    /// The runtime this instance belongs to.
+    pub fn kind(&self) -> RuntimeKind {
+        match self {
+            InstanceId::Process { .. } => RuntimeKind::Process,
+            InstanceId::Container { .. } => RuntimeKind::Docker,
+        }
+    }
 }
 
 /// What an agent is doing, as far as the runtime can tell.
@@ -190,6 +216,20 @@ pub enum RuntimeError {
     /// Entering the agent's namespace failed.
     #[error(transparent)]
     Netns(#[from] ApplyError),
+    /// The Docker engine refused or failed (docker runtime).
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
+    /// The agent is run by a runtime this controller did not set up (e.g. a docker agent
+    /// while the engine is not reachable).
+    #[error("agent {name} runs under the {kind} runtime, which is not available: {why}")]
+    Unavailable {
+        /// The agent.
+        name: String,
+        /// Its runtime.
+        kind: &'static str,
+        /// Why.
+        why: String,
+    },
 }
 
 /// How agents are run. Object-safe, so the controller holds a `Box<dyn Runtime>`; all
@@ -218,6 +258,101 @@ pub trait Runtime: Send + Sync {
     fn exec(&self, name: &str, argv: &[String]) -> Result<ExecStatus, RuntimeError>;
     /// Every running agent's instance, for the state file.
     fn instances(&self) -> BTreeMap<String, InstanceId>;
+    /// Copies the agent's log to `out`; with `follow`, keeps copying as it grows until the
+    /// writer fails (e.g. a closed pipe) or the caller is interrupted. The default reads
+    /// [`Runtime::log_path`].
+    fn logs(&self, name: &str, follow: bool, out: &mut dyn Write) -> Result<(), RuntimeError> {
+        let path = self.log_path(name)?;
+        copy_file_log(name, &path, follow, out)
+    }
+}
+
+/// The last `n` lines of an agent's log (empty when it cannot be read), for error reports.
+pub fn log_tail(rt: &dyn Runtime, name: &str, n: usize) -> Vec<String> {
+    let mut buf = Vec::new();
+    let _ = rt.logs(name, false, &mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Copies a log file to `out`, then (with `follow`) polls it every 250 ms for more; a
+/// truncated file is read again from the start.
+fn copy_file_log(
+    name: &str,
+    path: &Path,
+    follow: bool,
+    out: &mut dyn Write,
+) -> Result<(), RuntimeError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |what: String| {
+        let name = name.to_string();
+        move |source| RuntimeError::Io { name, what, source }
+    };
+    let mut f = std::fs::File::open(path).map_err(io(format!("cannot open {}", path.display())))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)
+        .and_then(|_| out.write_all(&buf))
+        .and_then(|()| out.flush())
+        .map_err(io(format!("cannot copy {}", path.display())))?;
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = f
+        .stream_position()
+        .map_err(io(format!("cannot read {}", path.display())))?;
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let step = (|| -> std::io::Result<()> {
+            let len = f.metadata()?.len();
+            if len < pos {
+                pos = 0;
+            }
+            if len > pos {
+                f.seek(SeekFrom::Start(pos))?;
+                buf.clear();
+                f.read_to_end(&mut buf)?;
+                out.write_all(&buf)?;
+                out.flush()?;
+                pos = f.stream_position()?;
+            }
+            Ok(())
+        })();
+        step.map_err(io(format!("cannot follow {}", path.display())))?;
+    }
+}
+
+/// Runs `argv` in the named network namespace `ns` with `ip netns exec` and the caller's
+/// stdio, and waits (both runtimes: a container's network namespace carries the host
+/// namespace's name, see [`docker`]).
+pub(crate) fn exec_in_netns(
+    name: &str,
+    ns: &str,
+    argv: &[String],
+) -> Result<ExecStatus, RuntimeError> {
+    if argv.is_empty() {
+        return Err(RuntimeError::InvalidAgent {
+            name: name.to_string(),
+            reason: "exec needs a command".into(),
+        });
+    }
+    let ip = apply::which("ip").ok_or_else(|| RuntimeError::MissingBinary {
+        binary: "ip".into(),
+        package: apply::package_of("ip"),
+    })?;
+    let status = Command::new(ip)
+        .args(["netns", "exec", ns])
+        .args(argv)
+        .status()
+        .map_err(|source| RuntimeError::Io {
+            name: name.to_string(),
+            what: format!("cannot run `ip netns exec {ns} {}`", argv.join(" ")),
+            source,
+        })?;
+    Ok(status.into())
 }
 
 #[derive(Debug)]
@@ -242,7 +377,7 @@ pub struct ProcessRuntime {
     slots: Mutex<BTreeMap<String, Slot>>,
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."
@@ -708,26 +843,7 @@ impl Runtime for ProcessRuntime {
             .ok_or_else(|| RuntimeError::UnknownAgent {
                 name: name.to_string(),
             })?;
-        if argv.is_empty() {
-            return Err(RuntimeError::InvalidAgent {
-                name: name.to_string(),
-                reason: "exec needs a command".into(),
-            });
-        }
-        let ip = apply::which("ip").ok_or_else(|| RuntimeError::MissingBinary {
-            binary: "ip".into(),
-            package: apply::package_of("ip"),
-        })?;
-        let status = Command::new(ip)
-            .args(["netns", "exec", &ns])
-            .args(argv)
-            .status()
-            .map_err(|source| RuntimeError::Io {
-                name: name.to_string(),
-                what: format!("cannot run `ip netns exec {ns} {}`", argv.join(" ")),
-                source,
-            })?;
-        Ok(status.into())
+        exec_in_netns(name, &ns, argv)
     }
 
     fn instances(&self) -> BTreeMap<String, InstanceId> {

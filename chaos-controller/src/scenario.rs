@@ -29,6 +29,13 @@
 //!   gc_interval_ms: 10000  # node-graph GC period, ms; default 30000
 //! conntrack: home          # default for sites: home | corporate | cloud, or explicit
 //!                          # seconds {udp_s, udp_stream_s, tcp_established_s}; default home
+//! runtime: process         # how agents run: process | docker | auto; default process.
+//!                          # docker: a container per agent (image chaosnet-agent:<version>,
+//!                          # `make image`); auto: docker when the engine answers and the
+//!                          # image exists or can be built, else process. Either one choice
+//!                          # for every agent, or {seeds: <choice>, sites: <choice>} (each
+//!                          # optional, default process) for mixed runs. `chaosnet up
+//!                          # --runtime` overrides the whole field and every site's.
 //! sites:                   # at least 1, at most 250
 //!   - name: open1          # [a-z0-9-]{1,12}, unique; not "seed" or "internet"
 //!     nat: none            # none | full-cone | restricted-cone | port-restricted-cone |
@@ -43,6 +50,8 @@
 //!     conntrack: corporate # this site's preset; default: the top-level `conntrack`
 //!     hairpin: false       # LAN hosts reach each other through the public address;
 //!                          # default false; not for `none`
+//!     runtime: docker      # this site's agents: process | docker | auto; default: the
+//!                          # top-level `runtime` (its `sites` choice)
 //! ```
 //!
 //! Conntrack presets (seconds, `nf_conntrack_udp_timeout` / `_udp_timeout_stream` /
@@ -59,7 +68,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::plan::NatKind;
+use crate::plan::{NatKind, RuntimeKind};
 
 /// Most sites in a scenario (site numbers become one octet of their addresses).
 pub const MAX_SITES: usize = 250;
@@ -82,6 +91,9 @@ pub const NAT_CHOICES: &str =
     "none, full-cone, restricted-cone, port-restricted-cone, symmetric, cgnat";
 /// The NAT type names a cgnat site's `inner` accepts.
 pub const INNER_CHOICES: &str = "full-cone, restricted-cone, port-restricted-cone, symmetric";
+/// The runtime choices.
+pub const RUNTIME_CHOICES: &str =
+    "process, docker, auto, or a mapping {seeds: <choice>, sites: <choice>}";
 /// The conntrack choices.
 pub const CONNTRACK_CHOICES: &str =
     "home, corporate, cloud, or a mapping {udp_s, udp_stream_s, tcp_established_s}";
@@ -112,6 +124,95 @@ pub struct Scenario {
     pub conntrack: Conntrack,
     /// The sites, in file order.
     pub sites: Vec<Site>,
+    /// How the public seeds run.
+    pub seed_runtime: RuntimeChoice,
+}
+
+/// How agents should run, as the scenario or `--runtime` says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeChoice {
+    /// Docker when the engine answers and the image exists or can be built, else process.
+    Auto,
+    /// Processes in their namespaces.
+    #[default]
+    Process,
+    /// Docker containers.
+    Docker,
+}
+
+impl RuntimeChoice {
+    /// The concrete runtime; `auto` that was never resolved counts as `process`.
+    pub fn resolved(self) -> RuntimeKind {
+        match self {
+            RuntimeChoice::Docker => RuntimeKind::Docker,
+            RuntimeChoice::Auto | RuntimeChoice::Process => RuntimeKind::Process,
+        }
+    }
+}
+
+impl From<RuntimeKind> for RuntimeChoice {
+    fn from(k: RuntimeKind) -> Self {
+        match k {
+            RuntimeKind::Process => RuntimeChoice::Process,
+            RuntimeKind::Docker => RuntimeChoice::Docker,
+        }
+    }
+}
+
+impl std::str::FromStr for RuntimeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(RuntimeChoice::Auto),
+            "process" => Ok(RuntimeChoice::Process),
+            "docker" => Ok(RuntimeChoice::Docker),
+            other => Err(format!(
+                "unknown runtime `{}`, expected one of process, docker, auto",
+                bounded(other)
+            )),
+        }
+    }
+}
+
+/// The top-level `runtime` field: one choice for all, or one for seeds and one for sites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct RuntimeField {
+    seeds: RuntimeChoice,
+    sites: RuntimeChoice,
+}
+
+impl<'de> Deserialize<'de> for RuntimeField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Split {
+            #[serde(default)]
+            seeds: RuntimeChoice,
+            #[serde(default)]
+            sites: RuntimeChoice,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RuntimeField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{RUNTIME_CHOICES}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RuntimeField, E> {
+                let c: RuntimeChoice = v.parse().map_err(E::custom)?;
+                Ok(RuntimeField { seeds: c, sites: c })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RuntimeField, A::Error> {
+                Split::deserialize(de::value::MapAccessDeserializer::new(map)).map(|s| {
+                    RuntimeField {
+                        seeds: s.seeds,
+                        sites: s.sites,
+                    }
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The network agents join.
@@ -320,6 +421,8 @@ pub struct Site {
     pub conntrack: Conntrack,
     /// Whether the site's (home) router hairpins.
     pub hairpin: bool,
+    /// How the site's agents run.
+    pub runtime: RuntimeChoice,
 }
 
 impl Site {
@@ -597,6 +700,8 @@ struct RawScenario {
     agent: Option<RawAgent>,
     #[serde(default)]
     conntrack: Option<Spanned<Conntrack>>,
+    #[serde(default)]
+    runtime: Option<RuntimeField>,
     sites: Spanned<Vec<RawSite>>,
 }
 
@@ -658,6 +763,8 @@ struct RawSite {
     conntrack: Option<Spanned<Conntrack>>,
     #[serde(default)]
     hairpin: Option<Spanned<bool>>,
+    #[serde(default)]
+    runtime: Option<RuntimeChoice>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -732,6 +839,32 @@ impl Scenario {
             // The file is compiled in and a unit test parses it, so this cannot happen in
             // a build whose tests pass.
             Err(e) => panic!("the built-in default scenario is invalid: {e}"),
+        }
+    }
+
+    /// Sets how every agent runs (`chaosnet up --runtime`), replacing the file's choices.
+    pub fn set_runtime(&mut self, choice: RuntimeChoice) {
+        self.seed_runtime = choice;
+        for s in &mut self.sites {
+            s.runtime = choice;
+        }
+    }
+
+    /// True when some agent's runtime is `choice`.
+    pub fn uses_runtime(&self, choice: RuntimeChoice) -> bool {
+        self.seed_runtime == choice || self.sites.iter().any(|s| s.runtime == choice)
+    }
+
+    /// Replaces every `auto` with `kind` (what the CLI found `auto` to mean here).
+    pub fn resolve_auto(&mut self, kind: RuntimeKind) {
+        let fix = |c: &mut RuntimeChoice| {
+            if *c == RuntimeChoice::Auto {
+                *c = kind.into();
+            }
+        };
+        fix(&mut self.seed_runtime);
+        for s in &mut self.sites {
+            fix(&mut s.runtime);
         }
     }
 
@@ -950,8 +1083,12 @@ impl Validator<'_> {
         }
         let mut sites: Vec<Site> = Vec::with_capacity(raw.sites.value.len());
         let mut first_lines: Vec<u64> = Vec::with_capacity(raw.sites.value.len());
+        let runtime = raw.runtime.unwrap_or_default();
         for rs in raw.sites.value {
-            let site = self.site(rs, conntrack, &sites, &first_lines)?;
+            let mut site = self.site(rs, conntrack, &sites, &first_lines)?;
+            if site.2 {
+                site.0.runtime = runtime.sites;
+            }
             first_lines.push(site.1);
             sites.push(site.0);
         }
@@ -977,6 +1114,7 @@ impl Validator<'_> {
             agent,
             conntrack,
             sites,
+            seed_runtime: runtime.seeds,
         })
     }
 
@@ -1051,14 +1189,15 @@ impl Validator<'_> {
         Ok(c.value)
     }
 
-    /// Validates one site against the ones before it; returns it with its name's line.
+    /// Validates one site against the ones before it; returns it with its name's line and
+    /// whether it left `runtime` to the top-level default.
     fn site(
         &self,
         rs: RawSite,
         default_conntrack: Conntrack,
         before: &[Site],
         first_lines: &[u64],
-    ) -> Result<(Site, u64), ScenarioError> {
+    ) -> Result<(Site, u64, bool), ScenarioError> {
         let name = rs.name.value.clone();
         let name_loc = Some(rs.name.referenced);
         let well_formed = (1..=MAX_SITE_NAME_LEN).contains(&name.len())
@@ -1143,8 +1282,10 @@ impl Validator<'_> {
                 agents,
                 conntrack,
                 hairpin,
+                runtime: rs.runtime.unwrap_or_default(),
             },
             rs.name.referenced.line(),
+            rs.runtime.is_none(),
         ))
     }
 }
@@ -1229,6 +1370,41 @@ mod tests {
         let e = err("sites:\n  - name: a\n    nat: none\n    conntrack: {udp_s: 1}\n");
         assert!(e.starts_with("t.yaml:4:"), "{e}");
         assert!(e.contains("udp_stream_s"), "{e}");
+    }
+
+    #[test]
+    fn runtime_is_one_choice_a_split_or_per_site() {
+        let s = parse("sites:\n  - {name: a, nat: none}\n").expect("valid");
+        assert_eq!(s.seed_runtime, RuntimeChoice::Process);
+        assert_eq!(s.sites[0].runtime, RuntimeChoice::Process);
+
+        let s = parse("runtime: docker\nsites:\n  - {name: a, nat: none}\n").expect("valid");
+        assert_eq!(s.seed_runtime, RuntimeChoice::Docker);
+        assert_eq!(s.sites[0].runtime, RuntimeChoice::Docker);
+
+        let mut s = parse(
+            "runtime: {seeds: process, sites: auto}\nsites:\n  - {name: a, nat: none}\n  - {name: b, nat: symmetric, runtime: process}\n",
+        )
+        .expect("valid");
+        assert_eq!(s.seed_runtime, RuntimeChoice::Process);
+        assert_eq!(s.sites[0].runtime, RuntimeChoice::Auto);
+        assert_eq!(s.sites[1].runtime, RuntimeChoice::Process);
+        assert!(s.uses_runtime(RuntimeChoice::Auto));
+        s.resolve_auto(RuntimeKind::Docker);
+        assert_eq!(s.sites[0].runtime, RuntimeChoice::Docker);
+        assert!(!s.uses_runtime(RuntimeChoice::Auto));
+        s.set_runtime(RuntimeChoice::Process);
+        assert!(!s.uses_runtime(RuntimeChoice::Docker));
+
+        let e = err("runtime: podman\nsites:\n  - {name: a, nat: none}\n");
+        assert!(e.starts_with("t.yaml:1:"), "{e}");
+        assert!(e.contains("process, docker, auto"), "{e}");
+        let e = err("runtime: {seeds: docker, agents: docker}\nsites:\n  - {name: a, nat: none}\n");
+        assert!(e.starts_with("t.yaml:1:"), "{e}");
+        assert!(e.contains("agents"), "{e}");
+        let e = err("sites:\n  - {name: a, nat: none, runtime: vm}\n");
+        assert!(e.starts_with("t.yaml:2:"), "{e}");
+        assert!(e.contains("vm"), "{e}");
     }
 
     #[test]

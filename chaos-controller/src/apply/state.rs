@@ -35,6 +35,9 @@ pub struct RunState {
     pub plan: Plan,
     /// Where each agent runs, by agent name (empty until agents are started).
     pub agents: BTreeMap<String, InstanceId>,
+    /// The agent image of the run's docker agents, if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl RunState {
@@ -53,6 +56,7 @@ impl RunState {
             created_at,
             plan,
             agents: BTreeMap::new(),
+            image: None,
         }
     }
 
@@ -65,6 +69,7 @@ impl RunState {
     pub fn pid(&self, name: &str) -> Option<u32> {
         match self.agents.get(name)? {
             InstanceId::Process { pid } => Some(*pid),
+            InstanceId::Container { .. } => None,
         }
     }
 

@@ -442,6 +442,7 @@ pub fn agent(name: &str, ns: &str, args: &[&str]) -> AgentPlan {
         data_dir: PathBuf::from(format!("agents/{name}/data")),
         api_socket: PathBuf::from(format!("agents/{name}/api.sock")),
         args: args.iter().map(|s| s.to_string()).collect(),
+        runtime: Default::default(),
     }
 }
 
