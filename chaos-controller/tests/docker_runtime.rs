@@ -1,0 +1,446 @@
+//! End to end against the real Docker engine, as root: the `chaosnet` binary runs the fleet
+//! as containers wired into the NAT lab.
+//!
+//! One test function runs the flows one after another (they share the image built here
+//! from the debug agent, and the 2-core machine):
+//! 1. clear errors before anything is created: a missing image names `make image`, an
+//!    unreachable engine says to start it;
+//! 2. the default scenario scaled to 6 site agents with `--runtime docker`: every agent joins,
+//!    every agent is a labelled container, each host namespace name is the container's
+//!    network namespace, every site's NAT behaves as its type when probed from inside the
+//!    containers' namespaces, `exec` and `logs` work, a restarted container rejoins with
+//!    the contacts it persisted in its volume, and `down` leaves no container, volume,
+//!    namespace or root-namespace link;
+//! 3. mixed runtimes: seeds as processes and site agents as containers, then the reverse.
+//!
+//! Skipped with a printed reason when not root or when no engine answers, unless
+//! `CHAOSNET_REQUIRE_ROOT=1` / `CHAOSNET_REQUIRE_DOCKER=1` turn the skip into a failure.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use chaos_controller::apply::RunState;
+use chaos_controller::plan::{NatKind, Plan};
+use common::cli::{agent_bin, namespaces_of, run, text};
+use common::{probe, require_root, udp};
+
+/// Removes the test image however the test ends.
+struct ImageGuard(String);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["image", "rm", "--force", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Removes whatever a run left (containers, volumes, namespaces) if a check fails midway.
+struct RunCleanup(std::path::PathBuf);
+
+impl Drop for RunCleanup {
+    fn drop(&mut self) {
+        let _ = run(&self.0, &["down"]);
+    }
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker")
+}
+
+fn docker_lines(args: &[&str]) -> Vec<String> {
+    let o = docker(args);
+    assert!(o.status.success(), "docker {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether the engine answers; otherwise the reason.
+fn docker_reachable() -> Result<(), String> {
+    match Command::new("docker")
+        .arg("info")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "`docker info` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("docker not runnable: {e}")),
+    }
+}
+
+/// Root and an engine, or a printed skip (a failure when required).
+fn require_root_and_docker() -> bool {
+    if !require_root() {
+        return false;
+    }
+    if let Err(why) = docker_reachable() {
+        if std::env::var("CHAOSNET_REQUIRE_DOCKER").as_deref() == Ok("1") {
+            panic!("CHAOSNET_REQUIRE_DOCKER=1 but the docker engine is not reachable: {why}");
+        }
+        println!("skipped: docker engine not reachable ({why})");
+        return false;
+    }
+    true
+}
+
+/// Names of the root namespace's links.
+fn root_links() -> BTreeSet<String> {
+    let o = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+        .collect()
+}
+
+fn status(runs: &Path) -> Value {
+    let o = run(runs, &["status", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).expect("status JSON")
+}
+
+fn labelled(kind: &str, run_id: &str) -> Vec<String> {
+    let filter = format!("label=chaosnet.run={run_id}");
+    match kind {
+        "containers" => docker_lines(&["ps", "-a", "-q", "--filter", &filter]),
+        _ => docker_lines(&["volume", "ls", "-q", "--filter", &filter]),
+    }
+}
+
+/// `down` removed everything of `run_id`, and no link appeared in the root namespace.
+fn assert_gone(runs: &Path, run_id: &str, links_before: &BTreeSet<String>) {
+    let o = run(runs, &["down"]);
+    assert!(o.status.success(), "down: {}", text(&o));
+    assert_eq!(labelled("containers", run_id), Vec::<String>::new());
+    assert_eq!(labelled("volumes", run_id), Vec::<String>::new());
+    assert_eq!(namespaces_of(run_id), Vec::<String>::new());
+    // Docker names its own bridge-network links veth*; others may be starting containers.
+    let new: Vec<String> = root_links()
+        .difference(links_before)
+        .filter(|n| !n.starts_with("veth"))
+        .cloned()
+        .collect();
+    assert!(new.is_empty(), "links left in the root namespace: {new:?}");
+}
+
+fn plan_of(runs: &Path, run_id: &str) -> Plan {
+    RunState::load(&runs.join(run_id)).expect("state").plan
+}
+
+/// Waits until `agent` reports joined.
+fn wait_joined(runs: &Path, agent: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let st = status(runs);
+        if st["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["agent"] == agent && a["joined"] == true)
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    false
+}
+
+#[test]
+fn docker_runtime_end_to_end() {
+    if !require_root_and_docker() {
+        return;
+    }
+    let started = Instant::now();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let image = format!("chaosnet-agent:test-runtime-{}", std::process::id());
+    let _image = ImageGuard(image.clone());
+    let build = Command::new("bash")
+        .arg(root.join("scripts/build-image.sh"))
+        .arg("--bin")
+        .arg(agent_bin())
+        .args(["--tag", &image])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/build-image.sh");
+    assert!(build.status.success(), "build-image.sh: {}", text(&build));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    clear_errors(dir.path());
+    docker_fleet(dir.path(), &image);
+    mixed_runtimes(dir.path(), &image);
+    println!("docker runtime test took {:.1?}", started.elapsed());
+}
+
+/// Engine and image problems stop `up` before anything exists, with a message saying
+/// what to do.
+fn clear_errors(dir: &Path) {
+    let runs = dir.join("runs-errors");
+    let o = run(
+        &runs,
+        &[
+            "up",
+            "--runtime",
+            "docker",
+            "--image",
+            "chaosnet-agent:no-such-tag",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("make image"), "names the fix: {err}");
+    assert!(
+        !runs.exists() || std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0) == 0,
+        "nothing created"
+    );
+
+    let o = Command::new(common::cli::chaosnet())
+        .arg("--runs-dir")
+        .arg(&runs)
+        .args(["up", "--runtime", "docker"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chaosnet");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not reachable") && err.contains("start it"),
+        "says to start the engine: {err}"
+    );
+    assert!(
+        !runs.exists() || std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0) == 0,
+        "nothing created"
+    );
+}
+
+fn docker_fleet(dir: &Path, image: &str) {
+    let runs = dir.join("runs-docker");
+    let links_before = root_links();
+    let _cleanup = RunCleanup(runs.clone());
+    let o = run(
+        &runs,
+        &[
+            "up",
+            "--agents",
+            "6",
+            "--runtime",
+            "docker",
+            "--image",
+            image,
+        ],
+    );
+    assert!(o.status.success(), "up failed:\n{}", text(&o));
+    let st = status(&runs);
+    let run_id = st["run_id"].as_str().expect("run_id").to_string();
+    let agents = st["agents"].as_array().expect("agents").clone();
+    assert_eq!(agents.len(), 9, "3 seeds + 6 site agents");
+    for a in &agents {
+        assert_eq!(a["joined"], true, "{a}");
+        assert_eq!(a["runtime"], "docker", "{a}");
+    }
+
+    // Every agent is a labelled container with its labelled volume, and its host
+    // namespace name is the container's network namespace.
+    assert_eq!(labelled("containers", &run_id).len(), 9);
+    assert_eq!(labelled("volumes", &run_id).len(), 9);
+    let plan = plan_of(&runs, &run_id);
+    for a in &plan.agents {
+        let cname = format!("chaosnet-{run_id}-{}", a.name);
+        let info = docker_lines(&[
+            "inspect",
+            "--format",
+            "{{.State.Pid}} {{.HostConfig.NetworkMode}} {{index .Config.Labels \"chaosnet.agent\"}} {{.HostConfig.Memory}}",
+            &cname,
+        ]);
+        let f: Vec<&str> = info[0].split_whitespace().collect();
+        assert_eq!(&f[1..], ["none", a.name.as_str(), "268435456"], "{cname}");
+        let pid_ns = std::fs::metadata(format!("/proc/{}/ns/net", f[0])).expect("pid ns");
+        let named = std::fs::metadata(format!("/run/netns/{}", a.ns)).expect("named ns");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            pid_ns.ino(),
+            named.ino(),
+            "{} is the container's netns",
+            a.ns
+        );
+    }
+
+    nat_from_containers(&plan);
+
+    // exec runs in the container's namespace: it has the agent's lab address.
+    let site_agent = plan
+        .agents
+        .iter()
+        .find(|a| a.lan_ip.octets()[0] == 10)
+        .expect("a NATed agent");
+    let o = run(
+        &runs,
+        &["exec", &site_agent.name, "--", "ip", "-4", "-o", "addr"],
+    );
+    assert!(o.status.success(), "exec: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&site_agent.lan_ip.to_string()),
+        "{}",
+        text(&o)
+    );
+
+    // Restart: same container and volume, it comes back with its persisted contacts.
+    let cname = format!("chaosnet-{run_id}-{}", site_agent.name);
+    let id_before = docker_lines(&["inspect", "--format", "{{.Id}}", &cname]);
+    let o = run(&runs, &["restart", &site_agent.name]);
+    assert!(o.status.success(), "restart: {}", text(&o));
+    assert_eq!(
+        docker_lines(&["inspect", "--format", "{{.Id}}", &cname]),
+        id_before,
+        "the same container"
+    );
+    assert!(
+        wait_joined(&runs, &site_agent.name, Duration::from_secs(30)),
+        "{} rejoined after the restart",
+        site_agent.name
+    );
+    let o = run(&runs, &["logs", &site_agent.name]);
+    assert!(o.status.success(), "logs: {}", text(&o));
+    let log = String::from_utf8_lossy(&o.stdout);
+    let restored: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("starting"))
+        .filter_map(|l| l.split("restored=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(restored.len(), 2, "two starts in the log:\n{log}");
+    assert_eq!(restored[0], 0, "the first start has an empty graph");
+    assert!(
+        restored[1] > 0,
+        "the restart restored contacts from its volume:\n{log}"
+    );
+
+    assert_gone(&runs, &run_id, &links_before);
+}
+
+/// The NAT probes of `default_lab_nat.rs`, from inside the containers' namespaces: the
+/// first two seeds observe, the first host of each site probes.
+fn nat_from_containers(plan: &Plan) {
+    let seeds: Vec<_> = plan.agents.iter().filter(|a| a.seed).take(2).collect();
+    let (o1, o2) = (seeds[0], seeds[1]);
+    let (p1, p2) = (3478u16, 3479u16);
+    let o1p1 = udp(&o1.ns, o1.lan_ip, p1);
+    let o1p2 = udp(&o1.ns, o1.lan_ip, p2);
+    let o2p1 = udp(&o2.ns, o2.lan_ip, p1);
+    let a1 = SocketAddr::from((o1.lan_ip, p1));
+    let a2 = SocketAddr::from((o2.lan_ip, p1));
+    let mut checked = 0;
+    for site in &plan.sites {
+        let Some(host) = plan.agents.iter().find(|a| a.site == site.name) else {
+            continue;
+        };
+        let tag = |t: &str| format!("{}-{t}", site.name);
+        let hm = udp(&host.ns, host.lan_ip, 40001);
+        let m1 = probe(&hm, a1, &o1p1, &tag("map1")).expect("O1 reachable");
+        let m2 = probe(&hm, a2, &o2p1, &tag("map2")).expect("O2 reachable");
+        let hf = udp(&host.ns, host.lan_ip, 40002);
+        let m = probe(&hf, a1, &o1p1, &tag("filt")).expect("O1 reachable");
+        assert!(
+            probe(&o1p1, m, &hf, &tag("reply")).is_some(),
+            "replies pass"
+        );
+        let same_ip_other_port = probe(&o1p2, m, &hf, &tag("o1p2")).is_some();
+        let other_ip = probe(&o2p1, m, &hf, &tag("o2p1")).is_some();
+        let public = site.public_ip.unwrap_or(host.lan_ip);
+        let SocketAddr::V4(m1v4) = m1 else {
+            panic!("IPv4 lab")
+        };
+        let got = (m1 == m2, same_ip_other_port, other_ip, *m1v4.ip());
+        let want: (bool, bool, bool, Ipv4Addr) = match (site.nat, site.cgnat) {
+            (NatKind::None, _) => (true, true, true, public),
+            (NatKind::Symmetric, _) => (false, false, false, public),
+            (_, true) | (NatKind::PortRestrictedCone, _) => (true, false, false, public),
+            (NatKind::RestrictedCone, _) => (true, true, false, public),
+            (NatKind::FullCone, _) => (true, true, true, public),
+        };
+        assert_eq!(
+            got, want,
+            "site {} ({:?}, cgnat {}): (eim, same ip other port, other ip, public)",
+            site.name, site.nat, site.cgnat
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, plan.sites.len(), "every site probed");
+}
+
+/// Seeds as processes and site agents as containers, then the reverse, each in one run.
+fn mixed_runtimes(dir: &Path, image: &str) {
+    for (i, (seeds, sites)) in [("process", "docker"), ("docker", "process")]
+        .into_iter()
+        .enumerate()
+    {
+        let runs = dir.join(format!("runs-mixed-{i}"));
+        let links_before = root_links();
+        let _cleanup = RunCleanup(runs.clone());
+        let scenario = dir.join(format!("mixed-{i}.yaml"));
+        std::fs::write(
+            &scenario,
+            format!(
+                "name: mixed\nseed: 7\nseeds: 2\nruntime: {{seeds: {seeds}, sites: {sites}}}\n\
+                 sites:\n  - {{name: home, nat: port-restricted-cone, agents: 2}}\n  \
+                 - {{name: office, nat: symmetric, agents: 1}}\n  \
+                 - {{name: open, nat: none, agents: 1, runtime: {seeds}}}\n"
+            ),
+        )
+        .expect("write scenario");
+        let o = run(
+            &runs,
+            &[
+                "up",
+                "-f",
+                scenario.to_str().expect("utf-8"),
+                "--image",
+                image,
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "mixed up ({seeds}/{sites}):\n{}",
+            text(&o)
+        );
+        let st = status(&runs);
+        let run_id = st["run_id"].as_str().expect("run_id").to_string();
+        let agents = st["agents"].as_array().expect("agents").clone();
+        assert_eq!(agents.len(), 6);
+        let mut containers = 0;
+        for a in &agents {
+            assert_eq!(a["joined"], true, "{a}");
+            let want = if a["site"] == "internet" || a["site"] == "open" {
+                seeds
+            } else {
+                sites
+            };
+            assert_eq!(a["runtime"], want, "{a}");
+            containers += usize::from(want == "docker");
+        }
+        assert_eq!(labelled("containers", &run_id).len(), containers);
+        assert_gone(&runs, &run_id, &links_before);
+    }
+}
