@@ -390,9 +390,10 @@ fn nat_from_containers(plan: &Plan) {
     assert_eq!(checked, plan.sites.len(), "every site probed");
 }
 
-/// Seeds as processes and site agents as containers, then the reverse, each in one run.
+/// Seeds as processes and site agents as containers, then the reverse (seeds `auto`, which
+/// finds the engine and the image, so docker), each in one run.
 fn mixed_runtimes(dir: &Path, image: &str) {
-    for (i, (seeds, sites)) in [("process", "docker"), ("docker", "process")]
+    for (i, (seeds, sites)) in [("process", "docker"), ("auto", "process")]
         .into_iter()
         .enumerate()
     {
@@ -432,10 +433,10 @@ fn mixed_runtimes(dir: &Path, image: &str) {
         let mut containers = 0;
         for a in &agents {
             assert_eq!(a["joined"], true, "{a}");
-            let want = if a["site"] == "internet" || a["site"] == "open" {
-                seeds
-            } else {
-                sites
+            let want = match (a["site"] == "internet" || a["site"] == "open", seeds) {
+                (true, "auto") => "docker",
+                (true, s) => s,
+                (false, _) => sites,
             };
             assert_eq!(a["runtime"], want, "{a}");
             containers += usize::from(want == "docker");

@@ -169,7 +169,12 @@ fn classify(e: BollardError, socket: &str, what: &str) -> DockerError {
             detail: "no such socket".into(),
         };
     }
-    match io_kind(&e) {
+    let kind = match &e {
+        // Transparent: its `source()` skips the I/O error itself.
+        BollardError::IOError { err } => Some(err.kind()),
+        other => io_kind(other),
+    };
+    match kind {
         Some(std::io::ErrorKind::PermissionDenied) => {
             return DockerError::PermissionDenied {
                 socket: socket.to_string(),
@@ -239,6 +244,15 @@ impl Engine {
             Ok(h) if !h.is_empty() => return Err(DockerError::UnsupportedHost(h)),
             _ => DEFAULT_SOCKET.to_string(),
         };
+        Engine::connect_at(&socket)
+    }
+
+    /// [`Engine::connect`] to the engine socket at `socket`.
+    ///
+    /// # Errors
+    /// As [`Engine::connect`].
+    pub fn connect_at(socket: &str) -> Result<Engine, DockerError> {
+        let socket = socket.to_string();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -979,6 +993,65 @@ mod tests {
             default_image(),
             format!("chaosnet-agent:{}", env!("CARGO_PKG_VERSION"))
         );
+    }
+
+    /// A one-shot fake engine on a unix socket answering every request with `body`.
+    fn fake_engine(body: &'static str) -> (tempfile::TempDir, String) {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docker.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                let Ok(mut s) = stream else { return };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let p = path.to_str().expect("utf-8").to_string();
+        (dir, p)
+    }
+
+    #[test]
+    fn old_engines_are_refused_and_new_ones_negotiated_down() {
+        let (_d, sock) = fake_engine(r#"{"ApiVersion":"1.30","Version":"17.06.0"}"#);
+        let e = Engine::connect_at(&sock).expect_err("1.30 is too old");
+        assert!(
+            matches!(&e, DockerError::ApiTooOld { found, .. } if found == "1.30"),
+            "{e}"
+        );
+        let (_d, sock) = fake_engine(r#"{"ApiVersion":"1.41","Version":"20.10.24"}"#);
+        let engine = Engine::connect_at(&sock).expect("1.41 is fine");
+        assert_eq!(
+            engine.api_version(),
+            "1.41",
+            "negotiated down from bollard's"
+        );
+    }
+
+    #[test]
+    fn missing_or_dead_sockets_are_unreachable() {
+        let e = Engine::connect_at("/nonexistent/docker.sock").expect_err("no socket");
+        assert!(matches!(e, DockerError::Unreachable { .. }), "{e}");
+        // A socket file with nobody listening: connection refused.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dead.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        let e = Engine::connect_at(path.to_str().expect("utf-8")).expect_err("refused");
+        assert!(matches!(e, DockerError::Unreachable { .. }), "{e}");
+        let e = classify(
+            BollardError::IOError {
+                err: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            },
+            DEFAULT_SOCKET,
+            "connect",
+        );
+        assert!(matches!(e, DockerError::PermissionDenied { .. }), "{e}");
     }
 
     #[test]
