@@ -440,15 +440,7 @@ fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let pb = bar(plan.agents.len() as u64, "agents");
-    let mut start_err = None;
-    for a in &plan.agents {
-        pb.set_message(a.name.clone());
-        if let Err(e) = rt.start(a) {
-            start_err = Some(anyhow!(e).context(format!("cannot start agent {}", a.name)));
-            break;
-        }
-        pb.inc(1);
-    }
+    let start_err = start_all(&rt, &plan.agents, &pb);
     pb.finish_and_clear();
     state.agents = rt.instances();
     state.save(&run_dir)?;
@@ -567,6 +559,50 @@ fn wait_joined(
     }
     pb.finish_and_clear();
     joined
+}
+
+/// Agents started at once: a container start waits mostly on the engine (runc, namespace
+/// setup), so a few in flight keep both cores busy; processes start in milliseconds anyway.
+const START_JOBS: usize = 4;
+
+/// Starts every agent with up to [`START_JOBS`] in flight; stops handing out agents at the
+/// first failure and returns it.
+fn start_all(rt: &Fleet, agents: &[AgentPlan], pb: &ProgressBar) -> Option<anyhow::Error> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let failed = || {
+        first_err
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    };
+    std::thread::scope(|s| {
+        for _ in 0..START_JOBS.min(agents.len()) {
+            s.spawn(|| {
+                while !failed() {
+                    let Some(a) = agents.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        break;
+                    };
+                    pb.set_message(a.name.clone());
+                    if let Err(e) = rt.start(a) {
+                        first_err
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .get_or_insert(
+                                anyhow!(e).context(format!("cannot start agent {}", a.name)),
+                            );
+                        break;
+                    }
+                    pb.inc(1);
+                }
+            });
+        }
+    });
+    first_err
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The runtimes of a new run: a process runtime when `bin` is given, a docker runtime when
