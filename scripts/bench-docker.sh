@@ -6,6 +6,8 @@
 #   - shim PSS: the containerd-shim process of each container (docker runtime only);
 #   - host: the drop of MemAvailable from before `up` to all joined, per agent (includes
 #     kernel memory such as cgroups, namespaces and page cache; noisy on a shared machine).
+# Memory is read MEASURE_AT_S (default 40) seconds after `up` started, so agents of both
+# runtimes are about as old (an agent's memory grows in its first seconds).
 # Usage: scripts/bench-docker.sh   (AGENTS=47 non-seed agents, RUNS=1, IMAGE=chaosnet-agent:<version>;
 #        the image is built from the release agent when missing)
 set -euo pipefail
@@ -14,6 +16,7 @@ target=${CARGO_TARGET_DIR:-target}
 bin=$target/release/chaosnet
 agent=$target/release/chaosnet-agent
 runs=${RUNS:-1}
+measure_at=${MEASURE_AT_S:-40}
 agents=${AGENTS:-47}
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml | head -n1)
 image=${IMAGE:-chaosnet-agent:$version}
@@ -44,10 +47,12 @@ for rt in docker process; do
   for i in $(seq 1 "$runs"); do
     sync
     before=$(mem_available_kib)
+    t0=$(date +%s)
     out=$("$bin" --runs-dir "$dir" up --agents "$agents" --runtime "$rt" --image "$image" --join-timeout-s 120 2>&1 >/dev/null) || { echo "$out" >&2; exit 1; }
     id=$(grep -o 'run [0-9a-f]\{6\}' <<<"$out" | head -1 | cut -d' ' -f2)
     join=$(grep -o 'joined in [0-9.]*[mµ]*s' <<<"$out")
-    sleep 5 # let every agent settle after its join before measuring memory
+    wait_s=$((measure_at - ($(date +%s) - t0)))
+    [ "$wait_s" -gt 0 ] && sleep "$wait_s"
     after=$(mem_available_kib)
     if [ "$rt" = docker ]; then
       ids=$(docker ps -q --no-trunc --filter "label=chaosnet.run=$id")

@@ -4,7 +4,8 @@
 //! One test function runs the flows one after another (they share the image built here
 //! from the debug agent, and the 2-core machine):
 //! 1. clear errors before anything is created: a missing image names `make image`, an
-//!    unreachable engine says to start it;
+//!    unreachable engine says to start it; a container that fails to start makes `up`
+//!    remove the whole run (containers, volumes, namespaces);
 //! 2. the default scenario scaled to 6 site agents with `--runtime docker`: every agent joins,
 //!    every agent is a labelled container, each host namespace name is the container's
 //!    network namespace, every site's NAT behaves as its type when probed from inside the
@@ -194,7 +195,7 @@ fn docker_runtime_end_to_end() {
 }
 
 /// Engine and image problems stop `up` before anything exists, with a message saying
-/// what to do.
+/// what to do; a container that cannot start makes `up` remove everything it created.
 fn clear_errors(dir: &Path) {
     let runs = dir.join("runs-errors");
     let o = run(
@@ -233,6 +234,56 @@ fn clear_errors(dir: &Path) {
         !runs.exists() || std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0) == 0,
         "nothing created"
     );
+
+    // An image whose entrypoint does not exist: the lab is built, the first container
+    // fails to start, and `up` removes everything it created.
+    let broken = format!("chaosnet-agent:test-broken-{}", std::process::id());
+    let _broken = ImageGuard(broken.clone());
+    let ctx = dir.join("broken-image");
+    std::fs::create_dir_all(&ctx).expect("mkdir");
+    std::fs::write(ctx.join("empty"), "").expect("write");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY empty /empty\nUSER 10001:10001\nENTRYPOINT [\"/no-such-agent\"]\n",
+    )
+    .expect("write");
+    let b = Command::new("docker")
+        .args(["build", "-q", "-t", &broken])
+        .arg(&ctx)
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker build");
+    assert!(b.status.success(), "docker build: {}", text(&b));
+    let links_before = root_links();
+    let o = run(
+        &runs,
+        &[
+            "up",
+            "--agents",
+            "6",
+            "--runtime",
+            "docker",
+            "--image",
+            &broken,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot start agent"), "{err}");
+    let run_id = std::fs::read_link(runs.join("current"))
+        .expect("the run was created")
+        .display()
+        .to_string();
+    assert_eq!(labelled("containers", &run_id), Vec::<String>::new());
+    assert_eq!(labelled("volumes", &run_id), Vec::<String>::new());
+    assert_eq!(namespaces_of(&run_id), Vec::<String>::new());
+    let new: Vec<String> = root_links()
+        .difference(&links_before)
+        .filter(|n| !n.starts_with("veth"))
+        .cloned()
+        .collect();
+    assert!(new.is_empty(), "links left in the root namespace: {new:?}");
 }
 
 fn docker_fleet(dir: &Path, image: &str) {

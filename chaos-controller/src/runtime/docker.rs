@@ -65,6 +65,10 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 pub const MIN_API: (usize, usize) = (1, 40);
 /// Seconds the client waits for one engine request.
 const REQUEST_TIMEOUT_S: u64 = 120;
+/// Containers removed at once by [`Engine::remove_run`]: a forced removal waits mostly on
+/// the engine killing the process and unmounting, so a few in flight cut `down` several
+/// times without flooding the engine.
+const CLEANUP_JOBS: usize = 8;
 /// Default time `stop` gives the agent after SIGTERM before the engine sends SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -345,18 +349,25 @@ impl Engine {
                 ..Default::default()
             })))
             .map_err(self.err("container list"))?;
-        for c in containers {
-            let Some(id) = c.id else { continue };
-            let r = self.rt.block_on(self.docker.remove_container(
-                &id,
-                // v: also the anonymous volume the image's `VOLUME /data` gives every
-                // container (unused: the agent's data is the named volume).
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    link: false,
-                }),
-            ));
+        let ids: Vec<String> = containers.into_iter().filter_map(|c| c.id).collect();
+        let results: Vec<Result<(), BollardError>> = self.rt.block_on(
+            futures_util::stream::iter(ids.iter())
+                .map(|id| {
+                    self.docker.remove_container(
+                        id,
+                        // v: also the anonymous volume the image's `VOLUME /data` gives
+                        // every container (unused: the agent's data is the named volume).
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            link: false,
+                        }),
+                    )
+                })
+                .buffer_unordered(CLEANUP_JOBS)
+                .collect(),
+        );
+        for r in results {
             match r {
                 Ok(()) => report.containers += 1,
                 Err(e) if status_of(&e) == Some(404) => {}
