@@ -8,7 +8,8 @@
 //!   down, idempotently, from a state file or by name prefix.
 //!
 //! - [`matrix`]: the NAT-pair connectivity matrix (theory, judging, measuring).
-//! - [`runtime`]: how agents run (processes in their namespaces; docker and kube later).
+//! - [`runtime`]: how agents run (processes in their namespaces, or Docker containers wired
+//!   into the same namespaces; kube later).
 //! - [`monitor`]: Prometheus config and the scrape proxy; [`agentapi`]: HTTP over the agents'
 //!   unix sockets; [`cli`]: the `chaosnet` command line.
 //!

@@ -1,9 +1,9 @@
 //! Agent runtimes: how an agent of a plan is started, stopped, paused and reached.
 //!
 //! [`Runtime`] is the interface the controller drives (bring-up, faults, `exec`, `logs`,
-//! `down`). It is synchronous and object-safe: the later docker (bollard) and kube (kube-rs)
-//! runtimes are async underneath and will own a small tokio runtime to block on, and their
-//! [`InstanceId`]s will be container or pod names instead of pids.
+//! `down`). It is synchronous and object-safe: the docker runtime (bollard) and the later kube
+//! (kube-rs) runtime are async underneath and own a small tokio runtime to block on, and
+//! their [`InstanceId`]s are containers (or pods) instead of pids.
 //!
 //! [`ProcessRuntime`] runs each agent as a plain process inside its host network namespace:
 //! - the data dir is created (0700) and `node.key` written first (0600, the plan's 64 hex
