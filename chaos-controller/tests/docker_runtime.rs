@@ -6,7 +6,8 @@
 //! 1. clear errors before anything is created: a missing image names `make image`, an
 //!    unreachable engine says to start it; a container that fails to start makes `up`
 //!    remove the whole run (containers, volumes, namespaces);
-//! 2. the default scenario scaled to 6 site agents with `--runtime docker`: every agent joins,
+//! 2. the default scenario scaled to one agent per site with `--runtime docker`: every agent
+//!    joins,
 //!    every agent is a labelled container, each host namespace name is the container's
 //!    network namespace, every site's NAT behaves as its type when probed from inside the
 //!    containers' namespaces, `exec` and `logs` work, a restarted container rejoins with
@@ -29,6 +30,7 @@ use serde_json::Value;
 
 use chaos_controller::apply::RunState;
 use chaos_controller::plan::{NatKind, Plan};
+use chaos_controller::scenario::Scenario;
 use common::cli::{agent_bin, namespaces_of, run, text};
 use common::{probe, require_root, udp};
 
@@ -146,6 +148,12 @@ fn assert_gone(runs: &Path, run_id: &str, links_before: &BTreeSet<String>) {
     assert!(new.is_empty(), "links left in the root namespace: {new:?}");
 }
 
+/// One agent per site of the default scenario (`--agents` with this many), and the seeds.
+fn small_default() -> (String, usize) {
+    let s = Scenario::default_scenario();
+    (s.sites.len().to_string(), s.seeds + s.sites.len())
+}
+
 fn plan_of(runs: &Path, run_id: &str) -> Plan {
     RunState::load(&runs.join(run_id)).expect("state").plan
 }
@@ -256,12 +264,13 @@ fn clear_errors(dir: &Path) {
         .expect("docker build");
     assert!(b.status.success(), "docker build: {}", text(&b));
     let links_before = root_links();
+    let (per_site, _) = small_default();
     let o = run(
         &runs,
         &[
             "up",
             "--agents",
-            "6",
+            &per_site,
             "--runtime",
             "docker",
             "--image",
@@ -290,12 +299,13 @@ fn docker_fleet(dir: &Path, image: &str) {
     let runs = dir.join("runs-docker");
     let links_before = root_links();
     let _cleanup = RunCleanup(runs.clone());
+    let (per_site, n) = small_default();
     let o = run(
         &runs,
         &[
             "up",
             "--agents",
-            "6",
+            &per_site,
             "--runtime",
             "docker",
             "--image",
@@ -306,7 +316,7 @@ fn docker_fleet(dir: &Path, image: &str) {
     let st = status(&runs);
     let run_id = st["run_id"].as_str().expect("run_id").to_string();
     let agents = st["agents"].as_array().expect("agents").clone();
-    assert_eq!(agents.len(), 9, "3 seeds + 6 site agents");
+    assert_eq!(agents.len(), n, "the seeds and one agent per site");
     for a in &agents {
         assert_eq!(a["joined"], true, "{a}");
         assert_eq!(a["runtime"], "docker", "{a}");
@@ -314,8 +324,8 @@ fn docker_fleet(dir: &Path, image: &str) {
 
     // Every agent is a labelled container with its labelled volume, and its host
     // namespace name is the container's network namespace.
-    assert_eq!(labelled("containers", &run_id).len(), 9);
-    assert_eq!(labelled("volumes", &run_id).len(), 9);
+    assert_eq!(labelled("containers", &run_id).len(), n);
+    assert_eq!(labelled("volumes", &run_id).len(), n);
     let plan = plan_of(&runs, &run_id);
     for a in &plan.agents {
         let cname = format!("chaosnet-{run_id}-{}", a.name);
