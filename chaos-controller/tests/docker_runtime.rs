@@ -7,12 +7,12 @@
 //!    unreachable engine says to start it; a container that fails to start makes `up`
 //!    remove the whole run (containers, volumes, namespaces);
 //! 2. the default scenario scaled to one agent per site with `--runtime docker`: every agent
-//!    joins,
-//!    every agent is a labelled container, each host namespace name is the container's
-//!    network namespace, every site's NAT behaves as its type when probed from inside the
-//!    containers' namespaces, `exec` and `logs` work, a restarted container rejoins with
-//!    the contacts it persisted in its volume, and `down` leaves no container, volume,
-//!    namespace or root-namespace link;
+//!    joins, every agent is a labelled container, each host namespace name is the
+//!    container's network namespace, every site's NAT behaves as its type when probed from
+//!    inside the containers' namespaces, `chaosnet matrix` finds every site pair at its best
+//!    path, `exec` and `logs` work, a restarted container rejoins with the contacts it
+//!    persisted in its volume, and `down` leaves no container, volume, namespace or
+//!    root-namespace link;
 //! 3. mixed runtimes: seeds as processes and site agents as containers, then the reverse.
 //!
 //! Skipped with a printed reason when not root or when no engine answers, unless
@@ -349,6 +349,15 @@ fn docker_fleet(dir: &Path, image: &str) {
     }
 
     nat_from_containers(&plan);
+
+    // The NAT-pair matrix (#4) from containers: every pair at the best path theory allows.
+    let o = run(&runs, &["matrix"]);
+    assert!(o.status.success(), "matrix: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("pairs at their best path"),
+        "{}",
+        text(&o)
+    );
 
     // exec runs in the container's namespace: it has the agent's lab address.
     let site_agent = plan
