@@ -26,7 +26,7 @@
 //! and sysctl it creates lives in a namespace named `cn<run>-...`, which validation
 //! enforces before anything is created.
 
-mod cmd;
+pub(crate) mod cmd;
 mod netns;
 mod script;
 mod state;

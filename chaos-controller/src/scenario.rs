@@ -112,6 +112,8 @@ pub struct Scenario {
     pub conntrack: Conntrack,
     /// The sites, in file order.
     pub sites: Vec<Site>,
+    /// Faults, probes and SLOs of `chaosnet run` (empty when the file has no `chaos:`).
+    pub chaos: crate::chaos::spec::ChaosSpec,
 }
 
 /// The network agents join.
@@ -320,6 +322,8 @@ pub struct Site {
     pub conntrack: Conntrack,
     /// Whether the site's (home) router hairpins.
     pub hairpin: bool,
+    /// Free-form labels, for fault selectors (`select: {label: "k=v"}`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Site {
@@ -537,6 +541,12 @@ pub enum Problem {
         /// Site agents.
         sites: u64,
     },
+    /// A problem in the `chaos:` section (faults, probes, SLOs).
+    #[error("{0}")]
+    Chaos(String),
+    /// A site label is malformed.
+    #[error("site labels: keys and values must be 1 to 64 characters of A-Z a-z 0-9 . _ - /")]
+    BadLabel,
 }
 
 /// Why `--agents N` could not be applied.
@@ -598,6 +608,8 @@ struct RawScenario {
     #[serde(default)]
     conntrack: Option<Spanned<Conntrack>>,
     sites: Spanned<Vec<RawSite>>,
+    #[serde(default)]
+    chaos: Option<crate::chaos::spec::RawChaos>,
 }
 
 #[derive(Deserialize)]
@@ -658,6 +670,8 @@ struct RawSite {
     conntrack: Option<Spanned<Conntrack>>,
     #[serde(default)]
     hairpin: Option<Spanned<bool>>,
+    #[serde(default)]
+    labels: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -874,6 +888,19 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    fn chaos_err(&self, at: crate::chaos::spec::At, message: String) -> ScenarioError {
+        ScenarioError::Invalid {
+            at: Source {
+                file: self.file.to_string(),
+                pos: (at.line > 0).then_some(Pos {
+                    line: at.line,
+                    column: at.column,
+                }),
+            },
+            problem: Problem::Chaos(message),
+        }
+    }
+
     fn err<T>(
         &self,
         loc: Option<serde_saphyr::Location>,
@@ -968,15 +995,32 @@ impl Validator<'_> {
             );
         }
 
+        let seed = raw.seed.unwrap_or(0);
+        let chaos = match raw.chaos {
+            None => crate::chaos::spec::ChaosSpec::default(),
+            Some(rc) => {
+                let targets = crate::chaos::select::targets_of(seeds, &sites);
+                let spec = crate::chaos::spec::validate(rc, &targets)
+                    .map_err(|e| self.chaos_err(e.at, e.message))?;
+                // Expanding the timeline with the scenario's seed finds contradictory
+                // overlaps before anything starts (`run --seed` checks its own seed again).
+                if let Err(e) = crate::chaos::schedule::timeline(&spec, &targets, seed) {
+                    return Err(self.chaos_err(e.at, e.message));
+                }
+                spec
+            }
+        };
+
         Ok(Scenario {
             name,
-            seed: raw.seed.unwrap_or(0),
+            seed,
             network,
             network_key_file,
             seeds,
             agent,
             conntrack,
             sites,
+            chaos,
         })
     }
 
@@ -1135,6 +1179,22 @@ impl Validator<'_> {
             None => false,
         };
 
+        let labels = match rs.labels {
+            None => Default::default(),
+            Some(l) => {
+                let ok = |x: &str| {
+                    (1..=64).contains(&x.len())
+                        && x.chars().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')
+                        })
+                };
+                if !l.value.iter().all(|(k, v)| ok(k) && ok(v)) || l.value.len() > 32 {
+                    return self.err(Some(l.referenced), Problem::BadLabel);
+                }
+                l.value
+            }
+        };
+
         Ok((
             Site {
                 name,
@@ -1143,6 +1203,7 @@ impl Validator<'_> {
                 agents,
                 conntrack,
                 hairpin,
+                labels,
             },
             rs.name.referenced.line(),
         ))
