@@ -9,7 +9,7 @@
 //!
 //! What it does not do: touch the system (apart from [`Scenario::load`] reading the file
 //! and checking that the network key file exists), decide addresses or names (that is the
-//! planner's job), or describe faults and probes (later issues extend the schema).
+//! planner's job). The `chaos:` section's own schema lives in `crate::chaos::spec`.
 //!
 //! # Schema
 //!
@@ -43,6 +43,9 @@
 //!     conntrack: corporate # this site's preset; default: the top-level `conntrack`
 //!     hairpin: false       # LAN hosts reach each other through the public address;
 //!                          # default false; not for `none`
+//!     labels: {tier: edge} # free-form key/value labels for fault selectors; default none
+//! chaos: {...}             # faults, probes and SLOs of `chaosnet run`: see
+//!                          # `crate::chaos::spec` (validated here, with line:col errors)
 //! ```
 //!
 //! Conntrack presets (seconds, `nf_conntrack_udp_timeout` / `_udp_timeout_stream` /

@@ -608,6 +608,7 @@ fn drive(
                             events.log(
                                 "inject",
                                 serde_json::json!({"id": fp.id, "fault": fp.fault, "kind": fp.kind,
+                                    "scheduled_ms": o.start_ms,
                                     "targets": fp.targets, "mechanism": fp.mechanism,
                                     "cost_ms": cost.as_secs_f64() * 1000.0}),
                             );
