@@ -145,7 +145,7 @@ enum Cmd {
         seed: Option<u64>,
     },
     /// Inject one fault into the current (running) fleet.
-    Fault(FaultArgs),
+    Fault(Box<FaultArgs>),
     /// Heal the faults injected into the current fleet (recorded in its faults.json).
     Heal {
         /// Also sweep every namespace of the run for fault state without a record (after a
@@ -362,7 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&tl)?);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Fault(a) => fault_cmd(&runs, a).map(|()| ExitCode::SUCCESS),
+        Cmd::Fault(a) => fault_cmd(&runs, *a).map(|()| ExitCode::SUCCESS),
         Cmd::Heal { all } => heal_cmd(&runs, all).map(|()| ExitCode::SUCCESS),
         Cmd::Serve { run_dir, listen } => {
             monitor::serve(&run_dir, listen)?;

@@ -281,10 +281,11 @@ impl<'a> Executor<'a> {
                 rt.restart(agent)?;
             }
             ProcessOp::Pause => rt.pause(agent)?,
-            ProcessOp::Resume => match rt.state(agent)? {
-                AgentState::Paused { .. } => rt.resume(agent)?,
-                _ => {}
-            },
+            ProcessOp::Resume => {
+                if let AgentState::Paused { .. } = rt.state(agent)? {
+                    rt.resume(agent)?;
+                }
+            }
             ProcessOp::Start => match rt.state(agent)? {
                 AgentState::Running { .. } => {}
                 AgentState::Paused { .. } => rt.resume(agent)?,

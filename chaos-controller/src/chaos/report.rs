@@ -211,7 +211,8 @@ pub fn timeline_svg(r: &RunReport) -> Result<String, ChartError> {
                 .map(|x| (x.t_ms as f64 / 1000.0, f(x)))
                 .collect()
         };
-        let lines: [(&str, RGBColor, Vec<(f64, f64)>); 5] = [
+        type Line = (&'static str, RGBColor, Vec<(f64, f64)>);
+        let lines: [Line; 5] = [
             ("reachability", BLUE, series(&|x| x.reach())),
             ("alive", GREEN, series(&|x| x.alive_share())),
             (
