@@ -42,6 +42,7 @@ bench: release
 	bash scripts/bench-agent.sh
 	bash scripts/bench-lab.sh
 	bash scripts/bench-connect.sh
+	bash scripts/bench-chaos.sh
 
 ## The agent container image chaosnet-agent:<version>, FROM scratch (no registry needed).
 image: release
