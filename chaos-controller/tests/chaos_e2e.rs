@@ -321,20 +321,35 @@ fn chaos_runs_partition_faults_by_hand_impossible_slo_and_churn() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(namespaces_of(&run_id).is_empty());
 
-    // --- an impossible SLO exits 1 and says which, with the value and the time
+    // --- an impossible SLO exits 1 and says which, with the value and the time; PromQL
+    // SLOs against the run's Prometheus, which also scrapes the controller's /metrics
     let imp = write(
         dir.path(),
         "impossible.yaml",
         "chaos:
-  warmup_s: 1
+  warmup_s: 8
   duration_s: 2
-  settle_s: 0
+  settle_s: 6
   sample_pairs: 6
   slos:
     - {name: impossible, probe: reachability, when: end, min: 1.01}
+    - {name: agents-scraped, probe: promql, query: 'count(up{role!=\"controller\"} == 1)', when: end, min: 6}
+    - {name: controller-scraped, probe: promql, query: 'count(up{role=\"controller\"} == 1)', when: end, min: 1}
 ",
     );
-    let o = run(&runs, &["run", &imp, "--agent-bin", &bin]);
+    let port = common::cli::free_port().to_string();
+    let o = run(
+        &runs,
+        &[
+            "run",
+            &imp,
+            "--agent-bin",
+            &bin,
+            "--monitor",
+            "--prometheus-port",
+            &port,
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let t = text(&o);
     assert!(
@@ -342,8 +357,72 @@ fn chaos_runs_partition_faults_by_hand_impossible_slo_and_churn() {
         "{t}"
     );
     assert!(t.contains("needs >= 1.01"), "{t}");
+    for slo in ["agents-scraped", "controller-scraped"] {
+        assert!(
+            t.lines().any(|l| l.contains(slo) && l.contains("PASS")),
+            "{slo} holds: {t}"
+        );
+    }
     let (imp_id, _) = current(&runs);
     assert!(namespaces_of(&imp_id).is_empty(), "down after the run");
+
+    // --- the controller dies mid-fault (SIGKILL): `heal --all` undoes what it left
+    let crash = write(
+        dir.path(),
+        "crash.yaml",
+        "chaos:
+  warmup_s: 1
+  duration_s: 60
+  faults:
+    - {name: cut, kind: partition, shape: halves, at_s: 0, duration_s: 50}
+    - {name: stop, kind: pause, mode: one, at_s: 0, duration_s: 50}
+    - {name: lossy, kind: loss, loss_pct: 50, select: {name: cone-0}, at_s: 0, duration_s: 50}
+",
+    );
+    let mut child = Command::new(common::cli::chaosnet())
+        .arg("--runs-dir")
+        .arg(&runs)
+        .args(["run", &crash, "--agent-bin", &bin])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let crash_dir = loop {
+        if let Ok(t) = std::fs::read_link(runs.join("current")) {
+            let d = runs.join(t);
+            let ev = std::fs::read_to_string(d.join("events.jsonl")).unwrap_or_default();
+            if ev.matches("\"event\":\"inject\"").count() == 3 {
+                break d;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the crash run never injected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    child.kill().expect("SIGKILL the controller");
+    let _ = child.wait();
+    let crash_id = crash_dir
+        .file_name()
+        .expect("run id")
+        .to_string_lossy()
+        .into_owned();
+    let recorded = std::fs::read_to_string(crash_dir.join("faults.json")).expect("faults");
+    assert_eq!(
+        serde_json::from_str::<Value>(&recorded).expect("json")["active"]
+            .as_array()
+            .map(Vec::len),
+        Some(3),
+        "every injected fault is recorded: {recorded}"
+    );
+    let o = run(&runs, &["heal", "--all"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_no_fault_state(&crash_id, &crash_dir);
+    let o = run(&runs, &["down"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(namespaces_of(&crash_id).is_empty());
 
     // --- churn: kill two peers every 8 s for 4 s; they come back with their node graph
     let churn = write(

@@ -16,9 +16,22 @@ use plotters::prelude::*;
 
 use super::run::RunReport;
 
-/// The NAT-pair matrix: (source NAT, target NAT) -> (successes, attempts), over every round.
-pub fn nat_matrix(r: &RunReport) -> BTreeMap<(String, String), (usize, usize)> {
-    let mut m: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+/// One cell of the NAT-pair matrix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cell {
+    /// Connects that succeeded.
+    pub ok: usize,
+    /// Connects tried.
+    pub tried: usize,
+    /// Successful connects by mode (`direct`, `punched`, `relayed`).
+    pub modes: BTreeMap<String, usize>,
+}
+
+/// The NAT-pair matrix: (source NAT, target NAT) -> cell, over the rounds during which no
+/// fault was active (the network's own connectivity by NAT pair; fault windows are in the
+/// time chart).
+pub fn nat_matrix(r: &RunReport) -> BTreeMap<(String, String), Cell> {
+    let mut m: BTreeMap<(String, String), Cell> = BTreeMap::new();
     let nat = |a: &str| {
         r.agents.get(a).map_or("?".to_string(), |(site, nat)| {
             if site == crate::planner::SEED_SITE {
@@ -28,12 +41,15 @@ pub fn nat_matrix(r: &RunReport) -> BTreeMap<(String, String), (usize, usize)> {
             }
         })
     };
-    for round in &r.rounds {
+    for round in r.rounds.iter().filter(|x| x.active.is_empty()) {
         for p in &round.pairs {
             let e = m.entry((nat(&p.from), nat(&p.to))).or_default();
-            e.1 += 1;
+            e.tried += 1;
             if p.ok {
-                e.0 += 1;
+                e.ok += 1;
+                *e.modes
+                    .entry(p.mode.clone().unwrap_or_else(|| "?".into()))
+                    .or_default() += 1;
             }
         }
     }
@@ -114,13 +130,20 @@ pub fn markdown(r: &RunReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## NAT-pair matrix (connects that succeeded / tried, all rounds)\n\n| from \\ to | target | ok | tried | share |\n|---|---|---|---|---|"
+        "\n## NAT-pair matrix (rounds without an active fault)\n\n| from | to | ok / tried | share | direct | punched | relayed | failed |\n|---|---|---|---|---|---|---|---|"
     );
-    for ((a, b), (ok, n)) in nat_matrix(r) {
+    for ((a, b), c) in nat_matrix(r) {
+        let mode = |k: &str| c.modes.get(k).copied().unwrap_or(0);
         let _ = writeln!(
             s,
-            "| {a} | {b} | {ok} | {n} | {:.0}% |",
-            ok as f64 * 100.0 / n.max(1) as f64
+            "| {a} | {b} | {} / {} | {:.0}% | {} | {} | {} | {} |",
+            c.ok,
+            c.tried,
+            c.ok as f64 * 100.0 / c.tried.max(1) as f64,
+            mode("direct"),
+            mode("punched"),
+            mode("relayed"),
+            c.tried - c.ok
         );
     }
     let _ = writeln!(
@@ -266,7 +289,7 @@ pub fn matrix_svg(r: &RunReport) -> Result<String, ChartError> {
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let font = ("sans-serif", 13).into_font();
         root.draw(&Text::new(
-            "NAT-pair matrix: source (rows) to target (columns), share of connects that succeeded",
+            "NAT-pair matrix: source (rows) to target (columns), connects that succeeded (no fault active)",
             (10, 10),
             font.clone(),
         ))
@@ -286,7 +309,8 @@ pub fn matrix_svg(r: &RunReport) -> Result<String, ChartError> {
             for (j, b) in kinds.iter().enumerate() {
                 let x = left + j as i32 * cell;
                 let (color, label) = match m.get(&(a.clone(), b.clone())) {
-                    Some(&(ok, tried)) if tried > 0 => {
+                    Some(c) if c.tried > 0 => {
+                        let (ok, tried) = (c.ok, c.tried);
                         let v = ok as f64 / tried as f64;
                         (
                             RGBColor((220.0 * (1.0 - v)) as u8 + 30, (190.0 * v) as u8 + 40, 60),
