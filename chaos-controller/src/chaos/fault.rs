@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use super::schedule::Occurrence;
 use super::spec::{FaultKind, Shape};
 use crate::nat::{self, RouterParams};
-use crate::plan::{AgentPlan, IfAddr, NatKind, Plan, SitePlan};
+use crate::plan::{AgentPlan, IfAddr, Plan, SitePlan};
 use crate::planner::{BRIDGE, HOST_IF, WAN_IF};
 
 /// Prefix of every nft table a fault creates (then `<run>_<occurrence id>`).
@@ -361,6 +361,7 @@ pub fn plan_fault(plan: &Plan, o: &Occurrence, netem: bool) -> Result<FaultPlan,
             mechanism = "WAN address change + ruleset + conntrack flush (outer router)".into();
             for t in &o.targets {
                 let s = site(t)?;
+                // `site` refuses sites without routers, so index 0 exists.
                 let ns = &s.routers[0];
                 let Some(old) = wan_addr(plan, ns) else {
                     continue;
@@ -404,6 +405,7 @@ pub fn plan_fault(plan: &Plan, o: &Occurrence, netem: bool) -> Result<FaultPlan,
             mechanism = "ip link down".into();
             for t in &o.targets {
                 let (ns, dev) = if *site_level {
+                    // `site` refuses sites without routers, so index 0 exists.
                     (site(t)?.routers[0].clone(), WAN_IF)
                 } else {
                     (agent(t)?.ns.clone(), HOST_IF)
@@ -715,11 +717,3 @@ pub fn sweep(plan: &Plan) -> Vec<Action> {
     }
     v
 }
-
-/// The NAT kinds a nat-swap may go to (every router template).
-pub const SWAP_KINDS: [NatKind; 4] = [
-    NatKind::FullCone,
-    NatKind::RestrictedCone,
-    NatKind::PortRestrictedCone,
-    NatKind::Symmetric,
-];

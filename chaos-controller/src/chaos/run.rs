@@ -233,6 +233,7 @@ pub fn print_timeline(tl: &Timeline) {
             format!("{:.1} s", e as f64 / 1000.0)
         });
         let mut who = o.targets.join(",");
+        // Agent names are ASCII (the scenario validates them), so byte slicing is safe.
         if who.len() > 60 {
             who = format!("{}... ({} targets)", &who[..57], o.targets.len());
         }
