@@ -28,7 +28,7 @@ sites:
 "
 echo "== chaos: 50 agents, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $bin"
 printf '%s' "$lab" > "$dir/lab.yaml"
-"$bin" --runs-dir "$dir" up -f "$dir/lab.yaml" --join-timeout-s 120 >/dev/null 2>"$dir/up.log" || { cat "$dir/up.log" >&2; exit 1; }
+"$bin" --runs-dir "$dir" up -f "$dir/lab.yaml" --join-timeout-s 60 --keep-on-failure >/dev/null 2>"$dir/up.log" || grep "did not join" "$dir/up.log" >&2
 
 stats() { # name, then numbers on stdin
   awk -v n="$1" '{s+=$1; if ($1>m) m=$1; c++} END {if (c) printf "%-34s n=%d mean %.1f ms, max %.1f ms\n", n, c, s/c, m}'
@@ -57,7 +57,7 @@ for kind in $kinds; do
     d=$(awk -v i="$i" 'BEGIN {print i/2}')
     printf '%schaos:\n  warmup_s: 2\n  duration_s: 15\n  settle_s: 1\n  probe_interval_s: 5\n  sample_pairs: 4\n  faults:\n    - {kind: %s, %s, every_s: %s, duration_s: %s}\n' \
       "$lab" "$kind" "$extra" "$i" "$d" > "$dir/every.yaml"
-    "$bin" --runs-dir "$dir" run "$dir/every.yaml" >/dev/null 2>"$dir/run.log" || true
+    "$bin" --runs-dir "$dir" run "$dir/every.yaml" --allow-unjoined >/dev/null 2>"$dir/run.log" || true
     ev="$dir/$(readlink "$dir/current")/events.jsonl"
     python3 - "$ev" "$i" "$kind" <<'PY'
 import json, sys

@@ -197,6 +197,9 @@ struct RunArgs {
     /// The agent binary (default: `chaosnet-agent` next to this binary).
     #[arg(long, value_name = "PATH")]
     agent_bin: Option<PathBuf>,
+    /// Go on when some agents did not join (for benchmarks of the controller itself).
+    #[arg(long)]
+    allow_unjoined: bool,
 }
 
 #[derive(Debug, Args)]
@@ -350,6 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 prometheus_port: a.prometheus_port,
                 runs_dir: runs,
                 agent_bin: a.agent_bin,
+                allow_unjoined: a.allow_unjoined,
             });
             if let crate::chaos::run::Outcome::Failed(why) = &outcome {
                 eprintln!("chaosnet: the run could not happen: {why}");

@@ -28,6 +28,9 @@ pub const FAULTS_FILE: &str = "faults.json";
 const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeout of one agent API call of a fault.
 const API_TIMEOUT: Duration = Duration::from_secs(3);
+/// nft transactions run at once (a partition touches every agent's namespace: one `nft`
+/// process each, which is what a partition costs).
+const PARALLEL_NFT: usize = 8;
 
 /// Why an action failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,14 +124,16 @@ impl<'a> Executor<'a> {
         st.active.retain(|x| x.id != f.id);
         st.active.push(f.clone());
         st.save(&self.run_dir)?;
-        for a in &f.inject {
-            if let Err(e) = self.action(a) {
-                let _ = self.run_heal(&f.heal);
-                let mut st = FaultState::load(&self.run_dir);
-                st.active.retain(|x| x.id != f.id);
-                let _ = st.save(&self.run_dir);
-                return Err(e);
-            }
+        if let Some(e) = self
+            .run_actions(&f.inject, true)
+            .into_iter()
+            .find_map(Result::err)
+        {
+            let _ = self.run_heal(&f.heal);
+            let mut st = FaultState::load(&self.run_dir);
+            st.active.retain(|x| x.id != f.id);
+            let _ = st.save(&self.run_dir);
+            return Err(e);
         }
         Ok(t0.elapsed())
     }
@@ -147,10 +152,57 @@ impl<'a> Executor<'a> {
     }
 
     fn run_heal(&self, actions: &[Action]) -> Vec<String> {
-        actions
-            .iter()
-            .filter_map(|a| self.action(a).err().map(|e| e.to_string()))
+        self.run_actions(actions, false)
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| e.to_string()))
             .collect()
+    }
+
+    /// Runs actions in order, except that a run of consecutive `Nft` actions on distinct
+    /// namespaces goes [`PARALLEL_NFT`] at a time (they cannot affect each other). With
+    /// `stop_on_error` (injects) it stops after the first failed run or action; heals try
+    /// every action.
+    fn run_actions(&self, actions: &[Action], stop_on_error: bool) -> Vec<Result<(), ExecError>> {
+        let mut out = Vec::with_capacity(actions.len());
+        let mut i = 0;
+        while i < actions.len() {
+            let mut j = i;
+            let mut seen = std::collections::BTreeSet::new();
+            while let Some(Action::Nft { ns, .. }) = actions.get(j) {
+                if !seen.insert(ns.as_str()) {
+                    break;
+                }
+                j += 1;
+            }
+            if j > i + 1 {
+                for chunk in actions[i..j].chunks(PARALLEL_NFT) {
+                    let rs: Vec<Result<(), ExecError>> = std::thread::scope(|s| {
+                        let hs: Vec<_> = chunk.iter().map(|a| s.spawn(|| self.action(a))).collect();
+                        hs.into_iter()
+                            .map(|h| {
+                                h.join().unwrap_or_else(|_| {
+                                    Err(ExecError::UnknownAgent("(a fault thread panicked)".into()))
+                                })
+                            })
+                            .collect()
+                    });
+                    out.extend(rs);
+                }
+                if stop_on_error && out.iter().any(Result::is_err) {
+                    return out;
+                }
+                i = j;
+            } else {
+                let r = self.action(&actions[i]);
+                let failed = r.is_err();
+                out.push(r);
+                if failed && stop_on_error {
+                    return out;
+                }
+                i += 1;
+            }
+        }
+        out
     }
 
     /// Heals every recorded fault, then sweeps. Returns (faults healed, errors).

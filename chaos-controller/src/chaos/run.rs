@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub runs_dir: PathBuf,
     /// Agent binary (default: next to this binary).
     pub agent_bin: Option<PathBuf>,
+    /// Go on when some agents did not join (benchmarks of the controller itself).
+    pub allow_unjoined: bool,
 }
 
 /// The verdict of one SLO.
@@ -277,9 +279,16 @@ pub fn run(opts: &RunOptions) -> Outcome {
     if let Some(b) = &opts.agent_bin {
         up.arg("--agent-bin").arg(b);
     }
+    if opts.allow_unjoined {
+        up.arg("--keep-on-failure");
+    }
     eprintln!("chaosnet: bringing the lab up");
     match up.status() {
         Ok(s) if s.success() => {}
+        // `up` exits 1 when agents did not join; with --keep-on-failure the lab stays.
+        Ok(s) if opts.allow_unjoined && s.code() == Some(1) => {
+            eprintln!("chaosnet: warning: going on without every agent joined (--allow-unjoined)");
+        }
         Ok(s) => return Outcome::Failed(format!("`chaosnet up` failed ({s})")),
         Err(e) => return Outcome::Failed(format!("cannot run `chaosnet up`: {e}")),
     }
