@@ -42,6 +42,7 @@ bench: release
 	bash scripts/bench-agent.sh
 	bash scripts/bench-lab.sh
 	bash scripts/bench-connect.sh
+	bash scripts/bench-chaos.sh
 	@if docker info >/dev/null 2>&1; then bash scripts/bench-docker.sh; else echo "bench-docker: skipped, no Docker engine"; fi
 
 ## The agent container image chaosnet-agent:<version>, FROM scratch (no registry needed).

@@ -29,7 +29,7 @@
 //! enforces before anything is created.
 
 mod attach;
-mod cmd;
+pub(crate) mod cmd;
 mod netns;
 mod script;
 mod state;

@@ -139,6 +139,27 @@ enum Cmd {
     },
     /// Print the plan of a scenario as JSON without creating anything.
     Plan(ScenarioArgs),
+    /// Run a chaos scenario: up, warm-up, faults on schedule with probes, final heal,
+    /// settle, end probes, report, down. Exit code 0 pass, 1 an SLO failed, 2 the run could
+    /// not happen.
+    Run(RunArgs),
+    /// Print the fault timeline of a scenario (seeded) without creating anything.
+    Timeline {
+        /// The scenario.
+        scenario: PathBuf,
+        /// Overrides the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Inject one fault into the current (running) fleet.
+    Fault(Box<FaultArgs>),
+    /// Heal the faults injected into the current fleet (recorded in its faults.json).
+    Heal {
+        /// Also sweep every namespace of the run for fault state without a record (after a
+        /// crash): fault nft tables, qdiscs, paused agents, impairments, links down.
+        #[arg(long)]
+        all: bool,
+    },
     /// Serve the scrape proxy of a run (started by `up --monitor`).
     #[command(hide = true)]
     Serve {
@@ -159,6 +180,85 @@ struct ScenarioArgs {
     /// Scale the non-seed agents to N, spread over the sites in proportion.
     #[arg(long, value_name = "N")]
     agents: Option<usize>,
+    /// Overrides the scenario's seed.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The scenario (with a `chaos:` section).
+    scenario: PathBuf,
+    /// Overrides the scenario's seed (node keys, fault timeline, probe samples).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Leave the lab up afterwards (every fault healed).
+    #[arg(long)]
+    keep: bool,
+    /// Also start Prometheus (needed by PromQL SLOs); it scrapes the controller too.
+    #[arg(long)]
+    monitor: bool,
+    /// Port of the local Prometheus.
+    #[arg(long, default_value_t = 9090)]
+    prometheus_port: u16,
+    /// The agent binary (default: `chaosnet-agent` next to this binary).
+    #[arg(long, value_name = "PATH")]
+    agent_bin: Option<PathBuf>,
+    /// Go on when some agents did not join (for benchmarks of the controller itself).
+    #[arg(long)]
+    allow_unjoined: bool,
+}
+
+#[derive(Debug, Args)]
+struct FaultArgs {
+    /// kill, restart, pause, partition, loss, delay, bandwidth, nat-swap, ip-change, link-down.
+    kind: String,
+    /// Select agents of these sites (repeatable; `internet` = the seeds).
+    #[arg(long)]
+    site: Vec<String>,
+    /// Select agents behind these NAT types (repeatable).
+    #[arg(long)]
+    nat: Vec<String>,
+    /// Select seeds or peers.
+    #[arg(long)]
+    role: Option<String>,
+    /// Select agents by name glob (repeatable), e.g. `home*`.
+    #[arg(long)]
+    name: Vec<String>,
+    /// one, all, fixed:N or percent:P.
+    #[arg(long, default_value = "all")]
+    mode: String,
+    /// Heal after this many seconds (the command waits); without it the fault stays until
+    /// `chaosnet heal`.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seed of the random choices (default: random).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// partition: isolate, halves, majority, ring, bridge, sites.
+    #[arg(long)]
+    shape: Option<String>,
+    /// partition: block only the first group towards the others.
+    #[arg(long)]
+    oneway: bool,
+    /// loss: percent dropped each way.
+    #[arg(long)]
+    loss_pct: Option<f64>,
+    /// delay: added delay in ms.
+    #[arg(long)]
+    delay_ms: Option<u64>,
+    /// delay: jitter in ms.
+    #[arg(long)]
+    jitter_ms: Option<u64>,
+    /// bandwidth: rate in kbit/s.
+    #[arg(long)]
+    rate_kbit: Option<u64>,
+    /// nat-swap: the new NAT type.
+    #[arg(long)]
+    to: Option<String>,
+    /// link-down: agent or site.
+    #[arg(long)]
+    scope: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +359,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&plan)?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Run(a) => {
+            let outcome = crate::chaos::run::run(&crate::chaos::run::RunOptions {
+                scenario: a.scenario,
+                seed: a.seed,
+                keep: a.keep,
+                monitor: a.monitor,
+                prometheus_port: a.prometheus_port,
+                runs_dir: runs,
+                agent_bin: a.agent_bin,
+                allow_unjoined: a.allow_unjoined,
+            });
+            if let crate::chaos::run::Outcome::Failed(why) = &outcome {
+                eprintln!("chaosnet: the run could not happen: {why}");
+            }
+            Ok(ExitCode::from(outcome.exit_code()))
+        }
+        Cmd::Timeline { scenario, seed } => {
+            let (_, tl) = crate::chaos::run::prepare(&scenario, seed).map_err(|e| anyhow!(e))?;
+            crate::chaos::run::print_timeline(&tl);
+            println!("{}", serde_json::to_string_pretty(&tl)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fault(a) => fault_cmd(&runs, *a).map(|()| ExitCode::SUCCESS),
+        Cmd::Heal { all } => heal_cmd(&runs, all).map(|()| ExitCode::SUCCESS),
         Cmd::Serve { run_dir, listen } => {
             monitor::serve(&run_dir, listen)?;
             Ok(ExitCode::SUCCESS)
@@ -276,6 +400,9 @@ fn load_scenario(args: &ScenarioArgs) -> anyhow::Result<(Scenario, String)> {
     };
     if let Some(n) = args.agents {
         s.scale_agents(n).with_context(|| format!("--agents {n}"))?;
+    }
+    if let Some(seed) = args.seed {
+        s.seed = seed;
     }
     Ok((s, label))
 }
@@ -1051,5 +1178,133 @@ fn down(runs: &Path, all: bool, run: Option<&str>) -> anyhow::Result<()> {
         t0.elapsed(),
         run_dir.display()
     );
+    Ok(())
+}
+
+/// `chaosnet fault`: one fault, built through the same validation as a scenario's faults.
+fn fault_cmd(runs: &Path, a: FaultArgs) -> anyhow::Result<()> {
+    use crate::chaos::{exec, fault, schedule, select, spec};
+    let run_dir = run_dir_of(runs, None)?;
+    let mut state = RunState::load(&run_dir)?;
+    let plan = state.plan.clone();
+    let q = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    let list = |v: &[String]| {
+        format!(
+            "[{}]",
+            v.iter().map(|x| q(x)).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let mut y = format!(
+        "faults:\n  - kind: {}\n    mode: {}\n",
+        q(&a.kind),
+        q(&a.mode)
+    );
+    let mut sel = vec![
+        format!("site: {}", list(&a.site)),
+        format!("nat: {}", list(&a.nat)),
+        format!("name: {}", list(&a.name)),
+    ];
+    if let Some(r) = &a.role {
+        sel.push(format!("role: {}", q(r)));
+    }
+    y.push_str(&format!("    select: {{{}}}\n", sel.join(", ")));
+    let mut field = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            y.push_str(&format!("    {k}: {v}\n"));
+        }
+    };
+    field("duration_s", a.duration.map(|d| d.to_string()));
+    field("shape", a.shape.as_deref().map(q));
+    field("oneway", a.oneway.then(|| "true".to_string()));
+    field("loss_pct", a.loss_pct.map(|v| v.to_string()));
+    field("delay_ms", a.delay_ms.map(|v| v.to_string()));
+    field("jitter_ms", a.jitter_ms.map(|v| v.to_string()));
+    field("rate_kbit", a.rate_kbit.map(|v| v.to_string()));
+    field("to", a.to.as_deref().map(q));
+    field("scope", a.scope.as_deref().map(q));
+    let targets = select::targets_of_plan(&plan);
+    let chaos =
+        spec::parse_section(&y, &targets).map_err(|e| anyhow!("bad fault: {}", e.message))?;
+    let seed = a.seed.unwrap_or_else(rand::random::<u64>);
+    let tl = schedule::timeline(&chaos, &targets, seed).map_err(|e| anyhow!(e.message))?;
+    let Some(mut occ) = tl.occurrences.into_iter().next() else {
+        bail!("the fault selected nothing");
+    };
+    // Ids of hand-made faults start at 1000, clear of a scenario's timeline ids.
+    let st = exec::FaultState::load(&run_dir);
+    occ.id = st
+        .active
+        .iter()
+        .map(|f| f.id + 1)
+        .max()
+        .unwrap_or(1000)
+        .max(1000);
+    let rt = ProcessRuntime::new(&run_dir, &agent_bin(None)?)?;
+    rt.adopt(&plan.agents, &state.agents);
+    let ex = exec::Executor::new(&run_dir, &plan, &rt);
+    let netem = plan
+        .agents
+        .first()
+        .is_some_and(|x| ex.netem_available(&x.ns).0);
+    let fp = fault::plan_fault(&plan, &occ, netem)?;
+    let cost = ex.inject(&fp)?;
+    state.agents = rt.instances();
+    state.save(&run_dir)?;
+    println!(
+        "chaosnet: injected #{} {} on {} ({}, {:.0} ms)",
+        fp.id,
+        fp.kind,
+        fp.targets.join(","),
+        fp.mechanism,
+        cost.as_secs_f64() * 1000.0
+    );
+    match a.duration {
+        Some(d) if !fp.heal.is_empty() => {
+            std::thread::sleep(Duration::from_secs_f64(d));
+            let (cost, errors) = ex.heal(&fp);
+            state.agents = rt.instances();
+            state.save(&run_dir)?;
+            println!(
+                "chaosnet: healed #{} ({:.0} ms)",
+                fp.id,
+                cost.as_secs_f64() * 1000.0
+            );
+            if !errors.is_empty() {
+                bail!("heal errors: {}", errors.join("; "));
+            }
+        }
+        _ if !fp.heal.is_empty() => println!("chaosnet: `chaosnet heal` removes it"),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `chaosnet heal [--all]`.
+fn heal_cmd(runs: &Path, all: bool) -> anyhow::Result<()> {
+    use crate::chaos::exec;
+    let run_dir = run_dir_of(runs, None)?;
+    let mut state = RunState::load(&run_dir)?;
+    let rt = ProcessRuntime::new(&run_dir, &agent_bin(None)?)?;
+    rt.adopt(&state.plan.agents, &state.agents);
+    let ex = exec::Executor::new(&run_dir, &state.plan, &rt);
+    let (n, errors) = if all {
+        ex.heal_all()
+    } else {
+        let st = exec::FaultState::load(&run_dir);
+        let mut errors = Vec::new();
+        for f in &st.active {
+            errors.extend(ex.heal(f).1);
+        }
+        (st.active.len(), errors)
+    };
+    state.agents = rt.instances();
+    state.save(&run_dir)?;
+    println!(
+        "chaosnet: healed {n} recorded fault(s){}",
+        if all { " and swept the run" } else { "" }
+    );
+    if !errors.is_empty() {
+        bail!("heal errors: {}", errors.join("; "));
+    }
     Ok(())
 }

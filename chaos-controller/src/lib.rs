@@ -8,6 +8,7 @@
 //!   down, idempotently, from a state file or by name prefix.
 //!
 //! - [`matrix`]: the NAT-pair connectivity matrix (theory, judging, measuring).
+//! - [`chaos`]: the fault engine, probes, SLO verdicts and reports (`chaosnet run`).
 //! - [`runtime`]: how agents run (processes in their namespaces, or Docker containers wired
 //!   into the same namespaces; kube later).
 //! - [`monitor`]: Prometheus config and the scrape proxy; [`agentapi`]: HTTP over the agents'
@@ -18,6 +19,7 @@
 
 pub mod agentapi;
 pub mod apply;
+pub mod chaos;
 pub mod cli;
 pub mod matrix;
 pub mod monitor;

@@ -9,7 +9,7 @@
 //!
 //! What it does not do: touch the system (apart from [`Scenario::load`] reading the file
 //! and checking that the network key file exists), decide addresses or names (that is the
-//! planner's job), or describe faults and probes (later issues extend the schema).
+//! planner's job). The `chaos:` section's own schema lives in `crate::chaos::spec`.
 //!
 //! # Schema
 //!
@@ -52,6 +52,9 @@
 //!                          # default false; not for `none`
 //!     runtime: docker      # this site's agents: process | docker | auto; default: the
 //!                          # top-level `runtime` (its `sites` choice)
+//!     labels: {tier: edge} # free-form key/value labels for fault selectors; default none
+//! chaos: {...}             # faults, probes and SLOs of `chaosnet run`: see
+//!                          # `crate::chaos::spec` (validated here, with line:col errors)
 //! ```
 //!
 //! Conntrack presets (seconds, `nf_conntrack_udp_timeout` / `_udp_timeout_stream` /
@@ -124,6 +127,8 @@ pub struct Scenario {
     pub conntrack: Conntrack,
     /// The sites, in file order.
     pub sites: Vec<Site>,
+    /// Faults, probes and SLOs of `chaosnet run` (empty when the file has no `chaos:`).
+    pub chaos: crate::chaos::spec::ChaosSpec,
     /// How the public seeds run.
     pub seed_runtime: RuntimeChoice,
 }
@@ -423,6 +428,8 @@ pub struct Site {
     pub hairpin: bool,
     /// How the site's agents run.
     pub runtime: RuntimeChoice,
+    /// Free-form labels, for fault selectors (`select: {label: "k=v"}`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Site {
@@ -640,6 +647,12 @@ pub enum Problem {
         /// Site agents.
         sites: u64,
     },
+    /// A problem in the `chaos:` section (faults, probes, SLOs).
+    #[error("{0}")]
+    Chaos(String),
+    /// A site label is malformed.
+    #[error("site labels: keys and values must be 1 to 64 characters of A-Z a-z 0-9 . _ - /")]
+    BadLabel,
 }
 
 /// Why `--agents N` could not be applied.
@@ -703,6 +716,8 @@ struct RawScenario {
     #[serde(default)]
     runtime: Option<RuntimeField>,
     sites: Spanned<Vec<RawSite>>,
+    #[serde(default)]
+    chaos: Option<crate::chaos::spec::RawChaos>,
 }
 
 #[derive(Deserialize)]
@@ -765,6 +780,7 @@ struct RawSite {
     hairpin: Option<Spanned<bool>>,
     #[serde(default)]
     runtime: Option<RuntimeChoice>,
+    labels: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1007,6 +1023,19 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    fn chaos_err(&self, at: crate::chaos::spec::At, message: String) -> ScenarioError {
+        ScenarioError::Invalid {
+            at: Source {
+                file: self.file.to_string(),
+                pos: (at.line > 0).then_some(Pos {
+                    line: at.line,
+                    column: at.column,
+                }),
+            },
+            problem: Problem::Chaos(message),
+        }
+    }
+
     fn err<T>(
         &self,
         loc: Option<serde_saphyr::Location>,
@@ -1105,9 +1134,25 @@ impl Validator<'_> {
             );
         }
 
+        let seed = raw.seed.unwrap_or(0);
+        let chaos = match raw.chaos {
+            None => crate::chaos::spec::ChaosSpec::default(),
+            Some(rc) => {
+                let targets = crate::chaos::select::targets_of(seeds, &sites);
+                let spec = crate::chaos::spec::validate(rc, &targets)
+                    .map_err(|e| self.chaos_err(e.at, e.message))?;
+                // Expanding the timeline with the scenario's seed finds contradictory
+                // overlaps before anything starts (`run --seed` checks its own seed again).
+                if let Err(e) = crate::chaos::schedule::timeline(&spec, &targets, seed) {
+                    return Err(self.chaos_err(e.at, e.message));
+                }
+                spec
+            }
+        };
+
         Ok(Scenario {
             name,
-            seed: raw.seed.unwrap_or(0),
+            seed,
             network,
             network_key_file,
             seeds,
@@ -1115,6 +1160,7 @@ impl Validator<'_> {
             conntrack,
             sites,
             seed_runtime: runtime.seeds,
+            chaos,
         })
     }
 
@@ -1274,6 +1320,22 @@ impl Validator<'_> {
             None => false,
         };
 
+        let labels = match rs.labels {
+            None => Default::default(),
+            Some(l) => {
+                let ok = |x: &str| {
+                    (1..=64).contains(&x.len())
+                        && x.chars().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')
+                        })
+                };
+                if !l.value.iter().all(|(k, v)| ok(k) && ok(v)) || l.value.len() > 32 {
+                    return self.err(Some(l.referenced), Problem::BadLabel);
+                }
+                l.value
+            }
+        };
+
         Ok((
             Site {
                 name,
@@ -1283,6 +1345,7 @@ impl Validator<'_> {
                 conntrack,
                 hairpin,
                 runtime: rs.runtime.unwrap_or_default(),
+                labels,
             },
             rs.name.referenced.line(),
             rs.runtime.is_none(),
@@ -1306,10 +1369,10 @@ mod tests {
     }
 
     #[test]
-    fn default_scenario_has_every_nat_type_and_24_agents() {
+    fn default_scenario_has_every_nat_type_and_26_agents() {
         let s = Scenario::default_scenario();
         assert_eq!(s.seeds, 3);
-        assert_eq!(s.total_agents(), 24);
+        assert_eq!(s.total_agents(), 26);
         assert_eq!(s.agent.task_rate, 1.0);
         for kind in [
             NatKind::None,
@@ -1423,20 +1486,20 @@ mod tests {
     fn scale_keeps_identity_and_proportions() {
         let mut s = Scenario::default_scenario();
         let before: Vec<usize> = s.sites.iter().map(|x| x.agents).collect();
-        s.scale_agents(21).expect("same size");
+        s.scale_agents(23).expect("same size");
         assert_eq!(s.sites.iter().map(|x| x.agents).collect::<Vec<_>>(), before);
 
         s.scale_agents(100).expect("scale up");
         assert_eq!(s.site_agents(), 100);
         assert_eq!(s.seeds, 3);
-        // 100 * 3/21 = 14.29 and 100 * 4/21 = 19.05: floors give 99, and the one left goes
-        // to the largest remainder (.29), earliest site first.
+        // 100 * 3/23 = 13.04, 100 * 4/23 = 17.39 and 100 * 2/23 = 8.70: floors give 98, and
+        // the two left go to the largest remainders (.70, then .39 earliest site first).
         let counts: Vec<usize> = s.sites.iter().map(|x| x.agents).collect();
-        assert_eq!(counts, vec![15, 19, 19, 19, 14, 14]);
+        assert_eq!(counts, vec![13, 18, 17, 17, 13, 13, 9]);
 
-        s.scale_agents(6).expect("one each");
+        s.scale_agents(7).expect("one each");
         assert!(s.sites.iter().all(|x| x.agents == 1));
-        assert!(matches!(s.scale_agents(5), Err(ScaleError::TooFew { .. })));
+        assert!(matches!(s.scale_agents(6), Err(ScaleError::TooFew { .. })));
         assert!(s.sites.iter().all(|x| x.agents == 1), "unchanged on error");
         assert!(matches!(
             s.scale_agents(998),

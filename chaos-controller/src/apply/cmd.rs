@@ -20,7 +20,7 @@ const FALLBACK_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 /// The Debian package that ships `binary`, for error messages.
 pub(crate) fn package_of(binary: &str) -> &'static str {
     match binary {
-        "ip" => "iproute2",
+        "ip" | "tc" => "iproute2",
         "nft" => "nftables",
         "conntrack" => "conntrack",
         "sysctl" => "procps",
