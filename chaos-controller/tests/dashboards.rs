@@ -31,6 +31,21 @@ use common::require_root;
 const EXEMPT: &[(&str, &str, &str)] = &[
     // (panel title prefix, target refId or "*", reason)
     (
+        "Active faults by kind",
+        "*",
+        "chaosnet_fault_* come from the controller only while `chaosnet run` or `chaosnet fault` runs; this lab runs no fault (chaos_e2e.rs checks Prometheus scrapes them)",
+    ),
+    (
+        "Fault timeline",
+        "*",
+        "only while `chaosnet run` or `chaosnet fault` runs",
+    ),
+    (
+        "Fault injections and heals",
+        "*",
+        "only while `chaosnet run` or `chaosnet fault` runs",
+    ),
+    (
         "Handshake refusals by",
         "*",
         "only under wrong-network / bad-key / identity-mismatch / missing-proof peers",
