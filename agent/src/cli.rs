@@ -131,11 +131,14 @@ pub fn main() -> ExitCode {
         Cmd::Keygen { data_dir, force } => report(keygen(&data_dir, force), 2),
         Cmd::Id { data_dir, base32 } => report(print_id(&data_dir, base32), 2),
         Cmd::Run(args) => {
-            let _telemetry = match crate::telemetry::init(
-                &args.log_format,
-                args.otlp_endpoint.as_deref(),
-                "chaosnet-agent",
-            ) {
+            let _telemetry = match chaosnet_telemetry::init(chaosnet_telemetry::Options {
+                service: "chaosnet-agent",
+                format: &args.log_format,
+                otlp_endpoint: args.otlp_endpoint.as_deref(),
+                default_log_filter: "info,quinn=warn,rustls=warn",
+                // debug: `connect`/`request` spans are debug-level, to stay out of info logs.
+                export_filter: "chaosnet_agent=debug",
+            }) {
                 Ok(g) => g,
                 Err(e) => return report(Err(e.into()), 2),
             };

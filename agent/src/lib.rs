@@ -5,6 +5,9 @@
 //! - [`tls`]: rustls configs bound to that key, ALPN per network, private-network proofs.
 //! - [`socket`]: the `AsyncUdpSocket` seam under quinn (impairments, probe packets, counters).
 //! - [`store`]: the node graph persisted in RocksDB.
+//! - [`transport`]: dialing, accepting, hellos, request streams; [`punch`]: hole punching
+//!   and birthday probing on the QUIC socket; [`relay`]: relay circuits.
+//! - [`driver`]: the task that owns the core; [`api`]: the control API; [`metrics`].
 //!
 //! The shell owns no protocol decisions: it feeds inputs to the core and carries out its
 //! outputs. Everything here touches the world; nothing in `chaosnet_proto` does.
@@ -18,6 +21,5 @@ pub mod punch;
 pub mod relay;
 pub mod socket;
 pub mod store;
-pub mod telemetry;
 pub mod tls;
 pub mod transport;

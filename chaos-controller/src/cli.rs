@@ -46,6 +46,16 @@ pub struct Cli {
         value_name = "DIR"
     )]
     runs_dir: PathBuf,
+    /// Export traces over OTLP/HTTP to this URL (e.g. http://127.0.0.1:4318/v1/traces):
+    /// `chaosnet run` is then one `chaos_run` span with every fault injected and healed as an
+    /// event. Off by default.
+    #[arg(
+        long,
+        global = true,
+        env = "CHAOSNET_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -303,13 +313,20 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CHAOSNET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    // Dropped at the end of main: flushes pending spans.
+    let _telemetry = match chaosnet_telemetry::init(chaosnet_telemetry::Options {
+        service: "chaosnet",
+        format: "text",
+        otlp_endpoint: cli.otlp_endpoint.as_deref(),
+        default_log_filter: "warn",
+        export_filter: "chaos_controller=info",
+    }) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("chaosnet: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

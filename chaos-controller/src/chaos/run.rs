@@ -250,8 +250,26 @@ pub fn print_timeline(tl: &Timeline) {
     }
 }
 
-/// Runs a scenario end to end.
+/// Runs a scenario end to end, as one `chaos_run` span (exported with `--otlp-endpoint`)
+/// whose events are the faults injected and healed.
 pub fn run(opts: &RunOptions) -> Outcome {
+    let span = tracing::info_span!(
+        "chaos_run",
+        scenario = %opts.scenario.display(),
+        run_id = tracing::field::Empty,
+        verdict = tracing::field::Empty
+    );
+    let outcome = span.in_scope(|| run_traced(opts));
+    let verdict = match &outcome {
+        Outcome::Finished(r) if r.pass => "pass",
+        Outcome::Finished(_) => "slo_failed",
+        Outcome::Failed(_) => "could_not_run",
+    };
+    span.record("verdict", verdict);
+    outcome
+}
+
+fn run_traced(opts: &RunOptions) -> Outcome {
     let (scenario, timeline) = match prepare(&opts.scenario, opts.seed) {
         Ok(x) => x,
         Err(e) => return Outcome::Failed(e),
@@ -301,6 +319,7 @@ pub fn run(opts: &RunOptions) -> Outcome {
         Ok(s) => s,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
+    tracing::Span::current().record("run_id", state.run_id.0.as_str());
     let bin = match &opts.agent_bin {
         Some(b) => b.clone(),
         None => exe.with_file_name("chaosnet-agent"),
@@ -548,6 +567,7 @@ fn drive(
         let mut plans: BTreeMap<usize, (FaultPlan, usize)> = BTreeMap::new();
         let heal = |fp: &FaultPlan, rec: &mut FaultRecord| {
             let (cost, errors) = ex.heal(fp);
+            tracing::info!(fault = %fp.fault, kind = %fp.kind, errors = errors.len(), "fault healed");
             rec.heal_at_ms = Some(ms_since(t0));
             rec.heal_cost_ms = Some(cost.as_secs_f64() * 1000.0);
             metrics.healed(&FaultLabels {
@@ -595,6 +615,7 @@ fn drive(
                     };
                     match ex.inject(&fp) {
                         Ok(cost) => {
+                            tracing::info!(fault = %fp.fault, kind = %fp.kind, "fault injected");
                             let instant = fp.heal.is_empty();
                             metrics.injected(&FaultLabels {
                                 kind: fp.kind.clone(),

@@ -1,11 +1,13 @@
-//! Logging and optional trace export.
+//! Logging and optional trace export, shared by the agent and the controller.
 //!
 //! Logs go to stderr through `tracing-subscriber` with an env filter (`CHAOSNET_LOG`). When
-//! `--otlp-endpoint` is given, spans are also exported over OTLP/HTTP (protobuf) by the
-//! OpenTelemetry SDK's batch processor, on its own thread. Without the flag no exporter,
-//! layer or thread exists, so tracing costs nothing extra.
+//! an OTLP endpoint is given (`--otlp-endpoint`), spans are also exported over OTLP/HTTP
+//! (protobuf) by the OpenTelemetry SDK's batch processor, on its own thread. Without one no
+//! exporter, layer or thread exists, so tracing costs nothing extra.
 //!
-//! It does not decide what is traced: the transport opens `connect` and `request` spans.
+//! It does not decide what is traced: the agent's transport opens `connect`, `request`,
+//! `punch` and `relay_circuit` spans; the controller's `chaosnet run` is one `chaos_run` span
+//! with its faults as events.
 
 use std::io::IsTerminal;
 
@@ -41,21 +43,38 @@ impl Drop for TelemetryGuard {
         if let Some(p) = self.provider.take()
             && let Err(e) = p.shutdown()
         {
-            eprintln!("chaosnet-agent: flushing traces failed: {e}");
+            eprintln!("chaosnet: flushing traces failed: {e}");
         }
     }
 }
 
-/// Installs the global subscriber: stderr logs in `format` (`text` or `json`), plus OTLP
-/// export to `otlp_endpoint` (e.g. `http://127.0.0.1:4318/v1/traces`) when given.
-pub fn init(
-    format: &str,
-    otlp_endpoint: Option<&str>,
-    service: &str,
-) -> Result<TelemetryGuard, TelemetryError> {
+/// What to log and export.
+#[derive(Clone, Copy, Debug)]
+pub struct Options<'a> {
+    /// The OpenTelemetry service name, e.g. `chaosnet-agent`.
+    pub service: &'a str,
+    /// `text` (for people) or `json` (one object per line, for log shippers).
+    pub format: &'a str,
+    /// Where to export spans (e.g. `http://127.0.0.1:4318/v1/traces`); `None`: no export.
+    pub otlp_endpoint: Option<&'a str>,
+    /// The log filter when `CHAOSNET_LOG` is unset, e.g. `info,quinn=warn`.
+    pub default_log_filter: &'a str,
+    /// Which spans are exported, whatever the log filter, e.g. `chaosnet_agent=debug`.
+    pub export_filter: &'a str,
+}
+
+/// Installs the global subscriber: stderr logs, plus OTLP export when an endpoint is given.
+pub fn init(opts: Options<'_>) -> Result<TelemetryGuard, TelemetryError> {
+    let Options {
+        service,
+        format,
+        otlp_endpoint,
+        default_log_filter,
+        export_filter,
+    } = opts;
     let filter = || {
         EnvFilter::try_from_env("CHAOSNET_LOG")
-            .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,rustls=warn"))
+            .unwrap_or_else(|_| EnvFilter::new(default_log_filter))
     };
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
@@ -89,11 +108,10 @@ pub fn init(
         .with_resource(resource)
         .build();
     let tracer = provider.tracer(service.to_string());
-    // Spans are exported at debug level and above so `connect`/`request` spans flow even when
-    // the log filter is at info.
+    // Export has its own filter, so spans flow even when the log filter is quieter.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(EnvFilter::new("chaosnet_agent=debug"));
+        .with_filter(EnvFilter::new(export_filter));
     let _ = tracing_subscriber::registry()
         .with(fmt.with_filter(filter()))
         .with(otel)
