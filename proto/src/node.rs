@@ -1112,8 +1112,11 @@ impl Node {
                 }
             }
             Request::RelayOpen { target } => self.on_relay_open(from, target),
+            // A circuit reaches us only from a relay we are directly connected to: no circuits
+            // over circuits. (Our own relay settings limit what we carry for others, not
+            // what reaches us.)
             Request::RelayIncoming { .. } => {
-                if self.cfg.relay.enabled || self.direct_remote(&from).is_some() {
+                if self.direct_remote(&from).is_some() {
                     self.relay_accepted()
                 } else {
                     Response::Error {
