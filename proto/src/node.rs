@@ -102,6 +102,10 @@ pub struct NodeConfig {
     /// How long a plain dial of known addresses may take before signalling starts.
     /// Default 2,000 ms.
     pub direct_timeout_ms: u64,
+    /// The same, for a peer that reported itself behind a NAT (cone or symmetric): a plain
+    /// dial then only works on a shared LAN, through a hairpin or to a full cone, all of
+    /// which answer within a round trip or two. Default 1,000 ms.
+    pub direct_timeout_nated_ms: u64,
     /// How long a signalled hole punch (birthday probing included) may take. Default 8,000 ms.
     pub punch_timeout_ms: u64,
     /// How long opening a connection through a relay may take. Default 8,000 ms.
@@ -180,6 +184,7 @@ impl NodeConfig {
             max_inflight: 256,
             persist_interval_ms: 30_000,
             direct_timeout_ms: 2_000,
+            direct_timeout_nated_ms: 1_000,
             punch_timeout_ms: 8_000,
             relay_timeout_ms: 8_000,
             signal_max_age_ms: 30_000,
@@ -1869,14 +1874,16 @@ impl Node {
         if addrs.is_empty() || skip_direct {
             self.start_lookup(now, peer, LookupPurpose::ConnectTarget { op });
         } else {
-            self.emit_connect(
-                now,
-                op,
-                peer,
-                addrs,
-                Path::Direct,
-                self.cfg.direct_timeout_ms,
-            );
+            let t = self.direct_timeout(&peer);
+            self.emit_connect(now, op, peer, addrs, Path::Direct, t);
+        }
+    }
+
+    /// How long to give a plain dial to `peer`, by the NAT type it reported.
+    fn direct_timeout(&self, peer: &NodeId) -> u64 {
+        match self.table.get(peer).map(|c| c.nat) {
+            Some(NatType::Cone | NatType::Symmetric) => self.cfg.direct_timeout_nated_ms,
+            _ => self.cfg.direct_timeout_ms,
         }
     }
 
@@ -2438,7 +2445,7 @@ impl Node {
         }
         match found {
             Some(addrs) if !tried_direct => {
-                let t = self.cfg.direct_timeout_ms;
+                let t = self.direct_timeout(&peer);
                 self.emit_connect(now, op, peer, addrs, Path::Direct, t);
             }
             _ => self.enter_signal(now, op),
