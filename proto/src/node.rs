@@ -1342,6 +1342,12 @@ impl Node {
         request: Request,
         purpose: Purpose,
     ) {
+        // A carried signal gets half the deadline, so a dead next hop is reported to the
+        // requester while it still waits, and it can try another signaller.
+        let timeout_ms = match purpose {
+            Purpose::Forward(_) => self.cfg.request_timeout_ms / 2,
+            _ => self.cfg.request_timeout_ms,
+        };
         let id = RequestId(self.fresh_id());
         self.track(
             id,
@@ -1351,10 +1357,7 @@ impl Node {
                 purpose,
             },
         );
-        self.set_timer(
-            now + Duration::from_millis(self.cfg.request_timeout_ms),
-            Timer::Deadline(id),
-        );
+        self.set_timer(now + Duration::from_millis(timeout_ms), Timer::Deadline(id));
         self.outputs.push_back(Output::Request {
             id,
             peer,
@@ -1740,13 +1743,14 @@ impl Node {
                 _ => l.cands[pos].state = CandState::Failed,
             }
         }
-        // A connect's lookup is done once it knows where the target is and who holds a
-        // live connection to it: waiting for the rest (often NATed nodes that cannot be
-        // dialed) would only delay signalling.
+        // A connect's lookup is done once it knows where the target is and two nodes that
+        // hold a live connection to it (a second one in case the first one's connection
+        // just died): waiting for the rest (often NATed nodes that cannot be dialed) would
+        // only delay signalling.
         let early = self.lookups.get(&id).is_some_and(|l| {
             matches!(l.purpose, LookupPurpose::ConnectTarget { .. })
                 && l.found.as_ref().is_some_and(|f| !f.is_empty())
-                && !l.holders.is_empty()
+                && l.holders.len() >= 2
         });
         if early {
             self.finish_lookup(now, id);
