@@ -362,10 +362,25 @@ pub fn apply_with(
 
 /// Runs an `ip -batch -` script; on failure, the error names the failing line.
 fn ip_batch(ip: &std::path::Path, label: &str, script: &str) -> Result<(), ApplyError> {
+    ip_batch_ns(ip, None, label, script)
+}
+
+/// [`ip_batch`], inside namespace `ns` (`ip -n <ns>`) when given.
+fn ip_batch_ns(
+    ip: &std::path::Path,
+    ns: Option<&str>,
+    label: &str,
+    script: &str,
+) -> Result<(), ApplyError> {
     if script.is_empty() {
         return Ok(());
     }
-    let cmd = Cmd::new(ip).args(["-batch", "-"]).stdin(script.as_bytes());
+    let mut args: Vec<&str> = Vec::with_capacity(4);
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-batch", "-"]);
+    let cmd = Cmd::new(ip).args(args).stdin(script.as_bytes());
     cmd.run().map(drop).map_err(|e| match e {
         ApplyError::Command {
             command,

@@ -108,31 +108,7 @@ pub fn attach_host(w: &HostWiring, pid: u32) -> Result<(), ApplyError> {
             .run()?;
     }
     // `ip -n` enters the namespace by name: the name now refers to the container's.
-    ip_batch_in(&ip, &w.ns, &w.batch())
-}
-
-/// `ip -n <ns> -batch -` with the failing line named on error.
-fn ip_batch_in(ip: &std::path::Path, ns: &str, script: &str) -> Result<(), ApplyError> {
-    let cmd = Cmd::new(ip)
-        .args(["-n", ns, "-batch", "-"])
-        .stdin(script.as_bytes());
-    cmd.run().map(drop).map_err(|e| match e {
-        ApplyError::Command {
-            command,
-            status,
-            stderr,
-        } => {
-            let line = cmd::batch_failed_line(&stderr, script)
-                .map(|l| format!(", at line `{l}`"))
-                .unwrap_or_default();
-            ApplyError::Command {
-                command: format!("{command} (wiring {ns}{line})"),
-                status,
-                stderr,
-            }
-        }
-        other => other,
-    })
+    super::ip_batch_ns(&ip, Some(&w.ns), &format!("wiring {}", w.ns), &w.batch())
 }
 
 #[cfg(test)]
