@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -77,6 +78,23 @@ pub fn router(state: ApiState) -> Router {
 struct ApiError {
     error: String,
     reason: &'static str,
+}
+
+/// The JSON body, or a 400 naming what is wrong with it.
+// The error is the response a handler returns at once with `?`, never stored or passed on,
+// so its size does not matter (handlers return the same type).
+#[allow(clippy::result_large_err)]
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+    body.map(|Json(b)| b)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+}
+
+/// A NodeId from a request field, or a 400.
+#[allow(clippy::result_large_err)] // as for `json_body`
+fn node_id(s: &str) -> Result<NodeId, Response> {
+    s.parse().map_err(|e: chaosnet_proto::ParseNodeIdError| {
+        error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string())
+    })
 }
 
 fn error(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response {
@@ -185,22 +203,16 @@ fn attempts(result: &chaosnet_proto::CommandResult) -> Vec<AttemptAnswer> {
 
 async fn connect(
     State(state): State<ApiState>,
-    body: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
-    };
-    let peer: NodeId = match body.node_id.parse() {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
-    };
+    body: Result<Json<ConnectBody>, JsonRejection>,
+) -> Result<Response, Response> {
+    let body = json_body(body)?;
+    let peer = node_id(&body.node_id)?;
     let Ok(_permit) = state.connects.acquire().await else {
-        return error(
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the agent is shutting down",
-        );
+        ));
     };
     let command = match body.via.as_deref().map(str::parse::<NodeId>) {
         None => Command::Connect {
@@ -208,7 +220,7 @@ async fn connect(
             fresh: body.fresh,
         },
         Some(Ok(relay)) => Command::ConnectVia { peer, relay },
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
+        Some(Err(e)) => return Err(error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string())),
     };
     let result = match tokio::time::timeout(
         CONNECT_DEADLINE,
@@ -217,17 +229,17 @@ async fn connect(
     .await
     {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return e,
+        Ok(Err(e)) => return Err(e),
         Err(_) => {
-            return error(
+            return Err(error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 "connect did not finish in 60 s",
-            );
+            ));
         }
     };
     let elapsed_ms = result.elapsed.as_secs_f64() * 1000.0;
-    match (result.outcome, result.mode) {
+    Ok(match (result.outcome, result.mode) {
         (TaskOutcome::Ok, Some(mode)) => Json(ConnectAnswer {
             node_id: peer.to_hex(),
             mode: mode.as_str(),
@@ -253,7 +265,7 @@ async fn connect(
             )
                 .into_response()
         }
-    }
+    })
 }
 
 /// Body of `POST /echo`.
@@ -283,25 +295,19 @@ const MAX_ECHO_COUNT: u32 = 10_000;
 /// needed) and reports the goodput: a measure of the path, e.g. relayed against direct.
 async fn echo(
     State(state): State<ApiState>,
-    body: Result<Json<EchoBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
-    };
-    let peer: NodeId = match body.node_id.parse() {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
-    };
+    body: Result<Json<EchoBody>, JsonRejection>,
+) -> Result<Response, Response> {
+    let body = json_body(body)?;
+    let peer = node_id(&body.node_id)?;
     if body.bytes > chaosnet_proto::wire::MAX_ECHO_LEN || body.count > MAX_ECHO_COUNT {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!(
                 "bytes must be at most {} and count at most {MAX_ECHO_COUNT}",
                 chaosnet_proto::wire::MAX_ECHO_LEN
             ),
-        );
+        ));
     }
     let start = std::time::Instant::now();
     let (mut ok, mut failed) = (0u32, 0u32);
@@ -313,20 +319,20 @@ async fn echo(
         match ask(&state, |reply| Input::Command { command, reply }).await {
             Ok(r) if r.outcome == TaskOutcome::Ok => ok += 1,
             Ok(_) => failed += 1,
-            Err(e) => return e,
+            Err(e) => return Err(e),
         }
     }
     let secs = start.elapsed().as_secs_f64();
     // Both directions carry the payload.
     let bytes = 2 * u64::from(ok) * body.bytes as u64;
-    Json(serde_json::json!({
+    Ok(Json(serde_json::json!({
         "node_id": peer.to_hex(),
         "echoes": ok,
         "failed": failed,
         "elapsed_ms": secs * 1000.0,
         "mib_per_s": bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9),
     }))
-    .into_response()
+    .into_response())
 }
 
 /// Body of `POST /lookup`.
@@ -337,26 +343,18 @@ struct LookupBody {
 
 async fn lookup(
     State(state): State<ApiState>,
-    body: Result<Json<LookupBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
-    };
-    let target: NodeId = match body.node_id.parse() {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
-    };
+    body: Result<Json<LookupBody>, JsonRejection>,
+) -> Result<Response, Response> {
+    let body = json_body(body)?;
+    let target = node_id(&body.node_id)?;
     let command = Command::Lookup { target };
-    match ask(&state, |reply| Input::Command { command, reply }).await {
-        Ok(r) => Json(serde_json::json!({
-            "found": r.outcome == TaskOutcome::Ok,
-            "elapsed_ms": r.elapsed.as_secs_f64() * 1000.0,
-            "closest": r.closest.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
-        }))
-        .into_response(),
-        Err(e) => e,
-    }
+    let r = ask(&state, |reply| Input::Command { command, reply }).await?;
+    Ok(Json(serde_json::json!({
+        "found": r.outcome == TaskOutcome::Ok,
+        "elapsed_ms": r.elapsed.as_secs_f64() * 1000.0,
+        "closest": r.closest.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
+    }))
+    .into_response())
 }
 
 /// Body of `POST /tasks`.
@@ -387,14 +385,15 @@ async fn get_impairment(State(state): State<ApiState>) -> Json<Impairment> {
 
 async fn put_impairment(
     State(state): State<ApiState>,
-    body: Result<Json<Impairment>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
-    };
+    body: Result<Json<Impairment>, JsonRejection>,
+) -> Result<Response, Response> {
+    let body = json_body(body)?;
     match state.socket.set_impairment(body) {
-        Ok(()) => Json(body).into_response(),
-        Err(e) => error(StatusCode::BAD_REQUEST, "bad_impairment", e.to_string()),
+        Ok(()) => Ok(Json(body).into_response()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_impairment",
+            e.to_string(),
+        )),
     }
 }
