@@ -6,13 +6,19 @@
 //! [`Transport`] and comes back as another [`Input`]. Graph changes are written to RocksDB in
 //! one batch per drain. Everything arrives through one bounded channel, so the core needs no
 //! lock and sees inputs in one order.
+//!
+//! It also turns the core's activities into spans: a `connect` span from the first dial to
+//! the result, a `lookup` span under the connect it serves (or on its own), and a
+//! `signal_hop` span for each inbound signal, a child of the sender's span when the signal
+//! carried one. The transport's `request` and `connect_attempt` spans hang under them. With
+//! spans off (no `--otlp-endpoint`, quiet log filter) none of this is kept.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chaosnet_proto::node::InboundId;
+use chaosnet_proto::node::{Activity, ActivityKind, InboundId};
 use chaosnet_proto::{
     Command, CommandId, CommandResult, ConnMode, Connected, Event, Failure, GraphChange, Node,
     NodeId, Output, RequestId, Response, Time,
@@ -20,15 +26,19 @@ use chaosnet_proto::{
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::field::Empty;
 
 use crate::metrics::Metrics;
 use crate::socket::{SocketHandle, SocketStats};
 use crate::store::GraphStore;
-use crate::transport::Transport;
+use crate::transport::{Transport, adopt_remote_parent};
 
 /// Capacity of the driver's input channel. Senders wait when it is full, which pushes back
 /// on the transport rather than growing memory.
 pub const INPUT_CAPACITY: usize = 1024;
+/// Most activity spans kept open. The core bounds its activities well below this; past it
+/// a new activity is simply not traced.
+const MAX_OPEN_SPANS: usize = 1024;
 
 /// Everything that can happen to the driver.
 #[derive(Debug)]
@@ -223,6 +233,7 @@ pub struct Driver {
     inbound: HashMap<InboundId, oneshot::Sender<Response>>,
     commands: HashMap<CommandId, oneshot::Sender<CommandResult>>,
     next_inbound: u64,
+    spans: HashMap<Activity, tracing::Span>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -260,6 +271,7 @@ impl Driver {
             inbound: HashMap::new(),
             commands: HashMap::new(),
             next_inbound: 0,
+            spans: HashMap::new(),
         }
     }
 
@@ -314,6 +326,11 @@ impl Driver {
                 self.next_inbound += 1;
                 let id = InboundId(self.next_inbound);
                 self.inbound.insert(id, reply);
+                if let chaosnet_proto::Request::Signal { signal, trace, .. } = &request {
+                    let span = tracing::debug_span!(parent: None, "signal_hop", from = %from.short(), requester = %signal.from.short(), to = %signal.to.short(), outcome = Empty);
+                    adopt_remote_parent(&span, *trace);
+                    self.open_span(Activity::Inbound(id), span);
+                }
                 self.node.handle_request(now, from, id, request);
             }
             Input::Response { id, result } => self.node.handle_response(now, id, result),
@@ -345,10 +362,12 @@ impl Driver {
                     peer,
                     addrs,
                     request,
+                    parent,
                 } => {
                     let (t, tx) = (self.transport.clone(), self.inputs_tx.clone());
+                    let parent = self.span_of(parent);
                     tokio::spawn(async move {
-                        let result = t.request(peer, addrs, request).await;
+                        let result = t.request(peer, addrs, request, parent).await;
                         let _ = tx.send(Input::Response { id, result }).await;
                     });
                 }
@@ -359,14 +378,25 @@ impl Driver {
                     fresh,
                     path,
                     timeout_ms,
+                    parent,
                 } => {
                     let (t, tx) = (self.transport.clone(), self.inputs_tx.clone());
+                    let parent = self.span_of(parent);
                     tokio::spawn(async move {
-                        let result = t.connect(peer, addrs, fresh, path, timeout_ms).await;
+                        let result = t
+                            .connect(peer, addrs, fresh, path, timeout_ms, parent)
+                            .await;
                         let _ = tx.send(Input::ConnectResult { id, result }).await;
                     });
                 }
                 Output::Respond { inbound, response } => {
+                    if let Some(span) = self.spans.remove(&Activity::Inbound(inbound)) {
+                        let outcome = match &response {
+                            Response::Error { code } => code.as_str(),
+                            _ => "ok",
+                        };
+                        span.record("outcome", outcome);
+                    }
                     if let Some(tx) = self.inbound.remove(&inbound) {
                         let _ = tx.send(response);
                     }
@@ -380,6 +410,34 @@ impl Driver {
                         Event::CommandFinished { id, result } => {
                             if let Some(tx) = self.commands.remove(&id) {
                                 let _ = tx.send(result);
+                            }
+                        }
+                        Event::ActivityStarted {
+                            activity,
+                            parent,
+                            kind,
+                        } => {
+                            let parent = self.span_of(parent).and_then(|p| p.id());
+                            let span = match kind {
+                                ActivityKind::Connect { peer } => {
+                                    tracing::debug_span!(parent: parent, "connect", peer = %peer.short(), mode = Empty, outcome = Empty)
+                                }
+                                ActivityKind::Lookup { target, purpose } => {
+                                    tracing::debug_span!(parent: parent, "lookup", target = %target.short(), purpose, outcome = Empty)
+                                }
+                            };
+                            self.open_span(activity, span);
+                        }
+                        Event::ActivityEnded {
+                            activity,
+                            outcome,
+                            mode,
+                        } => {
+                            if let Some(span) = self.spans.remove(&activity) {
+                                span.record("outcome", outcome);
+                                if let Some(m) = mode {
+                                    span.record("mode", m.as_str());
+                                }
                             }
                         }
                         Event::Joined => {
@@ -396,6 +454,18 @@ impl Driver {
             self.metrics.store_error();
             tracing::warn!(error = %e, "node graph write failed");
         }
+    }
+
+    /// Keeps `span` open until its activity ends, unless spans are off or too many are open.
+    fn open_span(&mut self, activity: Activity, span: tracing::Span) {
+        if !span.is_disabled() && self.spans.len() < MAX_OPEN_SPANS {
+            self.spans.insert(activity, span);
+        }
+    }
+
+    /// The open span of `activity`, to hang a child under.
+    fn span_of(&self, activity: Option<Activity>) -> Option<tracing::Span> {
+        activity.and_then(|a| self.spans.get(&a)).cloned()
     }
 
     fn status(&self) -> Status {

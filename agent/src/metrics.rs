@@ -548,7 +548,9 @@ impl Metrics {
             Event::ContactAdded => {
                 self.contacts_added.inc();
             }
-            Event::ContactPending => {}
+            // Pending contacts show in the state gauges; activities are for spans.
+            Event::ContactPending | Event::ActivityStarted { .. } | Event::ActivityEnded { .. } => {
+            }
             Event::ContactEvicted => {
                 self.evictions.inc();
             }

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chaosnet_proto::node::{Path, PunchPlan};
-use chaosnet_proto::wire::{self, DecodeError, ErrorCode, HEADER_LEN, Hello, Validate};
+use chaosnet_proto::wire::{
+    self, DecodeError, ErrorCode, HEADER_LEN, Hello, TraceContext, Validate,
+};
 use chaosnet_proto::{ConnMode, Connected, Failure, NodeId, Request, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -181,7 +183,9 @@ impl Transport {
     }
 
     /// Connects to `peer` along `path`, reusing a live connection unless `fresh`. Traced as
-    /// a `connect` span with the mode and outcome.
+    /// a `connect_attempt` span (under `parent`, the whole connect's span) with the path
+    /// tried, the mode reached and the outcome.
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect(
         &self,
         peer: NodeId,
@@ -189,13 +193,14 @@ impl Transport {
         fresh: bool,
         path: Path,
         timeout_ms: u64,
+        parent: Option<tracing::Span>,
     ) -> Result<Connected, Failure> {
         let path_label = match &path {
             Path::Direct => "direct",
             Path::Punch(_) => "punched",
             Path::Relay { .. } => "relayed",
         };
-        let span = tracing::debug_span!("connect", peer = %peer.short(), fresh, path = path_label, mode = Empty, outcome = Empty);
+        let span = tracing::debug_span!(parent: parent.and_then(|p| p.id()), "connect_attempt", peer = %peer.short(), fresh, path = path_label, mode = Empty, outcome = Empty);
         let result = self
             .connect_inner(peer, addrs, fresh, path, timeout_ms)
             .instrument(span.clone())
@@ -359,8 +364,11 @@ impl Transport {
                 }
             };
             let (mut send, mut recv) = conn.open_bi().await.map_err(|_| Failure::Unreachable)?;
-            let frame = wire::encode(&Request::RelayOpen { target: peer })
-                .map_err(|_| Failure::Protocol)?;
+            let open = Request::RelayOpen {
+                target: peer,
+                trace: trace_context(&tracing::Span::current()),
+            };
+            let frame = wire::encode(&open).map_err(|_| Failure::Protocol)?;
             send.write_all(&frame)
                 .await
                 .map_err(|_| Failure::Unreachable)?;
@@ -399,23 +407,21 @@ impl Transport {
     }
 
     /// Sends `request` to `peer` on a fresh stream and waits for the response. Traced as a
-    /// `request` span with the request kind and outcome.
+    /// `request` span (under `parent`: the lookup, connect or carried signal it serves) with
+    /// the request kind and outcome. A signal carries the span's context, so the next hop's
+    /// span joins the trace.
     pub async fn request(
         &self,
         peer: NodeId,
         addrs: Vec<SocketAddr>,
-        request: Request,
+        mut request: Request,
+        parent: Option<tracing::Span>,
     ) -> Result<Response, Failure> {
-        let kind = match &request {
-            Request::Ping { .. } => "ping",
-            Request::FindNode { .. } => "find_node",
-            Request::Introduce { .. } => "introduce",
-            Request::Echo { .. } => "echo",
-            Request::Signal { .. } => "signal",
-            Request::RelayOpen { .. } => "relay_open",
-            Request::RelayIncoming { .. } => "relay_incoming",
-        };
-        let span = tracing::debug_span!("request", peer = %peer.short(), kind, outcome = Empty);
+        let kind = request.kind();
+        let span = tracing::debug_span!(parent: parent.and_then(|p| p.id()), "request", peer = %peer.short(), kind, outcome = Empty);
+        if let Request::Signal { trace, .. } = &mut request {
+            *trace = trace_context(&span);
+        }
         let result = self
             .request_inner(peer, addrs, request)
             .instrument(span.clone())
@@ -804,8 +810,8 @@ impl Transport {
             Err(FrameError::Stream) => return,
         };
         match request {
-            Request::RelayOpen { target } => {
-                return self.serve_relay_open(peer, target, send, recv).await;
+            Request::RelayOpen { target, trace } => {
+                return self.serve_relay_open(peer, target, trace, send, recv).await;
             }
             Request::RelayIncoming { .. } => {
                 return self.serve_relay_incoming(peer, request, send, recv).await;
@@ -840,17 +846,23 @@ impl Transport {
         &self,
         from: NodeId,
         target: NodeId,
+        trace: Option<TraceContext>,
         mut send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) {
-        let Some(answer) = self.ask_core(from, Request::RelayOpen { target }).await else {
+        let open = Request::RelayOpen {
+            target,
+            trace: None,
+        };
+        let Some(answer) = self.ask_core(from, open).await else {
             return;
         };
         let Some((max_bytes, max_duration)) = relay::accepted(&answer) else {
             let _ = write_frame(&mut send, &answer).await;
             return;
         };
-        let span = tracing::debug_span!("relay_circuit", from = %from.short(), to = %target.short(), outcome = Empty, bytes = Empty);
+        let span = tracing::debug_span!(parent: None, "relay_circuit", from = %from.short(), to = %target.short(), outcome = Empty, bytes = Empty);
+        adopt_remote_parent(&span, trace);
         let this = self.clone();
         async move {
             let leg = async {
@@ -951,5 +963,29 @@ fn read_exact_error(e: quinn::ReadExactError) -> FrameError {
     match e {
         quinn::ReadExactError::FinishedEarly(_) => FrameError::Decode(DecodeError::Truncated),
         quinn::ReadExactError::ReadError(_) => FrameError::Stream,
+    }
+}
+
+/// The context of `span` to put on the wire, so the receiver's spans join its trace; `None`
+/// when spans are not exported.
+pub(crate) fn trace_context(span: &tracing::Span) -> Option<TraceContext> {
+    chaosnet_telemetry::wire_context(span).map(|c| TraceContext {
+        trace_id: c.trace_id,
+        span_id: c.span_id,
+        flags: c.flags,
+    })
+}
+
+/// Makes `span` a child of the peer's span that sent `trace`, if it sent one.
+pub(crate) fn adopt_remote_parent(span: &tracing::Span, trace: Option<TraceContext>) {
+    if let Some(t) = trace {
+        chaosnet_telemetry::set_remote_parent(
+            span,
+            chaosnet_telemetry::RemoteContext {
+                trace_id: t.trace_id,
+                span_id: t.span_id,
+                flags: t.flags,
+            },
+        );
     }
 }

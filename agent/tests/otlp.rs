@@ -1,5 +1,7 @@
 //! `--otlp-endpoint`: spans reach a real OTLP/HTTP receiver, decoded with the OpenTelemetry
-//! project's own protobuf types.
+//! project's own protobuf types, nested as the core's activities are: a connect over its
+//! attempts, a lookup over its requests. (Signal hops across nodes need NATs: the
+//! controller's lab test `traces.rs` covers them.)
 
 mod common;
 
@@ -15,8 +17,27 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
 
-/// Every span received: (name, attributes as key=value strings).
-type Received = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+/// One span as received.
+#[derive(Clone, Debug)]
+struct Got {
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    attrs: Vec<(String, String)>,
+}
+
+impl Got {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every span received.
+type Received = Arc<Mutex<Vec<Got>>>;
 
 async fn traces(State(rx): State<Received>, body: Bytes) -> &'static str {
     if let Ok(req) = ExportTraceServiceRequest::decode(body) {
@@ -36,7 +57,13 @@ async fn traces(State(rx): State<Received>, body: Bytes) -> &'static str {
                             (kv.key.clone(), v)
                         })
                         .collect();
-                    out.push((span.name, attrs));
+                    out.push(Got {
+                        name: span.name,
+                        trace_id: span.trace_id,
+                        span_id: span.span_id,
+                        parent_span_id: span.parent_span_id,
+                        attrs,
+                    });
                 }
             }
         }
@@ -45,7 +72,7 @@ async fn traces(State(rx): State<Received>, body: Bytes) -> &'static str {
 }
 
 #[test]
-fn connect_spans_reach_an_otlp_receiver_with_their_mode() {
+fn connect_and_lookup_spans_reach_an_otlp_receiver_as_trees() {
     let received: Received = Arc::default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -75,17 +102,29 @@ fn connect_spans_reach_an_otlp_receiver_with_their_mode() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let spans = received.lock().expect("lock").clone();
-        let connect = spans.iter().find(|(name, attrs)| {
-            name == "connect" && attrs.iter().any(|(k, v)| k == "mode" && v == "direct")
-        });
-        if let Some((_, attrs)) = connect {
+        let connect = spans
+            .iter()
+            .find(|g| g.name == "connect" && g.attr("mode") == Some("direct"));
+        if let Some(connect) = connect {
+            assert_eq!(connect.attr("outcome"), Some("ok"), "{connect:?}");
+            // The path tried hangs under the whole connect, in the same trace.
+            let attempt = spans
+                .iter()
+                .find(|g| g.name == "connect_attempt" && g.parent_span_id == connect.span_id)
+                .unwrap_or_else(|| panic!("no connect_attempt under {connect:?}: {spans:?}"));
+            assert_eq!(attempt.trace_id, connect.trace_id);
+            assert_eq!(attempt.attr("path"), Some("direct"), "{attempt:?}");
+            // Joining ran a bootstrap lookup, its find_node requests under it.
+            let lookup = spans
+                .iter()
+                .find(|g| g.name == "lookup" && g.attr("purpose") == Some("bootstrap"))
+                .unwrap_or_else(|| panic!("no bootstrap lookup span: {spans:?}"));
             assert!(
-                attrs.iter().any(|(k, v)| k == "outcome" && v == "ok"),
-                "{attrs:?}"
-            );
-            assert!(
-                spans.iter().any(|(name, _)| name == "request"),
-                "request spans are exported too"
+                spans.iter().any(|g| g.name == "request"
+                    && g.attr("kind") == Some("find_node")
+                    && g.parent_span_id == lookup.span_id
+                    && g.trace_id == lookup.trace_id),
+                "find_node requests hang under their lookup: {spans:?}"
             );
             break;
         }

@@ -612,6 +612,9 @@ fn agent_args(
         "--gc-interval-ms".into(),
         st.gc_interval_ms.to_string(),
     ]);
+    if let Some(endpoint) = &st.otlp_endpoint {
+        args.extend(["--otlp-endpoint".into(), endpoint.clone()]);
+    }
     Ok(args)
 }
 

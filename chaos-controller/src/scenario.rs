@@ -258,6 +258,11 @@ pub struct AgentSettings {
     pub bucket_refresh_ms: u64,
     /// Node-graph GC period in milliseconds (`--gc-interval-ms`).
     pub gc_interval_ms: u64,
+    /// Where agents export their spans over OTLP/HTTP (`--otlp-endpoint`), e.g.
+    /// `http://198.18.0.1:4318/v1/traces`. Agents live inside the lab, so it must be an
+    /// address of the emulated internet (198.18.0.0/15): typically a collector run in the
+    /// internet namespace, which holds 198.18.0.1. Default: none, no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for AgentSettings {
@@ -268,6 +273,7 @@ impl Default for AgentSettings {
             task_weights: TaskWeights::default(),
             bucket_refresh_ms: 3_600_000,
             gc_interval_ms: 30_000,
+            otlp_endpoint: None,
         }
     }
 }
@@ -571,6 +577,13 @@ pub enum Problem {
     /// `seeds` out of range.
     #[error("seeds must be 1 to {MAX_HOSTS_PER_LAN}, not {0}")]
     BadSeeds(u64),
+    /// `agent.otlp_endpoint` is not an http URL on the emulated internet.
+    #[error(
+        "agent.otlp_endpoint {0:?} must be http://<ip>:<port>/<path> with the ip in \
+         198.18.0.0/15: agents run inside the lab and reach only its addresses (run a \
+         collector in the internet namespace, which holds 198.18.0.1)"
+    )]
+    BadOtlpEndpoint(String),
     /// `agent.task_rate` out of range.
     #[error("agent.task_rate must be a number from 0 to 1000 (tasks per second), not {0}")]
     BadTaskRate(f64),
@@ -731,6 +744,8 @@ struct RawAgent {
     bucket_refresh_ms: Option<Spanned<u64>>,
     #[serde(default)]
     gc_interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    otlp_endpoint: Option<Spanned<String>>,
 }
 
 /// A site's `nat` as written: the five kinds plus `cgnat`.
@@ -986,6 +1001,19 @@ fn parse_error(e: &serde_saphyr::Error, file: &str) -> ScenarioError {
 }
 
 /// The first 64 characters of a user string, for messages.
+/// Whether `url` is `http://<ip>:<port>[/path]` with the ip on the emulated internet.
+fn lab_http_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (authority, _path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(addr) = authority.parse::<std::net::SocketAddrV4>() else {
+        return false;
+    };
+    let o = addr.ip().octets();
+    o[0] == 198 && (o[1] & 0xfe) == 18 && addr.port() != 0
+}
+
 fn bounded(s: &str) -> String {
     s.chars().take(64).collect()
 }
@@ -1221,6 +1249,15 @@ impl Validator<'_> {
                 }
                 *slot = v.value;
             }
+        }
+        if let Some(e) = raw.otlp_endpoint {
+            if !lab_http_url(&e.value) {
+                return self.err(
+                    Some(e.referenced),
+                    Problem::BadOtlpEndpoint(bounded(&e.value)),
+                );
+            }
+            a.otlp_endpoint = Some(e.value);
         }
         Ok(a)
     }
@@ -1468,6 +1505,34 @@ mod tests {
         let e = err("sites:\n  - {name: a, nat: none, runtime: vm}\n");
         assert!(e.starts_with("t.yaml:2:"), "{e}");
         assert!(e.contains("vm"), "{e}");
+    }
+
+    #[test]
+    fn otlp_endpoint_must_be_on_the_emulated_internet() {
+        let s = parse(
+            "agent: {otlp_endpoint: \"http://198.18.0.1:4318/v1/traces\"}\nsites:\n  - {name: a, nat: none}\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            s.agent.otlp_endpoint.as_deref(),
+            Some("http://198.18.0.1:4318/v1/traces")
+        );
+        assert!(lab_http_url("http://198.19.255.254:1"));
+        for bad in [
+            "http://127.0.0.1:4318/v1/traces",
+            "http://198.20.0.1:4318/",
+            "https://198.18.0.1:4318/",
+            "http://198.18.0.1/v1/traces",
+            "http://198.18.0.1:0/",
+            "http://collector:4318/",
+        ] {
+            assert!(!lab_http_url(bad), "{bad}");
+        }
+        let e = err(
+            "agent:\n  otlp_endpoint: http://127.0.0.1:4318/v1/traces\nsites:\n  - {name: a, nat: none}\n",
+        );
+        assert!(e.starts_with("t.yaml:2:"), "{e}");
+        assert!(e.contains("198.18.0.0/15"), "{e}");
     }
 
     #[test]

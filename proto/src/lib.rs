@@ -22,8 +22,8 @@ pub mod wire;
 pub use graph::{ConnMode, Contact, GraphChange, NatType};
 pub use id::{NodeId, ParseNodeIdError};
 pub use node::{
-    Command, CommandId, CommandResult, ConnInfo, Connected, Event, Failure, InboundId, Node,
-    NodeConfig, Output, RequestId, TaskKind, TaskOutcome, TaskWeights,
+    Activity, ActivityKind, Command, CommandId, CommandResult, ConnInfo, Connected, Event, Failure,
+    InboundId, Node, NodeConfig, Output, RequestId, TaskKind, TaskOutcome, TaskWeights,
 };
 pub use time::Time;
 pub use wire::{Request, Response};

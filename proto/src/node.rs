@@ -206,6 +206,37 @@ pub struct RequestId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InboundId(pub u64);
 
+/// Something the core does over time, that the shell may trace as one span: outputs name
+/// the activity they serve ([`Output::Request`], [`Output::Connect`]) so the shell can hang
+/// their spans under it. Ids are unique per node and never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Activity {
+    /// A connect operation (task, command or upgrade), from its plain dial to its end.
+    Connect(u64),
+    /// An iterative lookup.
+    Lookup(u64),
+    /// An inbound request the core is still working on (a signal it carries on).
+    Inbound(InboundId),
+}
+
+/// What an [`Activity`] is, when it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActivityKind {
+    /// Connecting to `peer`.
+    Connect {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// Looking up `target`.
+    Lookup {
+        /// The id looked up.
+        target: NodeId,
+        /// Why: `task`, `bootstrap`, `refresh` or `connect` (finding a connect's target and
+        /// who holds a connection to it).
+        purpose: &'static str,
+    },
+}
+
 /// Identifies a command given through [`Node::command`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CommandId(pub u64);
@@ -494,6 +525,24 @@ pub enum Event {
         /// The new connection's mode.
         to: ConnMode,
     },
+    /// An activity began (for tracing; metrics ignore it).
+    ActivityStarted {
+        /// Which.
+        activity: Activity,
+        /// The activity it is part of, if any (a connect's lookup).
+        parent: Option<Activity>,
+        /// What it is.
+        kind: ActivityKind,
+    },
+    /// An activity ended (for tracing; metrics ignore it).
+    ActivityEnded {
+        /// Which.
+        activity: Activity,
+        /// Bounded outcome label (`ok`, a failure, `not_found`).
+        outcome: &'static str,
+        /// For a connect that succeeded: how.
+        mode: Option<ConnMode>,
+    },
     /// This node started punching towards a peer that signalled it.
     PunchStarted {
         /// Whether birthday probing is part of it.
@@ -574,6 +623,8 @@ pub enum Output {
         addrs: Vec<SocketAddr>,
         /// What to send.
         request: Request,
+        /// The activity it serves, for tracing.
+        parent: Option<Activity>,
     },
     /// Answer the inbound request `inbound`.
     Respond {
@@ -596,6 +647,8 @@ pub enum Output {
         path: Path,
         /// Give up after this long.
         timeout_ms: u64,
+        /// The connect operation it is a step of, for tracing.
+        parent: Option<Activity>,
     },
     /// A peer signalled us: run our side of the punch towards it (probes, and birthday
     /// probing if the plan says so). The peer dials; we do not.
@@ -1110,13 +1163,13 @@ impl Node {
                 Response::Nodes { peers }
             }
             Request::Echo { payload } => Response::Echo { payload },
-            Request::Signal { signal, hops } => {
+            Request::Signal { signal, hops, .. } => {
                 match self.on_signal(now, from, inbound, signal, hops) {
                     Some(r) => r,
                     None => return, // carried on; answered when the next hop answers
                 }
             }
-            Request::RelayOpen { target } => self.on_relay_open(from, target),
+            Request::RelayOpen { target, .. } => self.on_relay_open(from, target),
             // A circuit reaches us only from a relay we are directly connected to: no circuits
             // over circuits. (Our own relay settings limit what we carry for others, not
             // what reaches us.)
@@ -1348,6 +1401,20 @@ impl Node {
             Purpose::Forward(_) => self.cfg.request_timeout_ms / 2,
             _ => self.cfg.request_timeout_ms,
         };
+        let parent = match purpose {
+            Purpose::Lookup(l) => Some(Activity::Lookup(l)),
+            Purpose::Connect(op) | Purpose::Signal(op) => Some(Activity::Connect(op)),
+            Purpose::Forward(fid) => self
+                .forwards
+                .get(&fid)
+                .and_then(|f| f.inbounds.first())
+                .map(|i| Activity::Inbound(*i)),
+            Purpose::Bootstrap
+            | Purpose::Gc
+            | Purpose::Introduce
+            | Purpose::Verify
+            | Purpose::Op(_) => None,
+        };
         let id = RequestId(self.fresh_id());
         self.track(
             id,
@@ -1363,6 +1430,7 @@ impl Node {
             peer,
             addrs,
             request,
+            parent,
         });
     }
 
@@ -1606,6 +1674,20 @@ impl Node {
             .find(|c| c.id == target)
             .map(|c| c.addrs.clone());
         let id = self.fresh_id();
+        let (parent, label) = match purpose {
+            LookupPurpose::Op(_) => (None, "task"),
+            LookupPurpose::Bootstrap => (None, "bootstrap"),
+            LookupPurpose::Refresh => (None, "refresh"),
+            LookupPurpose::ConnectTarget { op } => (Some(Activity::Connect(op)), "connect"),
+        };
+        self.emit(Event::ActivityStarted {
+            activity: Activity::Lookup(id),
+            parent,
+            kind: ActivityKind::Lookup {
+                target,
+                purpose: label,
+            },
+        });
         self.lookups.insert(
             id,
             Lookup {
@@ -1776,6 +1858,11 @@ impl Node {
             .unwrap_or(0);
         let closest: Vec<NodeId> = done.iter().take(self.cfg.k).map(|c| c.id).collect();
         let found = l.found.is_some();
+        self.emit(Event::ActivityEnded {
+            activity: Activity::Lookup(id),
+            outcome: if found { "found" } else { "not_found" },
+            mode: None,
+        });
         self.emit(Event::LookupFinished {
             found,
             hops,
@@ -1871,15 +1958,27 @@ impl Node {
             relay: None,
             birthday_probes: None,
         };
-        if let Some(o) = self.ops.get_mut(&op) {
-            o.conn = Some(state);
-        }
+        self.attach_connect(op, state);
         let addrs = self.addrs_of(&peer);
         if addrs.is_empty() || skip_direct {
             self.start_lookup(now, peer, LookupPurpose::ConnectTarget { op });
         } else {
             let t = self.direct_timeout(&peer);
             self.emit_connect(now, op, peer, addrs, Path::Direct, t);
+        }
+    }
+
+    /// Makes `op` a connect: from here on it is traced as a connect activity, which
+    /// [`Node::finish_op`] ends.
+    fn attach_connect(&mut self, op: OpId, state: ConnectState) {
+        let peer = state.peer;
+        if let Some(o) = self.ops.get_mut(&op) {
+            o.conn = Some(state);
+            self.emit(Event::ActivityStarted {
+                activity: Activity::Connect(op),
+                parent: None,
+                kind: ActivityKind::Connect { peer },
+            });
         }
     }
 
@@ -1925,6 +2024,7 @@ impl Node {
             fresh,
             path,
             timeout_ms,
+            parent: Some(Activity::Connect(op)),
         });
     }
 
@@ -1987,6 +2087,13 @@ impl Node {
             return;
         };
         let elapsed = now.since(o.started);
+        if o.conn.is_some() {
+            self.emit(Event::ActivityEnded {
+                activity: Activity::Connect(op),
+                outcome: outcome.as_str(),
+                mode,
+            });
+        }
         let (attempts, relay, birthday_probes) = match o.conn {
             Some(c) => (c.attempts, c.relay, c.birthday_probes),
             None => (Vec::new(), None, None),
@@ -2313,7 +2420,11 @@ impl Node {
             now,
             next,
             Vec::new(),
-            Request::Signal { signal, hops },
+            Request::Signal {
+                signal,
+                hops,
+                trace: None,
+            },
             Purpose::Forward(fid),
         );
         None
@@ -2526,6 +2637,7 @@ impl Node {
             Request::Signal {
                 signal,
                 hops: Vec::new(),
+                trace: None,
             },
             Purpose::Signal(op),
         );
@@ -2633,9 +2745,7 @@ impl Node {
             relay: None,
             birthday_probes: None,
         };
-        if let Some(o) = self.ops.get_mut(&op) {
-            o.conn = Some(state);
-        }
+        self.attach_connect(op, state);
         self.enter_relay(now, op, Failure::Unreachable);
     }
 

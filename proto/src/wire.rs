@@ -19,7 +19,8 @@ use crate::id::NodeId;
 use crate::signal::{Countersign, MAX_SIGNAL_HOPS, SIGNATURE_LEN, Signal};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version 2 added the optional trace context to `Signal` and `RelayOpen`.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest frame accepted, version byte and body included (64 KiB).
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Size of the length prefix.
@@ -30,6 +31,20 @@ pub const MAX_ECHO_LEN: usize = 60 * 1024;
 pub const MAX_NODES_PER_RESPONSE: usize = 32;
 /// Most addresses per contact on the wire.
 pub const MAX_ADDRS_PER_PEER: usize = 5;
+
+/// A W3C trace context (the `traceparent` fields): which span sent a request, so the
+/// receiver's spans join the sender's trace. The core never reads it; the shell fills it in
+/// when tracing is on and leaves it `None` otherwise. Any value is harmless: a receiver that
+/// finds it invalid (all-zero ids) starts a trace of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// The trace's id.
+    pub trace_id: [u8; 16],
+    /// The sending span's id.
+    pub span_id: [u8; 8],
+    /// W3C trace flags (bit 0: sampled).
+    pub flags: u8,
+}
 
 /// A request, sent first on a fresh bidirectional stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,12 +76,16 @@ pub enum Request {
         signal: Signal,
         /// One countersignature per node that carried it so far, first carrier first.
         hops: Vec<Countersign>,
+        /// The sender's span, so every hop's span joins the requester's trace.
+        trace: Option<TraceContext>,
     },
     /// Open a relay circuit to `target`. On [`Response::RelayAccepted`] the stream stays
     /// open and carries the requester's QUIC datagrams to `target`, length-prefixed.
     RelayOpen {
         /// The node to reach through the responder.
         target: NodeId,
+        /// The requester's span, so the relay's circuit span joins its trace.
+        trace: Option<TraceContext>,
     },
     /// Sent by a relay to the circuit's target: `from` wants to reach you through me. On
     /// [`Response::RelayAccepted`] the stream stays open and carries `from`'s datagrams.
@@ -106,6 +125,20 @@ pub enum ErrorCode {
     RateLimited,
     /// The responder does not accept this (relay full, relaying disabled).
     Refused,
+}
+
+impl ErrorCode {
+    /// Bounded label, for spans and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NoRoute => "no_route",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Refused => "refused",
+        }
+    }
 }
 
 /// A response, the only frame the responder writes on a request's stream.
@@ -216,6 +249,21 @@ pub trait Validate {
     fn validate(&self) -> Result<(), String>;
 }
 
+impl Request {
+    /// Bounded label of the request's kind, for spans and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Ping { .. } => "ping",
+            Request::FindNode { .. } => "find_node",
+            Request::Introduce { .. } => "introduce",
+            Request::Echo { .. } => "echo",
+            Request::Signal { .. } => "signal",
+            Request::RelayOpen { .. } => "relay_open",
+            Request::RelayIncoming { .. } => "relay_incoming",
+        }
+    }
+}
+
 impl Validate for Request {
     fn validate(&self) -> Result<(), String> {
         match self {
@@ -231,7 +279,7 @@ impl Validate for Request {
             Request::Signal { signal, .. } if signal.from_addrs.len() > MAX_ADDRS_PER_PEER => Err(
                 format!("signal claims {} addresses", signal.from_addrs.len()),
             ),
-            Request::Signal { signal, hops }
+            Request::Signal { signal, hops, .. }
                 if signal.sig.len() != SIGNATURE_LEN
                     || hops.iter().any(|h| h.sig.len() != SIGNATURE_LEN) =>
             {
@@ -413,9 +461,29 @@ mod tests {
                     let hops = (0..n)
                         .map(|i| Countersign::new(&key, &signal, i, observed))
                         .collect();
-                    Request::Signal { signal, hops }
+                    let trace = (n % 2 == 0).then_some(TraceContext {
+                        trace_id: [seed[0]; 16],
+                        span_id: [seed[1]; 8],
+                        flags: 1,
+                    });
+                    Request::Signal {
+                        signal,
+                        hops,
+                        trace,
+                    }
                 }),
-            arb_node_id().prop_map(|target| Request::RelayOpen { target }),
+            (
+                arb_node_id(),
+                proptest::option::of(any::<([u8; 16], [u8; 8], u8)>())
+            )
+                .prop_map(|(target, t)| Request::RelayOpen {
+                    target,
+                    trace: t.map(|(trace_id, span_id, flags)| TraceContext {
+                        trace_id,
+                        span_id,
+                        flags
+                    }),
+                }),
             arb_node_id().prop_map(|from| Request::RelayIncoming { from }),
         ]
     }

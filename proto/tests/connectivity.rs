@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chaosnet_proto::node::{Event, SignalOutcome};
+use chaosnet_proto::node::{Activity, ActivityKind, Event, SignalOutcome};
 use chaosnet_proto::signal::{Countersign, Signal};
 use chaosnet_proto::sim::{LinkModel, NatBehaviour, SimConfig, World};
 use chaosnet_proto::wire::ErrorCode;
@@ -401,7 +401,15 @@ fn public_world(seed: u64, n: usize, tweak: fn(&mut NodeConfig)) -> (World, Vec<
 }
 
 fn signal_to(w: &mut World, from: usize, to: usize, signal: Signal, hops: Vec<Countersign>) -> u64 {
-    w.inject_request(from, to, Request::Signal { signal, hops })
+    w.inject_request(
+        from,
+        to,
+        Request::Signal {
+            signal,
+            hops,
+            trace: None,
+        },
+    )
 }
 
 fn answer(w: &World, ticket: u64) -> Response {
@@ -798,4 +806,104 @@ fn a_relayed_pair_upgrades_to_punched_and_frees_its_circuit() {
         "the circuit is freed"
     );
     assert_eq!(w.circuits_through(relay), 0);
+}
+
+/// The core names what each output serves, so the shell can trace a connect as one tree: the
+/// connect, its lookup under it, the lookup's find_node requests under the lookup, the
+/// signal under the connect, and each carrier's forwarded signal under the inbound signal it
+/// carries. Every activity that starts also ends.
+#[test]
+fn a_punched_connect_is_one_tree_of_activities() {
+    let mut w = world(33);
+    let s = seeds(&mut w, 1);
+    let publics: Vec<usize> = (0..4).map(|_| w.add_node(&s, quiet)).collect();
+    let a = place(&mut w, Site::PortRestricted, &s, quiet);
+    let b = place(&mut w, Site::Restricted, &s, quiet);
+    // They must not meet before the connect (see run_pair).
+    w.set_link(a, b, BLOCKED);
+    let mut all = publics.clone();
+    all.extend([a, b]);
+    start_all(&mut w, &all);
+    w.run_for(Duration::from_secs(20));
+    w.run_for(PERMITS_EXPIRE);
+    w.set_link(a, b, LinkModel::default());
+    let from = w.node(a).events.len();
+    let sent_from = w.node(a).sent.len();
+    let carried_from: Vec<usize> = (0..w.len()).map(|i| w.node(i).sent.len()).collect();
+    let r = connect(&mut w, a, b);
+    assert_eq!(r.mode, Some(ConnMode::Punched), "{r:?}");
+    w.run_for(Duration::from_secs(5));
+
+    let bid = w.node(b).node.id();
+    let events: Vec<&Event> = w.node(a).events[from..].iter().map(|(_, e)| e).collect();
+    let connect = events
+        .iter()
+        .find_map(|e| match e {
+            Event::ActivityStarted {
+                activity,
+                parent: None,
+                kind: ActivityKind::Connect { peer },
+            } if *peer == bid => Some(*activity),
+            _ => None,
+        })
+        .expect("the connect starts an activity");
+    let lookup = events
+        .iter()
+        .find_map(|e| match e {
+            Event::ActivityStarted {
+                activity,
+                parent: Some(p),
+                kind: ActivityKind::Lookup { target, purpose },
+            } if *p == connect && *target == bid && *purpose == "connect" => Some(*activity),
+            _ => None,
+        })
+        .expect("the connect's lookup is a child of it");
+    assert!(events.iter().any(|e| matches!(e,
+        Event::ActivityEnded { activity, outcome: "ok", mode: Some(ConnMode::Punched) } if *activity == connect)));
+    let sent = &w.node(a).sent[sent_from..];
+    assert!(
+        sent.iter()
+            .any(|(_, kind, p)| *kind == "find_node" && *p == Some(lookup)),
+        "the lookup's requests hang under it: {sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|(_, kind, p)| *kind == "signal" && *p == Some(connect)),
+        "the signal hangs under the connect: {sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|(_, kind, p)| *kind == "connect" && *p == Some(connect)),
+        "every path tried hangs under the connect: {sent:?}"
+    );
+    let forwarded: Vec<Option<Activity>> = (0..w.len())
+        .filter(|&i| i != a)
+        .flat_map(|i| w.node(i).sent[carried_from[i]..].iter())
+        .filter(|(_, kind, _)| *kind == "signal")
+        .map(|(_, _, p)| *p)
+        .collect();
+    assert!(!forwarded.is_empty(), "someone carried the signal");
+    assert!(
+        forwarded
+            .iter()
+            .all(|p| matches!(p, Some(Activity::Inbound(_)))),
+        "a carried signal hangs under the inbound one: {forwarded:?}"
+    );
+
+    // No activity is left open anywhere (the shell would leak a span).
+    for i in 0..w.len() {
+        let mut open: std::collections::HashSet<Activity> = Default::default();
+        for (_, e) in &w.node(i).events {
+            match e {
+                Event::ActivityStarted { activity, .. } => {
+                    assert!(open.insert(*activity), "{activity:?} started twice")
+                }
+                Event::ActivityEnded { activity, .. } => {
+                    assert!(open.remove(activity), "{activity:?} ended unstarted")
+                }
+                _ => {}
+            }
+        }
+        assert!(open.is_empty(), "node {i} left {open:?} open");
+    }
 }

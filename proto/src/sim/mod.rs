@@ -30,8 +30,8 @@ use rand::{Rng, RngExt, SeedableRng};
 use crate::graph::{ConnMode, Contact, GraphChange};
 use crate::id::NodeId;
 use crate::node::{
-    Command, CommandId, CommandResult, Connected, Event, Failure, InboundId, Node, NodeConfig,
-    Output, Path, RequestId,
+    Activity, Command, CommandId, CommandResult, Connected, Event, Failure, InboundId, Node,
+    NodeConfig, Output, Path, RequestId,
 };
 use crate::signal::SecretKey;
 use crate::time::Time;
@@ -105,6 +105,9 @@ pub struct SimNode {
     pub up: bool,
     /// What it reported, if the world records events.
     pub events: Vec<(Time, Event)>,
+    /// The requests (by kind) and connects (`connect`) it sent, with the activity each
+    /// serves, if the world records events.
+    pub sent: Vec<(Time, &'static str, Option<Activity>)>,
     /// Its persisted node graph, as the shell would keep it on disk.
     pub store: BTreeMap<NodeId, Contact>,
     config: NodeConfig,
@@ -316,6 +319,7 @@ impl World {
             nat: realm,
             up: false,
             events: Vec::new(),
+            sent: Vec::new(),
             store: BTreeMap::new(),
             config: cfg,
             conns: HashSet::new(),
@@ -593,7 +597,13 @@ impl World {
                     peer,
                     addrs,
                     request,
-                } => self.carry_request(idx, Reply::Core(id), peer, &addrs, request),
+                    parent,
+                } => {
+                    if self.cfg.record_events {
+                        self.nodes[idx].sent.push((now, request.kind(), parent));
+                    }
+                    self.carry_request(idx, Reply::Core(id), peer, &addrs, request)
+                }
                 Output::Respond { inbound, response } => {
                     match self.inbound.remove(&(idx, inbound)) {
                         Some((_, Reply::RelayOpen(c))) => self.relay_open_answered(c, response),
@@ -625,7 +635,11 @@ impl World {
                     fresh,
                     path,
                     timeout_ms,
+                    parent,
                 } => {
+                    if self.cfg.record_events {
+                        self.nodes[idx].sent.push((now, "connect", parent));
+                    }
                     let existing = self
                         .peer_index(peer)
                         .filter(|p| self.nodes[idx].conns.contains(p));

@@ -1043,7 +1043,10 @@ impl World {
             Reply::RelayOpen(c),
             relay,
             relay_addrs,
-            Request::RelayOpen { target: peer },
+            Request::RelayOpen {
+                target: peer,
+                trace: None,
+            },
         );
     }
 
