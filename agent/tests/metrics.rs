@@ -168,7 +168,8 @@ const ECHO_COUNT: u64 = 20;
 /// A relay counts the bytes it carries as they pass: they show in its `/metrics` while the
 /// circuit is still open, not only when it closes. The requester reaches the target through
 /// the relay (`"via"`), echoes over that connection, and the relay's `relay_bytes_total`
-/// covers the echoes while `relay_circuits_open` still says 1 and no circuit has closed.
+/// covers the echoes while `relay_circuits_open` still says 1 and no circuit has closed; the
+/// close adds no second count.
 #[test]
 fn relay_bytes_show_while_the_circuit_is_open() {
     let relay = Agent::start_ready("relay", AgentConfig::mainnet(21));
@@ -249,6 +250,30 @@ fn relay_bytes_show_while_the_circuit_is_open() {
                 "the open circuit's relay_bytes_total grew by {} bytes over {payload} bytes of \
                  echoes (before {before}, after {after})",
                 after - before
+            ),
+            &fleet,
+        );
+    }
+
+    // Closing the circuit adds nothing it did not count already: the requester shuts down
+    // (SIGTERM closes its connections), the relay's splice ends, and the total stays within
+    // what the last QUIC packets add, far below a second count of the echoes.
+    let pid = requester.pid().expect("the requester runs");
+    let term = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(term.success(), "kill -TERM {pid} failed");
+    let m = relay.wait_metrics("the circuit closes", Duration::from_secs(60), |m| {
+        common::metric_sum(m, "chaosnet_relay_circuits_total", &[("kind", "closed")]) >= 1.0
+    });
+    let closed_total = common::metric_sum(&m, "chaosnet_relay_bytes_total", &[]);
+    eprintln!("relay: {closed_total} bytes once the circuit closed");
+    if closed_total - after >= payload / 2.0 {
+        common::fail_fleet(
+            &format!(
+                "relay_bytes_total jumped from {after} to {closed_total} when the circuit \
+                 closed: bytes counted twice"
             ),
             &fleet,
         );
