@@ -4,13 +4,14 @@
 //! [`Event`] the core emits ([`Metrics::record`]) and refreshes the gauges that describe
 //! state (graph size, connections, socket counters) just before each scrape
 //! ([`Metrics::observe_state`]). Labels are bounded enums: mode, outcome, reason, task,
-//! direction. Node ids never appear in labels.
+//! direction, the peer's advertised NAT type. Node ids never appear in labels. Relay bytes
+//! are counted by the relay's splice as they pass ([`Metrics::relay_bytes`]), not here.
 //!
 //! It does not serve HTTP; the `api` module does.
 
 use chaosnet_proto::graph::RoutingTable;
 use chaosnet_proto::node::{RelayEvent, SignalOutcome};
-use chaosnet_proto::{ConnMode, Event, Failure, Node, TaskOutcome};
+use chaosnet_proto::{ConnMode, Event, Failure, NatType, Node, TaskOutcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -78,6 +79,9 @@ pub struct AttemptLabels {
     pub path: String,
     /// ok | timeout | unreachable | refused | protocol | busy
     pub outcome: String,
+    /// The NAT type the peer advertised: unknown | none | cone | symmetric (a [`NatType`]
+    /// label, so at most its seven values).
+    pub peer_nat: String,
 }
 
 /// Label set with one `kind` label.
@@ -314,7 +318,7 @@ impl Metrics {
         let connect_attempts = Family::<AttemptLabels, Counter>::default();
         registry.register(
             "connect_attempts",
-            "Connect attempts by path tried (direct, punched, relayed) and outcome",
+            "Connect attempts by path tried (direct, punched, relayed), outcome and the peer's advertised NAT type",
             connect_attempts.clone(),
         );
         let connect_duration = Family::<ModeLabels, Histogram>::new_with_constructor(|| {
@@ -375,10 +379,19 @@ impl Metrics {
         // zero) and dashboards and alerts see series before the first event.
         for mode in [ConnMode::Direct, ConnMode::Punched, ConnMode::Relayed] {
             for outcome in ["ok", "timeout", "unreachable"] {
-                let _ = connect_attempts.get_or_create(&AttemptLabels {
-                    path: mode.as_str().into(),
-                    outcome: outcome.into(),
-                });
+                // The types the core classifies itself as, so the ones peers advertise.
+                for peer_nat in [
+                    NatType::Unknown,
+                    NatType::Public,
+                    NatType::Cone,
+                    NatType::Symmetric,
+                ] {
+                    let _ = connect_attempts.get_or_create(&AttemptLabels {
+                        path: mode.as_str().into(),
+                        outcome: outcome.into(),
+                        peer_nat: peer_nat.as_str().into(),
+                    });
+                }
             }
             let _ = connect_duration.get_or_create(&ModeLabels {
                 mode: mode.as_str().into(),
@@ -564,12 +577,14 @@ impl Metrics {
                 path,
                 failure,
                 elapsed,
+                peer_nat,
             } => {
                 let outcome = failure.map_or("ok", Failure::as_str);
                 self.connect_attempts
                     .get_or_create(&AttemptLabels {
                         path: path.as_str().into(),
                         outcome: outcome.into(),
+                        peer_nat: peer_nat.as_str().into(),
                     })
                     .inc();
                 if failure.is_none() {
@@ -619,7 +634,8 @@ impl Metrics {
         self.birthday_probes.observe(f64::from(probes));
     }
 
-    /// Counts bytes a finished relay circuit carried.
+    /// Counts bytes a relay circuit through this node carried; called as they pass, so a
+    /// long-lived circuit shows up while it is open.
     pub fn relay_bytes(&self, bytes: u64) {
         self.relay_bytes.inc_by(bytes);
     }
@@ -832,5 +848,40 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"chaosnet_udp_bytes_total{direction="out"} 20"#));
+    }
+
+    #[test]
+    fn connect_attempts_carry_the_peer_nat_and_are_declared_per_pair() {
+        let m = Metrics::new("mainnet");
+        let zero = m.encode();
+        // Declared at zero for every path, common outcome and advertised NAT type.
+        for peer_nat in ["unknown", "none", "cone", "symmetric"] {
+            let line = format!(
+                r#"chaosnet_connect_attempts_total{{path="punched",outcome="ok",peer_nat="{peer_nat}"}} 0"#
+            );
+            assert!(zero.contains(&line), "{line} missing:\n{zero}");
+        }
+        m.record(&Event::ConnectAttempt {
+            path: ConnMode::Punched,
+            failure: None,
+            elapsed: std::time::Duration::from_millis(400),
+            peer_nat: NatType::Symmetric,
+        });
+        m.record(&Event::ConnectAttempt {
+            path: ConnMode::Punched,
+            failure: Some(Failure::Timeout),
+            elapsed: std::time::Duration::from_secs(8),
+            peer_nat: NatType::Cone,
+        });
+        let text = m.encode();
+        assert!(text.contains(
+            r#"chaosnet_connect_attempts_total{path="punched",outcome="ok",peer_nat="symmetric"} 1"#
+        ));
+        assert!(text.contains(
+            r#"chaosnet_connect_attempts_total{path="punched",outcome="timeout",peer_nat="cone"} 1"#
+        ));
+        assert!(text.contains(
+            r#"chaosnet_connect_attempts_total{path="punched",outcome="ok",peer_nat="cone"} 0"#
+        ));
     }
 }

@@ -88,12 +88,16 @@ pub fn attach(
 }
 
 /// Copies bytes both ways between the requester's and the target's streams until one side
-/// closes or a limit is reached. Returns why it ended and the bytes carried.
-pub async fn splice(
+/// closes or a limit is reached. Returns why it ended and the bytes carried. `on_carried`
+/// is told every chunk as it is written (at most 16 KiB, so at least every 16 KiB), which
+/// lets metrics show a long-lived circuit's bytes while it is open; the returned total is
+/// the sum of those chunks, not more to add.
+pub async fn splice<F: Fn(u64) + Sync>(
     a: (quinn::SendStream, quinn::RecvStream),
     t: (quinn::SendStream, quinn::RecvStream),
     max_bytes: u64,
     max_duration: Duration,
+    on_carried: F,
 ) -> (SpliceEnd, u64) {
     let (a_send, a_recv) = a;
     let (t_send, t_recv) = t;
@@ -101,8 +105,8 @@ pub async fn splice(
     let carried = Arc::new(AtomicU64::new(0));
     let both = async {
         let (x, y) = tokio::join!(
-            copy(a_recv, t_send, budget.clone(), carried.clone()),
-            copy(t_recv, a_send, budget.clone(), carried.clone()),
+            copy(a_recv, t_send, budget.clone(), carried.clone(), &on_carried),
+            copy(t_recv, a_send, budget.clone(), carried.clone(), &on_carried),
         );
         if x == SpliceEnd::BytesLimit || y == SpliceEnd::BytesLimit {
             SpliceEnd::BytesLimit
@@ -118,11 +122,12 @@ pub async fn splice(
 
 /// One direction of a splice. A byte limit hit in either direction ends both: the other
 /// copy sees its stream reset when this one stops reading and finishes.
-async fn copy(
+async fn copy<F: Fn(u64) + Sync>(
     mut from: quinn::RecvStream,
     mut to: quinn::SendStream,
     budget: Arc<AtomicU64>,
     carried: Arc<AtomicU64>,
+    on_carried: &F,
 ) -> SpliceEnd {
     let mut buf = vec![0u8; 16 * 1024];
     let end = loop {
@@ -143,6 +148,7 @@ async fn copy(
             break SpliceEnd::Closed;
         }
         carried.fetch_add(n64, Ordering::Relaxed);
+        on_carried(n64);
     };
     let code = quinn::VarInt::from_u32(0);
     if end == SpliceEnd::BytesLimit {

@@ -882,9 +882,13 @@ impl Transport {
                     if let Ok(frame) = ok
                         && send.write_all(&frame).await.is_ok()
                     {
+                        // Bytes are counted as they pass, so an open circuit shows them.
+                        let metrics = &this.inner.metrics;
                         let (end, bytes) =
-                            relay::splice((send, recv), t, max_bytes, max_duration).await;
-                        this.inner.metrics.relay_bytes(bytes);
+                            relay::splice((send, recv), t, max_bytes, max_duration, |n| {
+                                metrics.relay_bytes(n);
+                            })
+                            .await;
                         tracing::Span::current().record("outcome", format!("{end:?}").as_str());
                         tracing::Span::current().record("bytes", bytes);
                     }

@@ -160,3 +160,122 @@ fn every_main_family_is_declared_before_its_first_sample() {
         }
     }
 }
+
+/// Bytes of one relayed echo run (60,000 bytes each way, 20 times).
+const ECHO_BYTES: u64 = 60_000;
+const ECHO_COUNT: u64 = 20;
+
+/// A relay counts the bytes it carries as they pass: they show in its `/metrics` while the
+/// circuit is still open, not only when it closes. The requester reaches the target through
+/// the relay (`"via"`), echoes over that connection, and the relay's `relay_bytes_total`
+/// covers the echoes while `relay_circuits_open` still says 1 and no circuit has closed; the
+/// close adds no second count.
+#[test]
+fn relay_bytes_show_while_the_circuit_is_open() {
+    let relay = Agent::start_ready("relay", AgentConfig::mainnet(21));
+    let x = Agent::start_ready("x", AgentConfig::mainnet(22).seed(&relay));
+    let y = Agent::start_ready("y", AgentConfig::mainnet(23).seed(&relay));
+    wait_all_joined(&[&relay, &x, &y], Duration::from_secs(30));
+    // The requester is the smaller NodeId: then its relayed connection always replaces a
+    // direct one the two may already share (when both exist, each side keeps the one the
+    // smaller NodeId dialed), and the echoes below take the circuit. Lowercase hex of equal
+    // length sorts as the bytes do.
+    let (requester, target) = if x.node_id < y.node_id {
+        (&x, &y)
+    } else {
+        (&y, &x)
+    };
+    let fleet = [&relay, target, requester];
+
+    // The relay needs a live connection to the target to open the circuit's second leg.
+    let r = relay.connect(&target.node_id).expect("POST /connect");
+    if r.status != 200 {
+        common::fail_fleet(
+            &format!("relay -> target answered {} {}", r.status, r.body),
+            &fleet,
+        );
+    }
+    let body = serde_json::json!({ "node_id": target.node_id, "via": relay.node_id }).to_string();
+    let r = requester
+        .post("/connect", &body, Duration::from_secs(70))
+        .expect("POST /connect via the relay");
+    if r.status != 200 || r.json()["mode"] != "relayed" {
+        common::fail_fleet(
+            &format!("connect via the relay answered {} {}", r.status, r.body),
+            &fleet,
+        );
+    }
+    let m = relay.metrics();
+    let before = common::metric_sum(&m, "chaosnet_relay_bytes_total", &[]);
+
+    // Echoes go over the requester's current connection to the target: the relayed one.
+    let body = serde_json::json!({
+        "node_id": target.node_id,
+        "bytes": ECHO_BYTES,
+        "count": ECHO_COUNT,
+    })
+    .to_string();
+    let r = requester
+        .post("/echo", &body, Duration::from_secs(60))
+        .expect("POST /echo");
+    if r.status != 200 || r.json()["echoes"] != ECHO_COUNT {
+        common::fail_fleet(
+            &format!(
+                "echo over the relayed connection answered {} {}",
+                r.status, r.body
+            ),
+            &fleet,
+        );
+    }
+
+    let m = relay.metrics();
+    let after = common::metric_sum(&m, "chaosnet_relay_bytes_total", &[]);
+    let open = common::metric_sum(&m, "chaosnet_relay_circuits_open", &[]);
+    let closed = common::metric_sum(&m, "chaosnet_relay_circuits_total", &[("kind", "closed")]);
+    eprintln!(
+        "relay: {before} bytes after the handshake, {after} after {ECHO_COUNT} echoes of \
+         {ECHO_BYTES} bytes; {open} circuit(s) open, {closed} closed"
+    );
+    if open != 1.0 || closed != 0.0 {
+        common::fail_fleet(
+            &format!("the circuit should still be open: {open} open, {closed} closed"),
+            &fleet,
+        );
+    }
+    // Both directions carry the payload; QUIC framing only adds to it.
+    let payload = (2 * ECHO_BYTES * ECHO_COUNT) as f64;
+    if after - before < payload {
+        common::fail_fleet(
+            &format!(
+                "the open circuit's relay_bytes_total grew by {} bytes over {payload} bytes of \
+                 echoes (before {before}, after {after})",
+                after - before
+            ),
+            &fleet,
+        );
+    }
+
+    // Closing the circuit adds nothing it did not count already: the requester shuts down
+    // (SIGTERM closes its connections), the relay's splice ends, and the total stays within
+    // what the last QUIC packets add, far below a second count of the echoes.
+    let pid = requester.pid().expect("the requester runs");
+    let term = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(term.success(), "kill -TERM {pid} failed");
+    let m = relay.wait_metrics("the circuit closes", Duration::from_secs(60), |m| {
+        common::metric_sum(m, "chaosnet_relay_circuits_total", &[("kind", "closed")]) >= 1.0
+    });
+    let closed_total = common::metric_sum(&m, "chaosnet_relay_bytes_total", &[]);
+    eprintln!("relay: {closed_total} bytes once the circuit closed");
+    if closed_total - after >= payload / 2.0 {
+        common::fail_fleet(
+            &format!(
+                "relay_bytes_total jumped from {after} to {closed_total} when the circuit \
+                 closed: bytes counted twice"
+            ),
+            &fleet,
+        );
+    }
+}

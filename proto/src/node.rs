@@ -509,6 +509,9 @@ pub enum Event {
         failure: Option<Failure>,
         /// How long it took.
         elapsed: Duration,
+        /// The NAT type the peer advertised (in its signal answer, else as its contact in the
+        /// node graph records it) when the attempt ended; `Unknown` if unknown.
+        peer_nat: NatType,
     },
     /// A signal was handled (carried, acted on, or refused).
     Signal {
@@ -731,6 +734,9 @@ struct ConnectState {
     /// The node that holds a live connection to the peer (relay candidate).
     via: Option<NodeId>,
     my_nat: NatType,
+    /// The NAT type the peer advertised: its contact's at the start, then its signal
+    /// answer's. Only labels the attempts' metrics.
+    peer_nat: NatType,
     token: u64,
     relay: Option<NodeId>,
     birthday_probes: Option<u32>,
@@ -1258,10 +1264,16 @@ impl Node {
             });
         let path = path.unwrap_or(ConnMode::Direct);
         let failure = result.as_ref().err().copied();
+        let peer_nat = self
+            .ops
+            .get(&op)
+            .and_then(|o| o.conn.as_ref())
+            .map_or(NatType::Unknown, |c| c.peer_nat);
         self.emit(Event::ConnectAttempt {
             path,
             failure,
             elapsed,
+            peer_nat,
         });
         if let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) {
             cs.attempts.push(Attempt {
@@ -1954,6 +1966,7 @@ impl Node {
             next_signaller: 0,
             via: None,
             my_nat: self.nat_type(),
+            peer_nat: self.advertised_nat(&peer),
             token: self.rng.next_u64(),
             relay: None,
             birthday_probes: None,
@@ -1980,6 +1993,11 @@ impl Node {
                 kind: ActivityKind::Connect { peer },
             });
         }
+    }
+
+    /// The NAT type `peer` advertised, as its contact records it (`Unknown` if none).
+    fn advertised_nat(&self, peer: &NodeId) -> NatType {
+        self.table.get(peer).map_or(NatType::Unknown, |c| c.nat)
     }
 
     /// How long to give a plain dial to `peer`, by the NAT type it reported.
@@ -2667,6 +2685,9 @@ impl Node {
                 .get(cs.next_signaller.saturating_sub(1))
                 .map(|s| s.0);
             cs.via = via.or(signaller);
+            if target_nat != NatType::Unknown {
+                cs.peer_nat = target_nat;
+            }
             (cs.peer, cs.my_nat, cs.token)
         };
         match signal::strategy(my_nat, target_nat) {
@@ -2741,6 +2762,7 @@ impl Node {
             next_signaller: 0,
             via: Some(relay),
             my_nat: self.nat_type(),
+            peer_nat: self.advertised_nat(&peer),
             token: self.rng.next_u64(),
             relay: None,
             birthday_probes: None,

@@ -153,6 +153,10 @@ struct PairOutcome {
     birthday_hit: Option<u32>,
     /// The mode once a relayed result had its chance to upgrade.
     settled: Option<ConnMode>,
+    /// The target's own NAT classification when the connect ended.
+    target_nat: NatType,
+    /// The peer NAT type every punched or relayed attempt of the dialer was labelled with.
+    signalled_attempts: Vec<(ConnMode, NatType)>,
 }
 
 /// Birthday probing fails now and then (≈2% with the default budget); the core then relays
@@ -191,7 +195,19 @@ fn run_pair(seed: u64, a: Site, b: Site, same_lan: bool) -> PairOutcome {
     w.run_for(PERMITS_EXPIRE);
     w.set_link(ia, ib, LinkModel::default());
     let result = connect(&mut w, ia, ib);
+    let target_nat = w.node(ib).node.nat_type();
     let settled = settle(&mut w, ia, &result);
+    let signalled_attempts = w
+        .node(ia)
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::ConnectAttempt { path, peer_nat, .. } if *path != ConnMode::Direct => {
+                Some((*path, *peer_nat))
+            }
+            _ => None,
+        })
+        .collect();
     let birthday_hit = w
         .birthday_records()
         .iter()
@@ -201,6 +217,8 @@ fn run_pair(seed: u64, a: Site, b: Site, same_lan: bool) -> PairOutcome {
         result,
         birthday_hit,
         settled,
+        target_nat,
+        signalled_attempts,
     }
 }
 
@@ -264,6 +282,27 @@ fn the_nat_pair_matrix_reaches_the_best_path_for_every_pair() {
                     want.as_str(),
                     r.attempts
                 ));
+            }
+            // Punches and relays follow a signal answer, which carries the target's NAT type:
+            // their attempts (and so the metrics' NAT-pair labels) name it.
+            if want != ConnMode::Direct && o.signalled_attempts.is_empty() {
+                bad.push(format!(
+                    "{} -> {}: no punched or relayed attempt",
+                    a.label(),
+                    b.label()
+                ));
+            }
+            for (path, peer_nat) in &o.signalled_attempts {
+                if *peer_nat != o.target_nat {
+                    bad.push(format!(
+                        "{} -> {}: {} attempt labelled peer NAT {}, the target is {}",
+                        a.label(),
+                        b.label(),
+                        path.as_str(),
+                        peer_nat.as_str(),
+                        o.target_nat.as_str()
+                    ));
+                }
             }
             table.insert((a, b), cell);
         }
