@@ -205,9 +205,13 @@ impl Exporter {
     pub const SCRAPE_WAIT: Duration = Duration::from_secs(3 * crate::monitor::SCRAPE_INTERVAL_S);
 
     /// Serves fresh metrics and adds them to the run's Prometheus targets. `None` (with a
-    /// warning on stderr when something failed) when the run is not monitored: nothing would
-    /// scrape them.
+    /// warning on stderr when something failed) when the run has no Prometheus running:
+    /// nothing would scrape them.
     pub fn start(run_dir: &std::path::Path, run_id: &str) -> Option<Exporter> {
+        // Without a running Prometheus (not installed, or not `--monitor`) nobody scrapes.
+        crate::monitor::MonitorState::load(run_dir)
+            .prometheus_url
+            .as_ref()?;
         let metrics = ChaosMetrics::new();
         let stop = Arc::new(AtomicBool::new(false));
         let addr = match metrics.serve(0, stop.clone()) {

@@ -446,7 +446,9 @@ fn drive(
     match metrics.serve(0, stop_metrics.clone()) {
         Ok(addr) => {
             events.log("metrics", serde_json::json!({"addr": addr.to_string()}));
-            if opts.monitor {
+            // Only a running Prometheus scrapes it (without one, `up --monitor` still writes
+            // the targets file, and waiting for a scrape would only stall the run).
+            if opts.monitor && MonitorState::load(run_dir).prometheus_url.is_some() {
                 match monitor::add_controller_target(run_dir, &plan.run_id.0, addr) {
                     Ok(true) => scraped_target = Some(addr),
                     Ok(false) => {}
