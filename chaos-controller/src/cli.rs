@@ -669,6 +669,27 @@ fn start_monitor(run_dir: &Path, plan: &Plan, prom_port: u16) -> anyhow::Result<
             config.display()
         ),
     }
+    // Saved before Grafana starts, so `down` stops Prometheus even when Grafana fails.
+    st.save(run_dir)?;
+    if let Some(prom) = st.prometheus_url.clone() {
+        match monitor::spawn_grafana(run_dir, &plan.run_id.0, &prom)? {
+            monitor::GrafanaStart::Started { pid, url } => {
+                st.grafana_pid = Some(pid);
+                st.grafana_url = Some(url.clone());
+                eprintln!(
+                    "chaosnet: Grafana at {url} (dashboards in folder \"chaosnet\"; ready in a few seconds, log {})",
+                    run_dir.join("grafana").join("grafana.log").display()
+                );
+            }
+            monitor::GrafanaStart::NotInstalled => eprintln!(
+                "chaosnet: Grafana is not installed (no grafana or grafana-server on the PATH); to see the dashboards, run docker/monitoring/docker-compose.yml or import dashboards/*.json into a Grafana with a Prometheus datasource at {prom} (dashboards/README.md)"
+            ),
+            monitor::GrafanaStart::NoHome { bin } => eprintln!(
+                "chaosnet: found {} but not Grafana's home (conf/defaults.ini); set GF_PATHS_HOME to it, or import dashboards/*.json with a Prometheus datasource at {prom} (dashboards/README.md)",
+                bin.display()
+            ),
+        }
+    }
     eprintln!("chaosnet: agent metrics at http://{proxy}/agents/<agent>/metrics");
     st.save(run_dir)?;
     Ok(())
@@ -1001,7 +1022,7 @@ fn status(runs: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
     if json {
         let mon = MonitorState::load(&run_dir);
         let out = serde_json::json!({ "run_id": state.run_id.0, "run_dir": run_dir, "agents": rows,
-            "prometheus": mon.prometheus_url, "proxy": mon.proxy_addr });
+            "prometheus": mon.prometheus_url, "grafana": mon.grafana_url, "proxy": mon.proxy_addr });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -1264,7 +1285,39 @@ fn fault_cmd(runs: &Path, a: FaultArgs) -> anyhow::Result<()> {
         .first()
         .is_some_and(|x| ex.netem_available(&x.ns).0);
     let fp = fault::plan_fault(&plan, &occ, netem)?;
+    // A fault that heals itself on a monitored lab: serve the controller's metrics meanwhile,
+    // so the dashboards shade the window. (Without --duration this command exits at once and
+    // nothing could serve them.)
+    let exporter = match a.duration {
+        Some(_) if !fp.heal.is_empty() => {
+            crate::chaos::metrics::Exporter::start(&run_dir, &plan.run_id.0)
+        }
+        _ => None,
+    };
+    let labels = crate::chaos::metrics::FaultLabels {
+        kind: fp.kind.clone(),
+        fault: fp.fault.clone(),
+        run: plan.run_id.0.clone(),
+    };
+    if let Some(x) = &exporter {
+        x.metrics.declare(&labels);
+        eprintln!(
+            "chaosnet: controller metrics at http://{}/metrics; waiting for Prometheus to scrape them",
+            x.addr
+        );
+        if !x
+            .metrics
+            .wait_scrape_after(0, crate::chaos::metrics::Exporter::SCRAPE_WAIT)
+        {
+            eprintln!(
+                "chaosnet: warning: Prometheus has not scraped the controller; injecting anyway"
+            );
+        }
+    }
     let cost = ex.inject(&fp)?;
+    if let Some(x) = &exporter {
+        x.metrics.injected(&labels);
+    }
     state.agents = rt.instances();
     state.save(&run_dir)?;
     println!(
@@ -1286,6 +1339,13 @@ fn fault_cmd(runs: &Path, a: FaultArgs) -> anyhow::Result<()> {
                 fp.id,
                 cost.as_secs_f64() * 1000.0
             );
+            if let Some(x) = &exporter {
+                // Prometheus sees the heal before the target goes away.
+                x.metrics.healed(&labels);
+                let seen = x.metrics.scrapes();
+                x.metrics
+                    .wait_scrape_after(seen, crate::chaos::metrics::Exporter::SCRAPE_WAIT);
+            }
             if !errors.is_empty() {
                 bail!("heal errors: {}", errors.join("; "));
             }

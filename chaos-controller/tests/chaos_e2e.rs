@@ -2,7 +2,8 @@
 //! 2 seeds and 4 agents, every pair directly dialable, so unfaulted reachability is 100%).
 //!
 //! - a two-halves partition for 20 s: cross-cut connects fail while it lasts, reachability
-//!   recovers to >= 99% within 30 s of the heal, the verdict is pass;
+//!   recovers to >= 99% within 30 s of the heal, the verdict is pass; with `--monitor`,
+//!   the Chaos dashboard's recovery panel shows the report's recovery time from Prometheus;
 //! - by hand on the kept lab: pause, loss, bandwidth, delay, nat-swap, ip-change and
 //!   link-down through `chaosnet fault`, each visible in the lab, then `chaosnet heal --all`;
 //! - an impossible SLO exits 1 and names the SLO, the value and the time;
@@ -161,7 +162,20 @@ fn chaos_runs_partition_faults_by_hand_impossible_slo_and_churn() {
     - {name: reach-at-end, probe: reachability, when: end, min: 0.99}
 ",
     );
-    let o = run(&runs, &["run", &part, "--keep", "--agent-bin", &bin]);
+    let prom_port = common::cli::free_port().to_string();
+    let o = run(
+        &runs,
+        &[
+            "run",
+            &part,
+            "--keep",
+            "--agent-bin",
+            &bin,
+            "--monitor",
+            "--prometheus-port",
+            &prom_port,
+        ],
+    );
     let (run_id, run_dir) = current(&runs);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let r = report(&run_dir);
@@ -215,6 +229,54 @@ fn chaos_runs_partition_faults_by_hand_impossible_slo_and_churn() {
     assert!(
         rec <= 30.0,
         "recovered to >= 99% within 30 s of the heal: {rec}"
+    );
+    // Prometheus scraped the same recovery from the controller, and the Chaos dashboard's
+    // panel shows it (its query over the run, through a subquery: the controller's target
+    // is gone since the run ended).
+    let chaos: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/chaos.json"),
+        )
+        .expect("chaos.json"),
+    )
+    .expect("json");
+    let panel = chaos["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .find(|p| p["title"] == "Recovery time after heal")
+        .expect("recovery panel");
+    let expr = panel["targets"][0]["expr"]
+        .as_str()
+        .expect("expr")
+        .replace("$run", &run_id);
+    let q = format!("last_over_time(({expr})[10m:1s])");
+    let enc: String = q
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let body = common::cli::http_get(
+        &format!("127.0.0.1:{prom_port}"),
+        &format!("/api/v1/query?query={enc}"),
+    )
+    .unwrap_or_default();
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let series = v["data"]["result"].as_array().cloned().unwrap_or_default();
+    assert_eq!(series.len(), 1, "one recovery series for {q}: {v}");
+    assert_eq!(series[0]["metric"]["fault"], "halves", "{v}");
+    let scraped: f64 = series[0]["value"][1]
+        .as_str()
+        .and_then(|x| x.parse().ok())
+        .expect("a value");
+    assert!(
+        (scraped - rec).abs() < 1e-6,
+        "the dashboard shows the report's recovery: {scraped} vs {rec}"
     );
     for f in ["report.md", "report.html", "events.jsonl", "timeline.json"] {
         assert!(run_dir.join(f).is_file(), "{f} written");

@@ -10,7 +10,9 @@
 //!   except the panels in `EXEMPT` (they only have data under a fault or an abuse; they must
 //!   still parse); the NAT-traversal panels in `DRIVEN` must also show a finite, non-zero
 //!   value, since the agents pre-declare those series at zero (and their ratios and quantiles
-//!   are NaN) until a connect punches or relays;
+//!   are NaN) until a connect punches or relays; the fault panels in `FAULTED` and the
+//!   `Faults` annotations are evaluated during and right after a short `chaosnet fault
+//!   --duration`, which serves the controller's `chaosnet_fault_*` to the lab's Prometheus;
 //! - `promtool check rules` and `promtool test rules` on the alert rules.
 
 mod common;
@@ -31,19 +33,9 @@ use common::require_root;
 const EXEMPT: &[(&str, &str, &str)] = &[
     // (panel title prefix, target refId or "*", reason)
     (
-        "Active faults by kind",
+        "Recovery time after heal",
         "*",
-        "chaosnet_fault_* come from the controller only while `chaosnet run` or `chaosnet fault` runs; this lab runs no fault (chaos_e2e.rs checks Prometheus scrapes them)",
-    ),
-    (
-        "Fault timeline",
-        "*",
-        "only while `chaosnet run` or `chaosnet fault` runs",
-    ),
-    (
-        "Fault injections and heals",
-        "*",
-        "only while `chaosnet run` or `chaosnet fault` runs",
+        "only `chaosnet run` measures recovery (its probe rounds), not `chaosnet fault`; chaos_e2e.rs checks Prometheus scrapes it with the report's value",
     ),
     (
         "Handshake refusals by",
@@ -76,6 +68,17 @@ const EXEMPT: &[(&str, &str, &str)] = &[
         "*",
         "only once an agent reaches --max-connections",
     ),
+];
+
+/// Fault panels (title prefixes): the controller serves `chaosnet_fault_*` only while a
+/// fault runs, so these are evaluated at two instants of the test's `chaosnet fault
+/// --duration` (while Prometheus saw it active, and after it saw the heal) and must show a
+/// finite value > 0 at one of them. The `Faults` annotations of every dashboard must show a
+/// series at the first.
+const FAULTED: &[&str] = &[
+    "Active faults by kind",
+    "Fault timeline",
+    "Fault injections and heals",
 ];
 
 /// Panels that must show a finite value > 0 once `chaosnet matrix` has connected every
@@ -241,6 +244,87 @@ fn query(prom: &str, expr: &str) -> Value {
     serde_json::from_str(&body).unwrap_or(Value::Null)
 }
 
+/// An instant query evaluated at `time` (Prometheus' own timestamp, seconds).
+fn query_at(prom: &str, expr: &str, time: f64) -> Value {
+    let path = format!("/api/v1/query?query={}&time={time:.3}", urlencode(expr));
+    serde_json::from_str(&http_get(prom, &path).unwrap_or_default()).unwrap_or(Value::Null)
+}
+
+/// Polls `expr` until it returns a series; Prometheus' evaluation time then.
+fn wait_for_series(prom: &str, expr: &str, timeout: Duration) -> Option<f64> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let v = query(prom, expr);
+        if let Some(t) = v["data"]["result"][0]["value"][0].as_f64() {
+            return Some(t);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    None
+}
+
+/// A short, gentle fault through `chaosnet fault --duration` (1 ms of delay on one agent),
+/// which serves the controller's metrics to the lab's Prometheus while it runs. Returns the
+/// Prometheus times at which the fault was seen active and healed.
+fn fault_window(runs: &Path, prom: &str) -> (f64, f64) {
+    let t0 = Instant::now();
+    let child = Command::new(common::cli::chaosnet())
+        .arg("--runs-dir")
+        .arg(runs)
+        .args([
+            "fault",
+            "delay",
+            "--delay-ms",
+            "1",
+            "--site",
+            "open1",
+            "--mode",
+            "one",
+            "--seed",
+            "7",
+            "--duration",
+            "8",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn chaosnet fault");
+    let active = wait_for_series(
+        prom,
+        "chaosnet_fault_active{job=\"chaosnet-controller\"} == 1",
+        Duration::from_secs(40),
+    );
+    let healed = wait_for_series(
+        prom,
+        "chaosnet_fault_heals_total{job=\"chaosnet-controller\"} > 0",
+        Duration::from_secs(40),
+    );
+    let o = child.wait_with_output().expect("chaosnet fault");
+    assert!(o.status.success(), "chaosnet fault failed:\n{}", text(&o));
+    let (Some(active), Some(healed)) = (active, healed) else {
+        panic!(
+            "Prometheus never saw the fault (active {active:?}, healed {healed:?}):\n{}",
+            text(&o)
+        );
+    };
+    eprintln!(
+        "chaosnet fault --duration 8: Prometheus saw it active, then healed, in {:?}",
+        t0.elapsed()
+    );
+    (active, healed)
+}
+
+/// The finite values of an instant query's result.
+fn values(v: &Value) -> Vec<f64> {
+    v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+        .filter(|x| x.is_finite())
+        .collect()
+}
+
 /// The first few series of a query result as ` {label=value,..}=value`, for the log: what a
 /// healthy lab shows on each panel.
 fn sample_values(v: &Value) -> String {
@@ -350,12 +434,35 @@ fn every_panel_query_returns_data_from_a_real_lab() {
         "chaosnet matrix measured nothing:\n{}",
         text(&o)
     );
+    let matrix_done = Instant::now();
+    // The fault panels' data, meanwhile.
+    let (t_active, t_healed) = fault_window(&runs, &prom);
     // Scrape interval is 5 s: 20 s more gives every [1m] rate() at least 4 samples.
-    std::thread::sleep(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(matrix_done.elapsed()));
 
     let mut failures = Vec::new();
     let mut checked = 0;
     for (name, d) in dashboards() {
+        for a in d["annotations"]["list"].as_array().into_iter().flatten() {
+            let Some(expr) = a["expr"].as_str() else {
+                continue;
+            };
+            let v = query_at(&prom, &substitute(expr), t_active);
+            checked += 1;
+            let n = v["data"]["result"].as_array().map_or(0, Vec::len);
+            eprintln!(
+                "{} {name}: annotation {} while the fault was active: {n} series{}",
+                if n > 0 { "ok  " } else { "FAIL" },
+                a["name"],
+                sample_values(&v)
+            );
+            if n == 0 {
+                failures.push(format!(
+                    "{name}: annotation {}: no series while a fault was active: {expr}\n  -> {v}",
+                    a["name"]
+                ));
+            }
+        }
         for p in panels(&d) {
             let title = p["title"].as_str().unwrap_or("?").to_string();
             for t in p["targets"].as_array().into_iter().flatten() {
@@ -375,6 +482,25 @@ fn every_panel_query_returns_data_from_a_real_lab() {
                     !q.contains('$'),
                     "{name}: {title}: unsubstituted variable in {q}"
                 );
+                if FAULTED.iter().any(|p| title.starts_with(p)) {
+                    let at = [t_active, t_healed].map(|t| query_at(&prom, &q, t));
+                    checked += 1;
+                    let ok = at.iter().all(|v| v["status"] == "success");
+                    let real = at.iter().flat_map(values).any(|x| x > 0.0);
+                    eprintln!(
+                        "{} {name}: {title} [{ref_id}] during the fault:{} / after its heal:{}",
+                        if ok && real { "ok  " } else { "FAIL" },
+                        sample_values(&at[0]),
+                        sample_values(&at[1])
+                    );
+                    if !ok || !real {
+                        failures.push(format!(
+                            "{name}: {title} [{ref_id}]: no finite value > 0 during or right after a fault: {q}\n  -> {} / {}",
+                            at[0], at[1]
+                        ));
+                    }
+                    continue;
+                }
                 let v = query(&prom, &q);
                 checked += 1;
                 let n = v["data"]["result"].as_array().map_or(0, Vec::len);

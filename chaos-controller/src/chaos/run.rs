@@ -33,7 +33,7 @@ use super::schedule::{self, Timeline};
 use super::select;
 use super::spec::{ChaosSpec, ProbeKind, SloSpec, When};
 use crate::apply::{self, RunState};
-use crate::monitor::MonitorState;
+use crate::monitor::{self, MonitorState};
 use crate::plan::Plan;
 use crate::runtime::{ProcessRuntime, Runtime};
 use crate::scenario::Scenario;
@@ -364,6 +364,33 @@ struct Shared {
     rounds: Mutex<Vec<Round>>,
     active: Mutex<Vec<u32>>,
     phase: Mutex<String>,
+    /// Heals whose recovery is not measured yet: the fault's labels and the heal time.
+    unrecovered: Mutex<Vec<(FaultLabels, i64)>>,
+}
+
+/// How long a monitored run waits for Prometheus to scrape the controller before the
+/// first fault and after the last change, so the dashboards see the fault series from 0
+/// and the last recovery.
+const SCRAPE_WAIT: Duration = super::metrics::Exporter::SCRAPE_WAIT;
+
+/// Sets the recovery gauge of every pending heal that the rounds so far show recovered,
+/// with [`recovery_after`], the measurement the report uses; keeps the others pending.
+fn record_recoveries(
+    metrics: &ChaosMetrics,
+    rounds: &[Round],
+    pending: &mut Vec<(FaultLabels, i64)>,
+    to: f64,
+) -> Vec<(FaultLabels, f64)> {
+    let mut done = Vec::new();
+    pending.retain(|(l, heal_ms)| match recovery_after(rounds, *heal_ms, to) {
+        Some(s) => {
+            metrics.recovered(l, s);
+            done.push((l.clone(), s));
+            false
+        }
+        None => true,
+    });
+    done
 }
 
 #[allow(clippy::too_many_lines)] // the run sequence reads best in one place
@@ -403,18 +430,44 @@ fn drive(
         serde_json::json!({"run_id": plan.run_id.0, "seed": scenario.seed, "occurrences": timeline.occurrences.len()}),
     );
 
-    // Controller metrics.
+    // Controller metrics, every fault of the timeline declared at 0 so its first injection
+    // shows in increase().
     let metrics = ChaosMetrics::new();
+    let labels_of = |kind: &str, fault: &str| FaultLabels {
+        kind: kind.to_string(),
+        fault: fault.to_string(),
+        run: plan.run_id.0.clone(),
+    };
+    for o in &timeline.occurrences {
+        metrics.declare(&labels_of(o.kind.name(), &o.fault));
+    }
     let stop_metrics = Arc::new(AtomicBool::new(false));
+    let mut scraped_target = None;
     match metrics.serve(0, stop_metrics.clone()) {
         Ok(addr) => {
             events.log("metrics", serde_json::json!({"addr": addr.to_string()}));
-            if opts.monitor {
-                add_controller_target(run_dir, plan, addr);
+            // Only a running Prometheus scrapes it (without one, `up --monitor` still writes
+            // the targets file, and waiting for a scrape would only stall the run).
+            if opts.monitor && MonitorState::load(run_dir).prometheus_url.is_some() {
+                match monitor::add_controller_target(run_dir, &plan.run_id.0, addr) {
+                    Ok(true) => scraped_target = Some(addr),
+                    Ok(false) => {}
+                    Err(e) => eprintln!(
+                        "chaosnet: warning: Prometheus will not scrape the controller: {e}"
+                    ),
+                }
             }
         }
         Err(e) => eprintln!("chaosnet: warning: controller /metrics not served: {e}"),
     }
+    let recover_to = spec
+        .slos
+        .iter()
+        .find_map(|s| match s.probe {
+            ProbeKind::Recovery { recover_to } => Some(recover_to),
+            _ => None,
+        })
+        .unwrap_or(0.99);
     let prom_url = MonitorState::load(run_dir).prometheus_url;
     let promql: Vec<(String, String)> = spec
         .slos
@@ -466,6 +519,12 @@ fn drive(
         t_start,
         &format!("warm-up {:.1} s", spec.warmup_ms as f64 / 1000.0),
     );
+    // During the warm-up: Prometheus scrapes the fault series at 0 once.
+    if scraped_target.is_some() && !metrics.wait_scrape_after(0, SCRAPE_WAIT) {
+        eprintln!(
+            "chaosnet: warning: Prometheus has not scraped the controller yet; the first fault may not show on the dashboards"
+        );
+    }
     std::thread::sleep(t_start.saturating_duration_since(Instant::now()));
     let started = Instant::now();
     let mut start = round(started, 0, "start", Vec::new());
@@ -488,6 +547,7 @@ fn drive(
         rounds: Mutex::new(vec![start]),
         active: Mutex::new(Vec::new()),
         phase: Mutex::new("faults".into()),
+        unrecovered: Mutex::new(Vec::new()),
     });
     let stop_probes = AtomicBool::new(false);
 
@@ -527,11 +587,25 @@ fn drive(
                         }
                     ),
                 );
-                shared
-                    .rounds
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(r);
+                let mut rounds = shared.rounds.lock().unwrap_or_else(PoisonError::into_inner);
+                rounds.push(r);
+                // Recovery measured live, so Prometheus has it while the run goes on.
+                let done = record_recoveries(
+                    &metrics,
+                    &rounds,
+                    &mut shared
+                        .unrecovered
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner),
+                    recover_to,
+                );
+                drop(rounds);
+                for (l, secs) in done {
+                    say(
+                        t0,
+                        &format!("recovered from {} {} in {secs:.1} s", l.kind, l.fault),
+                    );
+                }
                 n += 1;
                 next += interval;
                 let now = Instant::now();
@@ -568,13 +642,16 @@ fn drive(
         let heal = |fp: &FaultPlan, rec: &mut FaultRecord| {
             let (cost, errors) = ex.heal(fp);
             tracing::info!(fault = %fp.fault, kind = %fp.kind, errors = errors.len(), "fault healed");
-            rec.heal_at_ms = Some(ms_since(t0));
+            let heal_ms = ms_since(t0);
+            rec.heal_at_ms = Some(heal_ms);
             rec.heal_cost_ms = Some(cost.as_secs_f64() * 1000.0);
-            metrics.healed(&FaultLabels {
-                kind: fp.kind.clone(),
-                fault: fp.fault.clone(),
-                run: plan.run_id.0.clone(),
-            });
+            let labels = labels_of(&fp.kind, &fp.fault);
+            metrics.healed(&labels);
+            shared
+                .unrecovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((labels, heal_ms));
             shared
                 .active
                 .lock()
@@ -617,18 +694,11 @@ fn drive(
                         Ok(cost) => {
                             tracing::info!(fault = %fp.fault, kind = %fp.kind, "fault injected");
                             let instant = fp.heal.is_empty();
-                            metrics.injected(&FaultLabels {
-                                kind: fp.kind.clone(),
-                                fault: fp.fault.clone(),
-                                run: plan.run_id.0.clone(),
-                            });
+                            let labels = labels_of(&fp.kind, &fp.fault);
+                            metrics.injected(&labels);
                             if instant {
                                 // A restart: count it healed at once.
-                                metrics.healed(&FaultLabels {
-                                    kind: fp.kind.clone(),
-                                    fault: fp.fault.clone(),
-                                    run: plan.run_id.0.clone(),
-                                });
+                                metrics.healed(&labels);
                             } else {
                                 shared
                                     .active
@@ -704,8 +774,16 @@ fn drive(
         }
         stop_probes.store(true, Ordering::Relaxed);
     });
-    stop_metrics.store(true, Ordering::Relaxed);
+    let stop_serving = || {
+        stop_metrics.store(true, Ordering::Relaxed);
+        if let Some(addr) = scraped_target
+            && let Err(e) = monitor::remove_controller_target(run_dir, addr)
+        {
+            eprintln!("chaosnet: warning: {e}");
+        }
+    };
     if let Some(f) = failure {
+        stop_serving();
         return Outcome::Failed(f);
     }
     let mut rounds =
@@ -724,19 +802,31 @@ fn drive(
     );
     rounds.push(end);
 
-    let recover_to = spec
-        .slos
-        .iter()
-        .find_map(|s| match s.probe {
-            ProbeKind::Recovery { recover_to } => Some(recover_to),
-            _ => None,
-        })
-        .unwrap_or(0.99);
     for r in &mut records {
         r.recovery_s = r
             .heal_at_ms
             .and_then(|h| recovery_after(&rounds, h, recover_to));
     }
+    // Recoveries only the end round showed; then Prometheus scrapes the final state once.
+    let done = record_recoveries(
+        &metrics,
+        &rounds,
+        &mut shared
+            .unrecovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+        recover_to,
+    );
+    for (l, secs) in done {
+        say(
+            t0,
+            &format!("recovered from {} {} in {secs:.1} s", l.kind, l.fault),
+        );
+    }
+    if scraped_target.is_some() {
+        metrics.wait_scrape_after(metrics.scrapes(), SCRAPE_WAIT);
+    }
+    stop_serving();
     let verdicts = judge(&spec.slos, &rounds, &records);
     let pass = verdicts.iter().all(|v| v.pass);
     for v in &verdicts {
@@ -948,26 +1038,70 @@ pub fn judge(slos: &[SloSpec], rounds: &[Round], faults: &[FaultRecord]) -> Vec<
         .collect()
 }
 
-/// Adds the controller's `/metrics` to the run's Prometheus file_sd targets.
-fn add_controller_target(run_dir: &Path, plan: &Plan, addr: std::net::SocketAddr) {
-    let path = run_dir.join("prometheus").join("targets.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return;
-    };
-    let Ok(mut groups) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else {
-        return;
-    };
-    groups.push(serde_json::json!({
-        "targets": [addr.to_string()],
-        "labels": {"__metrics_path__": "/metrics", "role": "controller", "run": plan.run_id.0},
-    }));
-    let tmp = path.with_extension("json.tmp");
-    if std::fs::write(
-        &tmp,
-        serde_json::to_string_pretty(&groups).unwrap_or_default(),
-    )
-    .is_ok()
-    {
-        let _ = std::fs::rename(&tmp, &path);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chaos::probe::PairResult;
+
+    fn round(t_ms: i64, ok: usize, tried: usize) -> Round {
+        Round {
+            n: 0,
+            t_ms,
+            phase: "faults".into(),
+            active: Vec::new(),
+            alive: (4, 4),
+            pairs: (0..tried)
+                .map(|i| PairResult {
+                    from: "a".into(),
+                    to: "b".into(),
+                    ok: i < ok,
+                    mode: None,
+                    elapsed_ms: 1.0,
+                    error: None,
+                })
+                .collect(),
+            promql: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn recovery_gauge_is_set_live_with_the_reports_value() {
+        let m = ChaosMetrics::new();
+        let l = FaultLabels {
+            kind: "partition".into(),
+            fault: "cut".into(),
+            run: "r1".into(),
+        };
+        let all = [
+            round(0, 10, 10),
+            round(2_000, 5, 10),
+            round(4_000, 5, 10), // healed at 4_500
+            round(6_000, 8, 10),
+            round(8_000, 10, 10),
+            round(10_000, 10, 10),
+        ];
+        let mut pending = vec![(l.clone(), 4_500)];
+        let mut recorded = Vec::new();
+        // Rounds arrive one by one, as from the probe thread.
+        for n in 1..=all.len() {
+            recorded.extend(record_recoveries(&m, &all[..n], &mut pending, 0.99));
+        }
+        let report = recovery_after(&all, 4_500, 0.99).expect("recovered");
+        assert_eq!(recorded, vec![(l.clone(), report)]);
+        assert!((report - 3.5).abs() < 1e-9, "{report}");
+        assert!(pending.is_empty());
+        assert!(
+            m.encode().contains(
+                "chaosnet_fault_recovery_seconds{kind=\"partition\",fault=\"cut\",run=\"r1\"} 3.5"
+            ),
+            "{}",
+            m.encode()
+        );
+        // A heal that never recovers stays pending and sets nothing.
+        let m = ChaosMetrics::new();
+        let mut pending = vec![(l, 4_500)];
+        assert!(record_recoveries(&m, &all[..4], &mut pending, 0.99).is_empty());
+        assert_eq!(pending.len(), 1);
+        assert!(!m.encode().contains("chaosnet_fault_recovery_seconds{"));
     }
 }
