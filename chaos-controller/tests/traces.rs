@@ -2,8 +2,8 @@
 //! `agent.otlp_endpoint`) to a real OTLP/HTTP receiver bound inside the lab's internet
 //! namespace at 198.18.0.1, decoded with the OpenTelemetry project's own protobuf types.
 //!
-//! - A cold connect from a port-restricted to a symmetric site punches, and arrives as one trace across
-//!   processes: the requester's `connect` span (mode punched) over its `lookup` and its
+//! - A cold connect from a port-restricted to a symmetric site punches, and arrives as one
+//!   trace across processes: the requester's `connect` span (mode punched) over its `lookup` and its
 //!   `signal` request, then a `signal_hop` span on every node the signal reached, each the
 //!   child of the previous hop's request, the last one on the target.
 //! - A symmetric-to-symmetric connect relays, and the relay's `relay_circuit` span joins the
@@ -11,82 +11,17 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::routing::post;
 use chaos_controller::apply::{RunState, in_netns};
 use chaos_controller::plan::NsRole;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use prost::Message;
 
 use common::cli::{agent_bin, run, text};
+use common::otlp::{self, Received, Span};
 use common::require_root;
 
 /// Where the receiver listens, inside the internet namespace.
 const RECEIVER: &str = "198.18.0.1:4318";
-/// Spans kept at most: the fleet's task loop exports steadily; this bounds the test's memory.
-const MAX_SPANS: usize = 200_000;
-
-#[derive(Clone, Debug)]
-struct Got {
-    name: String,
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent_span_id: Vec<u8>,
-    attrs: Vec<(String, String)>,
-}
-
-impl Got {
-    fn attr(&self, key: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-type Received = Arc<Mutex<Vec<Got>>>;
-
-async fn traces(State(rx): State<Received>, body: Bytes) -> &'static str {
-    if let Ok(req) = ExportTraceServiceRequest::decode(body) {
-        let mut out = rx.lock().unwrap_or_else(|p| p.into_inner());
-        for span in req
-            .resource_spans
-            .into_iter()
-            .flat_map(|rs| rs.scope_spans)
-            .flat_map(|ss| ss.spans)
-        {
-            if out.len() >= MAX_SPANS {
-                break;
-            }
-            let attrs = span
-                .attributes
-                .iter()
-                .map(|kv| {
-                    let v = match kv.value.as_ref().and_then(|v| v.value.clone()) {
-                        Some(AnyValue::StringValue(s)) => s,
-                        Some(other) => format!("{other:?}"),
-                        None => String::new(),
-                    };
-                    (kv.key.clone(), v)
-                })
-                .collect();
-            out.push(Got {
-                name: span.name,
-                trace_id: span.trace_id,
-                span_id: span.span_id,
-                parent_span_id: span.parent_span_id,
-                attrs,
-            });
-        }
-    }
-    ""
-}
 
 /// Runs one cold pair with `chaosnet matrix`; returns the mode it reached and the dialer.
 fn cold_pair(runs: &std::path::Path, from: &str, to: &str) -> (String, String) {
@@ -107,10 +42,10 @@ fn cold_pair(runs: &std::path::Path, from: &str, to: &str) -> (String, String) {
 }
 
 /// Waits (bounded) until `pick` finds what it looks for among the received spans.
-fn wait_for<T>(received: &Received, what: &str, pick: impl Fn(&[Got]) -> Option<T>) -> T {
+fn wait_for<T>(received: &Received, what: &str, pick: impl Fn(&[Span]) -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let spans = received.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let spans = received.spans();
         if let Some(t) = pick(&spans) {
             return t;
         }
@@ -177,20 +112,8 @@ fn signalling_and_relaying_join_the_requesters_trace_across_nodes() {
     let listener = in_netns(&inet, || std::net::TcpListener::bind(RECEIVER))
         .expect("enter the internet namespace")
         .expect("bind the receiver at 198.18.0.1");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let received: Received = Arc::default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let app = Router::new()
-        .route("/v1/traces", post(traces))
-        .with_state(received.clone());
-    rt.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-        axum::serve(listener, app).await
-    });
+    let rt = otlp::runtime();
+    let received = otlp::serve(&rt, listener);
 
     // --- signalling: port-restricted -> symmetric must punch (birthday probing). A pair
     // of cones could have met by accident (simultaneous dials during bootstrap punch too),
@@ -215,7 +138,7 @@ fn signalling_and_relaying_join_the_requesters_trace_across_nodes() {
         s.iter()
             .filter(|g| g.name == "connect" && g.attr("mode") == Some("punched"))
             .find_map(|c| {
-                let hops: Vec<Got> = s
+                let hops: Vec<Span> = s
                     .iter()
                     .filter(|g| g.name == "signal_hop" && g.trace_id == c.trace_id)
                     .cloned()
@@ -224,8 +147,8 @@ fn signalling_and_relaying_join_the_requesters_trace_across_nodes() {
                 (hops.len() >= 2).then(|| (c.clone(), hops))
             })
     });
-    let all = received.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let in_trace: Vec<&Got> = all
+    let all = received.spans();
+    let in_trace: Vec<&Span> = all
         .iter()
         .filter(|g| g.trace_id == connect.trace_id)
         .collect();
