@@ -401,7 +401,9 @@ impl Driver {
                         let _ = tx.send(response);
                     }
                 }
-                Output::Punch { peer, plan } => self.transport.punch(peer, plan),
+                Output::Punch { peer, plan, parent } => {
+                    self.transport.punch(peer, plan, self.span_of(parent))
+                }
                 Output::Disconnect { peer } => self.transport.disconnect(&peer),
                 Output::Persist(change) => changes.push(change),
                 Output::Event(event) => {

@@ -250,8 +250,8 @@ impl Transport {
     }
 
     /// Our side of a punch the peer will dial (it signalled us): probes until it connects or
-    /// the plan times out.
-    pub fn punch(&self, peer: NodeId, plan: PunchPlan) {
+    /// the plan times out. Traced as a `punch` span under `parent`, the signal's `signal_hop`.
+    pub fn punch(&self, peer: NodeId, plan: PunchPlan, parent: Option<tracing::Span>) {
         let stop = Arc::new(Notify::new());
         {
             let mut punching = self.punching();
@@ -279,7 +279,9 @@ impl Transport {
                     "punch (signalled side) ended"
                 );
             }
-            .instrument(tracing::debug_span!("punch", peer = %peer.short())),
+            .instrument(
+                tracing::debug_span!(parent: parent.and_then(|p| p.id()), "punch", peer = %peer.short()),
+            ),
         );
     }
 

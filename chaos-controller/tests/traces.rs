@@ -5,7 +5,8 @@
 //! - A cold connect from a port-restricted to a symmetric site punches, and arrives as one
 //!   trace across processes: the requester's `connect` span (mode punched) over its `lookup` and its
 //!   `signal` request, then a `signal_hop` span on every node the signal reached, each the
-//!   child of the previous hop's request, the last one on the target.
+//!   child of the previous hop's request, the last one on the target, with the target's
+//!   `punch` span under it.
 //! - A symmetric-to-symmetric connect relays, and the relay's `relay_circuit` span joins the
 //!   requester's trace once the circuit ends.
 
@@ -200,6 +201,21 @@ fn signalling_and_relaying_join_the_requesters_trace_across_nodes() {
             .iter()
             .any(|g| g.name == "connect_attempt" && g.attr("path") == Some("punched")),
         "the punch attempt is in the trace"
+    );
+    // The target's side of the punch hangs under its signal_hop. Its span ends when the
+    // punch does, so it may arrive after the rest.
+    wait_for(
+        &received,
+        "the target's punch span under its signal_hop",
+        |s| {
+            s.iter()
+                .find(|g| {
+                    g.name == "punch"
+                        && g.trace_id == connect.trace_id
+                        && hops.iter().any(|h| h.span_id == g.parent_span_id)
+                })
+                .cloned()
+        },
     );
 
     // --- relaying: symmetric -> symmetric can only relay.

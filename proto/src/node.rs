@@ -660,6 +660,8 @@ pub enum Output {
         peer: NodeId,
         /// Our part.
         plan: PunchPlan,
+        /// The inbound signal that asked for it, for tracing.
+        parent: Option<Activity>,
     },
     /// Close the connection to `peer`.
     Disconnect {
@@ -2363,6 +2365,7 @@ impl Node {
                         birthday_probes: self.cfg.birthday_probes,
                         timeout_ms: self.cfg.punch_timeout_ms,
                     },
+                    parent: Some(Activity::Inbound(inbound)),
                 });
             }
             self.emit(Event::Signal {

@@ -922,6 +922,18 @@ fn a_punched_connect_is_one_tree_of_activities() {
         .map(|(_, _, p)| *p)
         .collect();
     assert!(!forwarded.is_empty(), "someone carried the signal");
+    let target_punch: Vec<Option<Activity>> = w.node(b).sent[carried_from[b]..]
+        .iter()
+        .filter(|(_, kind, _)| *kind == "punch")
+        .map(|(_, _, p)| *p)
+        .collect();
+    assert!(
+        !target_punch.is_empty()
+            && target_punch
+                .iter()
+                .all(|p| matches!(p, Some(Activity::Inbound(_)))),
+        "the target's punch hangs under the signal that asked for it: {target_punch:?}"
+    );
     assert!(
         forwarded
             .iter()

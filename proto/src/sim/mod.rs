@@ -105,8 +105,8 @@ pub struct SimNode {
     pub up: bool,
     /// What it reported, if the world records events.
     pub events: Vec<(Time, Event)>,
-    /// The requests (by kind) and connects (`connect`) it sent, with the activity each
-    /// serves, if the world records events.
+    /// The requests (by kind), connects (`connect`) and punches (`punch`) it started, with
+    /// the activity each serves, if the world records events.
     pub sent: Vec<(Time, &'static str, Option<Activity>)>,
     /// Its persisted node graph, as the shell would keep it on disk.
     pub store: BTreeMap<NodeId, Contact>,
@@ -685,7 +685,10 @@ impl World {
                 }
                 // Without NATs every node is reachable, so the target's side of a punch has
                 // nothing to open.
-                Output::Punch { peer, plan } => {
+                Output::Punch { peer, plan, parent } => {
+                    if self.cfg.record_events {
+                        self.nodes[idx].sent.push((now, "punch", parent));
+                    }
                     self.stats.punches += 1;
                     if self.packet_level() {
                         self.start_punch(idx, peer, plan, None);
