@@ -182,7 +182,7 @@ pub fn write_config(
         move |source| MonitorError::Io { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let targets = dir.join("targets.json");
+    let targets = targets_path(run_dir);
     let text = serde_json::to_string_pretty(&file_sd_targets(plan, proxy)).unwrap_or_default();
     std::fs::write(&targets, text).map_err(io(&targets))?;
     let config = dir.join("prometheus.yml");
@@ -211,6 +211,11 @@ pub fn controller_target(run_id: &str, addr: SocketAddr) -> TargetGroup {
     }
 }
 
+/// The run's Prometheus file_sd targets file.
+fn targets_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("prometheus").join("targets.json")
+}
+
 /// Rewrites `<run dir>/prometheus/targets.json` through `change` (write to a temporary file,
 /// then rename, so Prometheus never reads half a file). `Ok(false)` when the run has no
 /// targets file (it is not monitored).
@@ -218,7 +223,7 @@ fn update_targets(
     run_dir: &Path,
     change: impl FnOnce(&mut Vec<TargetGroup>),
 ) -> Result<bool, MonitorError> {
-    let path = run_dir.join("prometheus").join("targets.json");
+    let path = targets_path(run_dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),

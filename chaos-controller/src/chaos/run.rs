@@ -549,6 +549,19 @@ fn drive(
         phase: Mutex::new("faults".into()),
         unrecovered: Mutex::new(Vec::new()),
     });
+    // Recovery measured live, so Prometheus has it while the run goes on.
+    let announce_recoveries = |rounds: &[Round]| {
+        let mut pending = shared
+            .unrecovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (l, secs) in record_recoveries(&metrics, rounds, &mut pending, recover_to) {
+            say(
+                t0,
+                &format!("recovered from {} {} in {secs:.1} s", l.kind, l.fault),
+            );
+        }
+    };
     let stop_probes = AtomicBool::new(false);
 
     let mut records: Vec<FaultRecord> = Vec::new();
@@ -589,23 +602,8 @@ fn drive(
                 );
                 let mut rounds = shared.rounds.lock().unwrap_or_else(PoisonError::into_inner);
                 rounds.push(r);
-                // Recovery measured live, so Prometheus has it while the run goes on.
-                let done = record_recoveries(
-                    &metrics,
-                    &rounds,
-                    &mut shared
-                        .unrecovered
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner),
-                    recover_to,
-                );
+                announce_recoveries(&rounds);
                 drop(rounds);
-                for (l, secs) in done {
-                    say(
-                        t0,
-                        &format!("recovered from {} {} in {secs:.1} s", l.kind, l.fault),
-                    );
-                }
                 n += 1;
                 next += interval;
                 let now = Instant::now();
@@ -808,21 +806,7 @@ fn drive(
             .and_then(|h| recovery_after(&rounds, h, recover_to));
     }
     // Recoveries only the end round showed; then Prometheus scrapes the final state once.
-    let done = record_recoveries(
-        &metrics,
-        &rounds,
-        &mut shared
-            .unrecovered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-        recover_to,
-    );
-    for (l, secs) in done {
-        say(
-            t0,
-            &format!("recovered from {} {} in {secs:.1} s", l.kind, l.fault),
-        );
-    }
+    announce_recoveries(&rounds);
     if scraped_target.is_some() {
         metrics.wait_scrape_after(metrics.scrapes(), SCRAPE_WAIT);
     }
