@@ -759,7 +759,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::process::{Child, Command, Stdio};
 
-    use chaosnet_proto::graph::{ConnMode, NatType};
+    use chaosnet_proto::{ConnMode, NatType};
 
     use super::*;
 

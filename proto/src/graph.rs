@@ -12,79 +12,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::id::NodeId;
+use crate::reach::{ConnMode, NatType};
 use crate::time::Time;
 use crate::wire::{MAX_ADDRS_PER_PEER, PeerInfo};
 
 /// Number of buckets: one per bit of the id.
 pub const BUCKETS: usize = 256;
-
-/// How a connection to a peer was established.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ConnMode {
-    /// A plain dial that reached the peer.
-    Direct,
-    /// A dial that needed a simultaneous open through NATs.
-    Punched,
-    /// Through a relay node.
-    Relayed,
-}
-
-impl ConnMode {
-    /// Bounded label for metrics and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnMode::Direct => "direct",
-            ConnMode::Punched => "punched",
-            ConnMode::Relayed => "relayed",
-        }
-    }
-}
-
-/// A node's NAT type, as it classifies itself (RFC 4787 terms in the docs of each variant).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-pub enum NatType {
-    /// Not enough observations yet.
-    #[default]
-    Unknown,
-    /// No NAT: observed address equals a listen address.
-    Public,
-    /// Endpoint-independent mapping whose filtering is not yet known.
-    Cone,
-    /// EIM + endpoint-independent filtering.
-    FullCone,
-    /// EIM + address-dependent filtering.
-    RestrictedCone,
-    /// EIM + address-and-port-dependent filtering.
-    PortRestrictedCone,
-    /// Endpoint-dependent mapping.
-    Symmetric,
-}
-
-impl NatType {
-    /// Every variant, for tests and label enumeration.
-    pub const ALL: [NatType; 7] = [
-        NatType::Unknown,
-        NatType::Public,
-        NatType::Cone,
-        NatType::FullCone,
-        NatType::RestrictedCone,
-        NatType::PortRestrictedCone,
-        NatType::Symmetric,
-    ];
-
-    /// Bounded label for metrics and JSON, in the scenario file's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NatType::Unknown => "unknown",
-            NatType::Public => "none",
-            NatType::Cone => "cone",
-            NatType::FullCone => "full-cone",
-            NatType::RestrictedCone => "restricted-cone",
-            NatType::PortRestrictedCone => "port-restricted-cone",
-            NatType::Symmetric => "symmetric",
-        }
-    }
-}
 
 /// Everything the node knows about one peer. This is also the persisted record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

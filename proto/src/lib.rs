@@ -14,16 +14,18 @@
 pub mod graph;
 pub mod id;
 pub mod node;
+pub mod reach;
 pub mod signal;
 pub mod sim;
 pub mod time;
 pub mod wire;
 
-pub use graph::{ConnMode, Contact, GraphChange, NatType};
+pub use graph::{Contact, GraphChange};
 pub use id::{NodeId, ParseNodeIdError};
 pub use node::{
     Activity, ActivityKind, Command, CommandId, CommandResult, ConnInfo, Connected, Event, Failure,
     InboundId, Node, NodeConfig, Output, RequestId, TaskKind, TaskOutcome, TaskWeights,
 };
+pub use reach::{ConnMode, NatType};
 pub use time::Time;
 pub use wire::{Request, Response};

@@ -12,8 +12,9 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 
-use crate::graph::{BUCKETS, ConnMode, Contact, GraphChange, NatType, Observed, RoutingTable};
+use crate::graph::{BUCKETS, Contact, GraphChange, Observed, RoutingTable};
 use crate::id::NodeId;
+use crate::reach::{ConnMode, NatType};
 use crate::signal::{
     self, BirthdayRole, Countersign, RateLimiter, ReplayCache, SecretKey, Signal, SignalRefusal,
     Strategy,

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::NatType;
 use crate::id::NodeId;
+use crate::reach::NatType;
 use crate::time::Time;
 
 /// Most hops a signal may take, counting the node that delivers it to its target.

@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{ConnMode, NatType};
 use crate::id::NodeId;
+use crate::reach::{ConnMode, NatType};
 use crate::signal::{Countersign, MAX_SIGNAL_HOPS, SIGNATURE_LEN, Signal};
 
 /// The protocol version this build speaks.

@@ -27,12 +27,13 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 
-use crate::graph::{ConnMode, Contact, GraphChange};
+use crate::graph::{Contact, GraphChange};
 use crate::id::NodeId;
 use crate::node::{
     Activity, Command, CommandId, CommandResult, Connected, Event, Failure, InboundId, Node,
     NodeConfig, Output, Path, RequestId,
 };
+use crate::reach::ConnMode;
 use crate::signal::SecretKey;
 use crate::time::Time;
 use crate::wire::{Request, Response};

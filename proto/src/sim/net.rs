@@ -14,9 +14,9 @@ use std::time::Duration;
 use rand::RngExt;
 
 use super::{Msg, World};
-use crate::graph::ConnMode;
 use crate::id::NodeId;
 use crate::node::{Connected, Failure, Path, PunchPlan, RequestId};
+use crate::reach::ConnMode;
 use crate::signal::BirthdayRole;
 use crate::time::Time;
 use crate::wire::{ErrorCode, Request, Response};

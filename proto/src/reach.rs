@@ -1,0 +1,75 @@
+//! How peers reach each other: the NAT type a node classifies itself as (and advertises),
+//! and how a connection was made.
+//!
+//! Plain labels shared by the node graph, the wire codec and the signalling rules. They sit
+//! in a module of their own so that none of those depends on another just for them.
+
+use serde::{Deserialize, Serialize};
+
+/// How a connection to a peer was established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConnMode {
+    /// A plain dial that reached the peer.
+    Direct,
+    /// A dial that needed a simultaneous open through NATs.
+    Punched,
+    /// Through a relay node.
+    Relayed,
+}
+
+impl ConnMode {
+    /// Bounded label for metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnMode::Direct => "direct",
+            ConnMode::Punched => "punched",
+            ConnMode::Relayed => "relayed",
+        }
+    }
+}
+
+/// A node's NAT type, as it classifies itself (RFC 4787 terms in the docs of each variant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum NatType {
+    /// Not enough observations yet.
+    #[default]
+    Unknown,
+    /// No NAT: observed address equals a listen address.
+    Public,
+    /// Endpoint-independent mapping whose filtering is not yet known.
+    Cone,
+    /// EIM + endpoint-independent filtering.
+    FullCone,
+    /// EIM + address-dependent filtering.
+    RestrictedCone,
+    /// EIM + address-and-port-dependent filtering.
+    PortRestrictedCone,
+    /// Endpoint-dependent mapping.
+    Symmetric,
+}
+
+impl NatType {
+    /// Every variant, for tests and label enumeration.
+    pub const ALL: [NatType; 7] = [
+        NatType::Unknown,
+        NatType::Public,
+        NatType::Cone,
+        NatType::FullCone,
+        NatType::RestrictedCone,
+        NatType::PortRestrictedCone,
+        NatType::Symmetric,
+    ];
+
+    /// Bounded label for metrics and JSON, in the scenario file's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatType::Unknown => "unknown",
+            NatType::Public => "none",
+            NatType::Cone => "cone",
+            NatType::FullCone => "full-cone",
+            NatType::RestrictedCone => "restricted-cone",
+            NatType::PortRestrictedCone => "port-restricted-cone",
+            NatType::Symmetric => "symmetric",
+        }
+    }
+}
