@@ -1,0 +1,727 @@
+//! The node state machine: bootstrap, iterative lookups, peer exchange, GC of the node
+//! graph, bucket refresh, peer choice and the autonomous task loop.
+//!
+//! [`Node`] is sans-io. It does not dial, send, sleep or read a clock: it is told what
+//! happened (`handle_*`) and says what to do ([`Node::poll_output`], [`Node::poll_timeout`]).
+//! Global behaviour lives here; per-connection I/O (streams, TLS, framing) lives in the shell.
+//!
+//! This file holds the contract: the state, the `handle_*` inputs, the `poll_*` outputs and
+//! the request bookkeeping. Each sub-machine has a file of its own: `bootstrap`, `lookup`,
+//! `tasks` (operations and the task loop), `gc` (GC and bucket refresh), `connect` (the
+//! dialer's strategy), `signalling` (carrying and accepting signals), `relay` (circuit
+//! admission) and `peers` (what the node learns about its contacts). `config` and `types`
+//! hold the public types.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::graph::{BUCKETS, Contact, RoutingTable};
+use crate::id::NodeId;
+use crate::reach::{ConnMode, NatType};
+use crate::signal::{RateLimiter, ReplayCache};
+use crate::time::Time;
+use crate::wire::{
+    ErrorCode, MAX_ADDRS_PER_PEER, MAX_NODES_PER_RESPONSE, PeerInfo, Request, Response,
+};
+
+mod bootstrap;
+mod config;
+mod connect;
+mod gc;
+mod lookup;
+mod peers;
+mod relay;
+mod signalling;
+mod tasks;
+#[cfg(test)]
+mod tests;
+mod types;
+
+pub use config::{NodeConfig, RelayLimits, TaskWeights};
+use connect::{ConnectState, Stage};
+use lookup::{Lookup, LookupPurpose};
+use signalling::Forward;
+pub use types::{
+    Activity, ActivityKind, Attempt, Command, CommandId, CommandResult, ConnInfo, Connected, Event,
+    Failure, InboundId, Output, Path, PunchPlan, RelayEvent, RequestId, SignalOutcome, TaskKind,
+    TaskOutcome,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Deadline(RequestId),
+    Task,
+    Gc,
+    Refresh,
+    Bootstrap,
+    Upgrade(NodeId),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    Task(TaskKind),
+    Command(CommandId),
+    /// An attempt to replace a relayed connection with a punched one.
+    Upgrade,
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    origin: Origin,
+    started: Time,
+    echo: Option<Vec<u8>>,
+    conn: Option<ConnectState>,
+}
+
+type OpId = u64;
+
+type LookupId = u64;
+
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    Lookup(LookupId),
+    Bootstrap,
+    Gc,
+    Introduce,
+    Verify,
+    Op(OpId),
+    Connect(OpId),
+    Signal(OpId),
+    Forward(u64),
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    peer: NodeId,
+    sent: Time,
+    purpose: Purpose,
+}
+
+/// Sources the signal rate limiter tracks.
+const RATE_LIMIT_SOURCES: usize = 1024;
+
+/// Signal nonces remembered against replay.
+const REPLAY_CAPACITY: usize = 4096;
+
+/// The protocol core of one agent.
+///
+/// # Driving contract
+///
+/// 1. Create it with [`Node::new`], passing contacts restored from storage, then call
+///    [`Node::start`] once.
+/// 2. After **every** `handle_*`, [`Node::command`] or [`Node::start`] call, drain
+///    [`Node::poll_output`] until it returns `None`, carrying out each [`Output`].
+/// 3. Then ask [`Node::poll_timeout`] and call [`Node::handle_timeout`] once that time has
+///    come (earlier or repeated calls are harmless no-ops). Drain outputs again.
+///
+/// Every input takes `now`, which must never go backwards. Every random choice comes from
+/// an rng seeded with [`NodeConfig::rng_seed`], so the same inputs give the same outputs.
+/// Each input produces a bounded number of outputs; the output queue is bounded by that
+/// and by draining it.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    rng: StdRng,
+    table: RoutingTable,
+    conns: HashMap<NodeId, ConnInfo>,
+    outputs: VecDeque<Output>,
+    timers: BTreeSet<(Time, Timer)>,
+    next_id: u64,
+    pending: HashMap<RequestId, Pending>,
+    /// Requests in flight per peer, kept alongside `pending` so peer choice can skip busy
+    /// peers without scanning every request.
+    busy: HashMap<NodeId, u32>,
+    ops: HashMap<OpId, Op>,
+    lookups: HashMap<LookupId, Lookup>,
+    gc_probing: HashSet<NodeId>,
+    consecutive_failures: HashMap<NodeId, u32>,
+    last_persist: HashMap<NodeId, Time>,
+    next_refresh: Vec<Time>,
+    observed: VecDeque<(SocketAddr, NodeId)>,
+    joined: bool,
+    started: bool,
+    bootstrapping: bool,
+    bootstrap_backoff: Duration,
+    tasks_paused: bool,
+    forwards: HashMap<u64, Forward>,
+    forward_keys: HashMap<(NodeId, NodeId), u64>,
+    limiter: RateLimiter,
+    replays: ReplayCache,
+    circuits: HashMap<NodeId, u32>,
+    circuits_total: u32,
+}
+
+impl Node {
+    /// A node with `restored` contacts from storage (oldest state first is fine).
+    pub fn new(cfg: NodeConfig, restored: Vec<Contact>) -> Node {
+        let rng = StdRng::seed_from_u64(cfg.rng_seed);
+        let mut table = RoutingTable::new(cfg.id, cfg.k, cfg.pending_per_bucket);
+        for c in restored {
+            let seen = c.last_seen;
+            table.observe(c, seen);
+        }
+        let backoff = Duration::from_millis(cfg.bootstrap_retry_ms.max(1));
+        let (cfg_burst, cfg_per_s, cfg_max_age) =
+            (cfg.signal_burst, cfg.signal_per_s, cfg.signal_max_age_ms);
+        Node {
+            cfg,
+            rng,
+            table,
+            conns: HashMap::new(),
+            outputs: VecDeque::new(),
+            timers: BTreeSet::new(),
+            next_id: 1,
+            pending: HashMap::new(),
+            busy: HashMap::new(),
+            ops: HashMap::new(),
+            lookups: HashMap::new(),
+            gc_probing: HashSet::new(),
+            consecutive_failures: HashMap::new(),
+            last_persist: HashMap::new(),
+            next_refresh: vec![Time::ZERO; BUCKETS],
+            observed: VecDeque::new(),
+            joined: false,
+            started: false,
+            bootstrapping: false,
+            bootstrap_backoff: backoff,
+            tasks_paused: false,
+            forwards: HashMap::new(),
+            forward_keys: HashMap::new(),
+            limiter: RateLimiter::new(cfg_burst, cfg_per_s, RATE_LIMIT_SOURCES),
+            replays: ReplayCache::new(cfg_max_age, REPLAY_CAPACITY),
+            circuits: HashMap::new(),
+            circuits_total: 0,
+        }
+    }
+
+    /// Starts bootstrap, GC, refresh and the task loop. Later calls do nothing.
+    pub fn start(&mut self, now: Time) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        for b in 0..BUCKETS {
+            self.next_refresh[b] = now + self.refresh_delay();
+        }
+        self.set_timer(
+            now + Duration::from_millis(self.cfg.gc_interval_ms.max(1)),
+            Timer::Gc,
+        );
+        self.set_timer(now + self.refresh_check_interval(), Timer::Refresh);
+        self.schedule_task(now);
+        self.bootstrap(now);
+    }
+
+    // ----- read-only state -----
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Whether bootstrap has completed.
+    pub fn joined(&self) -> bool {
+        self.joined
+    }
+
+    /// The node graph.
+    pub fn graph(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// Live connections.
+    pub fn connections(&self) -> impl Iterator<Item = (&NodeId, &ConnInfo)> {
+        self.conns.iter()
+    }
+
+    /// Addresses peers reported seeing us at, most recent first, deduplicated.
+    pub fn observed_addrs(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for (a, _) in &self.observed {
+            if !out.contains(a) {
+                out.push(*a);
+            }
+        }
+        out
+    }
+
+    /// Self-classification from observed addresses. Needs two distinct observers; filtering
+    /// behaviour is not probed yet, so an endpoint-independent mapping behind a NAT is `Cone`.
+    /// Observations equal to a listen address (peers on our own LAN, or no NAT at all) say
+    /// nothing about a NAT; any other one means we are behind one.
+    pub fn nat_type(&self) -> NatType {
+        let observers: HashSet<NodeId> = self.observed.iter().map(|(_, o)| *o).collect();
+        if observers.len() < 2 {
+            return NatType::Unknown;
+        }
+        // Only the most recent observation per observer counts: a remap is not EDM.
+        let mut latest: HashMap<NodeId, SocketAddr> = HashMap::new();
+        for (a, o) in &self.observed {
+            latest.entry(*o).or_insert(*a);
+        }
+        let mapped: HashSet<SocketAddr> = latest
+            .values()
+            .filter(|a| !self.cfg.listen_addrs.contains(a))
+            .copied()
+            .collect();
+        match mapped.len() {
+            0 => NatType::Public,
+            1 => NatType::Cone,
+            _ => NatType::Symmetric,
+        }
+    }
+
+    /// Whether the task loop is paused.
+    pub fn tasks_paused(&self) -> bool {
+        self.tasks_paused
+    }
+
+    /// Outbound requests and connects in flight.
+    pub fn inflight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Circuits currently relayed through this node.
+    pub fn relay_circuits(&self) -> u32 {
+        self.circuits_total
+    }
+
+    /// Whether peers can reach this node without its help: it has no NAT. (A dial-back
+    /// test of filtering is not implemented, so a full-cone NAT shows as not reachable.)
+    pub fn reachable(&self) -> bool {
+        self.nat_type() == NatType::Public
+    }
+
+    // ----- inputs -----
+
+    /// Pauses or resumes the autonomous task loop.
+    pub fn set_tasks_paused(&mut self, paused: bool) {
+        self.tasks_paused = paused;
+    }
+
+    /// A connection to `peer` is up (dialed by us or accepted), authenticated by the shell.
+    pub fn handle_connection_up(
+        &mut self,
+        now: Time,
+        peer: NodeId,
+        remote: SocketAddr,
+        mode: ConnMode,
+    ) {
+        if peer == self.cfg.id {
+            return;
+        }
+        self.conns.insert(
+            peer,
+            ConnInfo {
+                mode,
+                remote,
+                since: now,
+            },
+        );
+        // A relayed connection's remote is a local stand-in for the circuit, not an address
+        // anyone else could use.
+        let addr = (mode != ConnMode::Relayed).then_some(remote);
+        let mut c = Contact::new(peer, addr, now);
+        c.mode = mode;
+        self.observe_contact(now, c, true);
+        self.prune_connections(now, peer);
+    }
+
+    /// The addresses `peer` says it listens on (from its hello). They go after the observed
+    /// ones, so a peer on our own LAN can be dialed directly.
+    pub fn handle_listen_addrs(&mut self, now: Time, peer: NodeId, addrs: &[SocketAddr]) {
+        if let Some(c) = self.table.get_mut(&peer) {
+            let before = c.addrs.clone();
+            for a in addrs {
+                if c.addrs.len() >= MAX_ADDRS_PER_PEER {
+                    break;
+                }
+                if !c.addrs.contains(a) {
+                    c.addrs.push(*a);
+                }
+            }
+            if c.addrs != before {
+                self.persist(now, peer, true);
+            }
+        }
+    }
+
+    /// A relay circuit admitted by this node (`as_relay`, for `requester`) or accepted as its
+    /// target ended; frees its slot.
+    pub fn handle_circuit_closed(&mut self, _now: Time, requester: NodeId, as_relay: bool) {
+        if as_relay {
+            if let Some(n) = self.circuits.get_mut(&requester) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.circuits.remove(&requester);
+                }
+            }
+            self.circuits_total = self.circuits_total.saturating_sub(1);
+        }
+        self.emit(Event::Relay {
+            event: RelayEvent::Closed,
+        });
+    }
+
+    /// The connection to `peer` closed.
+    pub fn handle_connection_down(&mut self, _now: Time, peer: NodeId) {
+        self.conns.remove(&peer);
+    }
+
+    /// A peer sent a request on a connection the shell authenticated. Answer with
+    /// [`Output::Respond`] under `inbound`.
+    pub fn handle_request(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        inbound: InboundId,
+        request: Request,
+    ) {
+        let response = match request {
+            Request::Ping { nonce } => Response::Pong {
+                nonce,
+                observed: self.direct_remote(&from),
+                nat: self.nat_type(),
+            },
+            Request::FindNode { target } => {
+                let max = self.cfg.k.min(MAX_NODES_PER_RESPONSE);
+                let mut peers: Vec<PeerInfo> = Vec::with_capacity(max);
+                // A live connection to the target is what a signaller needs: list it first,
+                // even when the target sits in a full bucket's pending list.
+                if target != from
+                    && let Some(remote) = self.direct_remote(&target)
+                {
+                    let mut info = self
+                        .table
+                        .get(&target)
+                        .map(|c| c.to_peer_info())
+                        .unwrap_or_else(|| Contact::new(target, Some(remote), now).to_peer_info());
+                    if !info.addrs.contains(&remote) {
+                        info.addrs.insert(0, remote);
+                        info.addrs.truncate(MAX_ADDRS_PER_PEER);
+                    }
+                    info.live = true;
+                    peers.push(info);
+                }
+                for c in self.table.closest(&target, max + 2) {
+                    if peers.len() >= max {
+                        break;
+                    }
+                    if c.id == from || peers.iter().any(|p| p.id == c.id) {
+                        continue;
+                    }
+                    let mut info = c.to_peer_info();
+                    info.live = self.direct_remote(&c.id).is_some();
+                    peers.push(info);
+                }
+                Response::Nodes { peers }
+            }
+            Request::Introduce { max } => {
+                let want = usize::from(max).min(MAX_NODES_PER_RESPONSE);
+                let mut all: Vec<&Contact> = self.table.iter().filter(|c| c.id != from).collect();
+                // Partial Fisher-Yates: the first `want` entries become a uniform sample.
+                for i in 0..want.min(all.len()) {
+                    let j = self.rng.random_range(i..all.len());
+                    all.swap(i, j);
+                }
+                let peers = all
+                    .into_iter()
+                    .take(want)
+                    .map(|c| c.to_peer_info())
+                    .collect();
+                Response::Nodes { peers }
+            }
+            Request::Echo { payload } => Response::Echo { payload },
+            Request::Signal { signal, hops, .. } => {
+                match self.on_signal(now, from, inbound, signal, hops) {
+                    Some(r) => r,
+                    None => return, // carried on; answered when the next hop answers
+                }
+            }
+            Request::RelayOpen { target, .. } => self.on_relay_open(from, target),
+            // A circuit reaches us only from a relay we are directly connected to: no circuits
+            // over circuits. (Our own relay settings limit what we carry for others, not
+            // what reaches us.)
+            Request::RelayIncoming { .. } => {
+                if self.direct_remote(&from).is_some() {
+                    self.relay_accepted()
+                } else {
+                    Response::Error {
+                        code: ErrorCode::Refused,
+                    }
+                }
+            }
+        };
+        if let Response::Error { code } = &response {
+            self.emit(Event::InboundRefused { code: *code });
+        }
+        self.outputs
+            .push_back(Output::Respond { inbound, response });
+    }
+
+    /// The answer to the request `id`, or why there is none.
+    pub fn handle_response(&mut self, now: Time, id: RequestId, result: Result<Response, Failure>) {
+        let Some(p) = self.untrack(id) else {
+            return; // late answer after its deadline: already handled as a timeout
+        };
+        if let Purpose::Forward(fid) = p.purpose {
+            self.forward_answer(now, fid, p.peer, result);
+            return;
+        }
+        let result = match result {
+            Ok(Response::Error {
+                code: ErrorCode::Busy,
+            }) => Err(Failure::Busy),
+            Ok(Response::Error { .. }) => Err(Failure::Protocol),
+            other => other,
+        };
+        if let Ok(Response::Pong {
+            observed: Some(addr),
+            ..
+        }) = &result
+        {
+            // Every pong, whatever asked for it, feeds NAT self-classification.
+            self.note_observed(p.peer, *addr);
+        }
+        if let Ok(Response::Pong { nat, .. }) = &result
+            && let Some(c) = self.table.get_mut(&p.peer)
+        {
+            c.nat = *nat;
+        }
+        match &result {
+            Ok(_) => self.note_success(now, p.peer, now.since(p.sent)),
+            Err(f) => self.note_failure(now, p.peer, *f),
+        }
+        match p.purpose {
+            Purpose::Lookup(l) => self.lookup_answer(now, l, p.peer, result),
+            Purpose::Bootstrap => self.bootstrap_answer(now, p.peer, result.is_ok()),
+            Purpose::Gc => self.gc_answer(now, p.peer, result.is_ok()),
+            Purpose::Introduce => self.introduce_answer(now, result),
+            Purpose::Verify => {}
+            Purpose::Op(op) => self.op_answer(now, op, result),
+            Purpose::Signal(op) => self.signal_answer(now, op, result),
+            Purpose::Connect(_) | Purpose::Forward(_) => {} // reported elsewhere
+        }
+    }
+
+    /// The result of [`Output::Connect`] `id`.
+    pub fn handle_connect_result(
+        &mut self,
+        now: Time,
+        id: RequestId,
+        result: Result<Connected, Failure>,
+    ) {
+        let Some(p) = self.untrack(id) else { return };
+        let Purpose::Connect(op) = p.purpose else {
+            return;
+        };
+        let elapsed = now.since(p.sent);
+        let path = self
+            .ops
+            .get(&op)
+            .and_then(|o| o.conn.as_ref())
+            .map(|c| match c.stage {
+                Stage::Relay => ConnMode::Relayed,
+                Stage::Punch => ConnMode::Punched,
+                Stage::Direct | Stage::Signal => ConnMode::Direct,
+            });
+        let path = path.unwrap_or(ConnMode::Direct);
+        let failure = result.as_ref().err().copied();
+        let peer_nat = self
+            .ops
+            .get(&op)
+            .and_then(|o| o.conn.as_ref())
+            .map_or(NatType::Unknown, |c| c.peer_nat);
+        self.emit(Event::ConnectAttempt {
+            path,
+            failure,
+            elapsed,
+            peer_nat,
+        });
+        if let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) {
+            cs.attempts.push(Attempt {
+                path,
+                failure,
+                elapsed,
+            });
+            if let Ok(c) = &result
+                && c.birthday_probes.is_some()
+            {
+                cs.birthday_probes = c.birthday_probes;
+            }
+        }
+        match result {
+            Ok(c) => {
+                self.note_success(now, p.peer, elapsed);
+                self.connect_succeeded(now, op, c);
+            }
+            Err(f) => {
+                // A failed punch or relay says nothing about the peer's liveness: its other
+                // connections may be fine. Only plain dials count against it.
+                if path == ConnMode::Direct {
+                    self.note_failure(now, p.peer, f);
+                }
+                self.connect_failed(now, op, f);
+            }
+        }
+    }
+
+    /// Starts a command; its end is reported as [`Event::CommandFinished`] with this id.
+    pub fn command(&mut self, now: Time, command: Command) -> CommandId {
+        let id = CommandId(self.fresh_id());
+        let op = self.new_op(now, Origin::Command(id));
+        match command {
+            Command::Connect { peer, fresh } => self.start_connect(now, op, peer, fresh),
+            Command::ConnectVia { peer, relay } => self.start_connect_via(now, op, peer, relay),
+            Command::Lookup { target } => self.start_lookup(now, target, LookupPurpose::Op(op)),
+            Command::Ping { peer } => self.start_ping(now, op, peer),
+            Command::Echo { peer, len } => self.start_echo(now, op, peer, len),
+        }
+        id
+    }
+
+    /// Time has come for timers due at or before `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(&(t, timer)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Deadline(id) => {
+                    if self.pending.contains_key(&id) {
+                        if matches!(
+                            self.pending.get(&id).map(|p| p.purpose),
+                            Some(Purpose::Connect(_))
+                        ) {
+                            self.handle_connect_result(now, id, Err(Failure::Timeout));
+                        } else {
+                            self.handle_response(now, id, Err(Failure::Timeout));
+                        }
+                    }
+                }
+                Timer::Task => self.run_task(now),
+                Timer::Gc => self.run_gc(now),
+                Timer::Refresh => self.run_refresh(now),
+                Timer::Bootstrap => self.bootstrap(now),
+                Timer::Upgrade(peer) => self.try_upgrade(now, peer),
+            }
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next thing for the shell to do.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    // ----- internals: bookkeeping -----
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn set_timer(&mut self, at: Time, timer: Timer) {
+        self.timers.insert((at, timer));
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+
+    fn new_op(&mut self, now: Time, origin: Origin) -> OpId {
+        let id = self.fresh_id();
+        self.ops.insert(
+            id,
+            Op {
+                origin,
+                started: now,
+                echo: None,
+                conn: None,
+            },
+        );
+        id
+    }
+
+    fn send_request(
+        &mut self,
+        now: Time,
+        peer: NodeId,
+        addrs: Vec<SocketAddr>,
+        request: Request,
+        purpose: Purpose,
+    ) {
+        // A carried signal gets half the deadline, so a dead next hop is reported to the
+        // requester while it still waits, and it can try another signaller.
+        let timeout_ms = match purpose {
+            Purpose::Forward(_) => self.cfg.request_timeout_ms / 2,
+            _ => self.cfg.request_timeout_ms,
+        };
+        let parent = match purpose {
+            Purpose::Lookup(l) => Some(Activity::Lookup(l)),
+            Purpose::Connect(op) | Purpose::Signal(op) => Some(Activity::Connect(op)),
+            Purpose::Forward(fid) => self
+                .forwards
+                .get(&fid)
+                .and_then(|f| f.inbounds.first())
+                .map(|i| Activity::Inbound(*i)),
+            Purpose::Bootstrap
+            | Purpose::Gc
+            | Purpose::Introduce
+            | Purpose::Verify
+            | Purpose::Op(_) => None,
+        };
+        let id = RequestId(self.fresh_id());
+        self.track(
+            id,
+            Pending {
+                peer,
+                sent: now,
+                purpose,
+            },
+        );
+        self.set_timer(now + Duration::from_millis(timeout_ms), Timer::Deadline(id));
+        self.outputs.push_back(Output::Request {
+            id,
+            peer,
+            addrs,
+            request,
+            parent,
+        });
+    }
+
+    fn track(&mut self, id: RequestId, p: Pending) {
+        *self.busy.entry(p.peer).or_insert(0) += 1;
+        self.pending.insert(id, p);
+    }
+
+    fn untrack(&mut self, id: RequestId) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        if let Some(n) = self.busy.get_mut(&p.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.busy.remove(&p.peer);
+            }
+        }
+        Some(p)
+    }
+}

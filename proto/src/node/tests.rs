@@ -1,0 +1,249 @@
+//! Unit tests of the node state machine, driven by hand.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::*;
+use crate::graph::GraphChange;
+use crate::id::NodeId;
+use crate::reach::{ConnMode, NatType};
+use crate::signal::SecretKey;
+use crate::time::Time;
+use crate::wire::{MAX_NODES_PER_RESPONSE, Request, Response};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], port))
+}
+
+fn drain(n: &mut Node) -> Vec<Output> {
+    std::iter::from_fn(|| n.poll_output()).collect()
+}
+
+/// Answers every ping the node sends after `rtt`, as a shell would.
+fn answer_pings(n: &mut Node, now: Time, rtt: Duration) {
+    for out in drain(n) {
+        if let Output::Request {
+            id,
+            request: Request::Ping { nonce },
+            ..
+        } = out
+        {
+            n.handle_response(
+                now + rtt,
+                id,
+                Ok(Response::Pong {
+                    nonce,
+                    observed: None,
+                    nat: NatType::Unknown,
+                }),
+            );
+        }
+    }
+}
+
+#[test]
+fn peer_choice_closes_the_slowest_idle_connection() {
+    let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
+    cfg.max_connections = 3;
+    cfg.task_rate_per_s = 0.0;
+    let mut n = Node::new(cfg, Vec::new());
+    let now = Time::from_millis(1_000);
+    let peers: Vec<NodeId> = (1..=4u8).map(|i| NodeId([i; 32])).collect();
+    // Three connections with RTTs of 200, 5 and 50 ms.
+    for (i, rtt) in [200u64, 5, 50].into_iter().enumerate() {
+        n.handle_connection_up(now, peers[i], addr(i as u16), ConnMode::Direct);
+        n.command(now, Command::Ping { peer: peers[i] });
+        answer_pings(&mut n, now, Duration::from_millis(rtt));
+    }
+    drain(&mut n);
+    // A fourth connection exceeds the limit: the 200 ms peer goes.
+    n.handle_connection_up(now, peers[3], addr(9), ConnMode::Direct);
+    let closed: Vec<NodeId> = drain(&mut n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Disconnect { peer } => Some(peer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec![peers[0]]);
+    assert_eq!(n.connections().count(), 3);
+}
+
+#[test]
+fn gc_evicts_silent_contacts_of_full_buckets_and_promotes_pending_ones() {
+    let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
+    let me = cfg.id;
+    cfg.k = 2;
+    cfg.task_rate_per_s = 0.0;
+    cfg.gc_interval_ms = 1_000;
+    let mut n = Node::new(cfg, Vec::new());
+    n.start(Time::ZERO);
+    drain(&mut n);
+    let mut rng = StdRng::seed_from_u64(3);
+    let ids: Vec<NodeId> = (0..3).map(|_| me.random_in_bucket(250, &mut rng)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        n.handle_connection_up(
+            Time::from_millis(i as u64),
+            *id,
+            addr(i as u16),
+            ConnMode::Direct,
+        );
+    }
+    assert_eq!(n.graph().len(), 2);
+    assert_eq!(n.graph().pending_len(), 1);
+    drain(&mut n);
+    // GC pings the two oldest; only the second answers.
+    n.handle_timeout(Time::from_millis(1_000));
+    let pings: Vec<(RequestId, NodeId)> = drain(&mut n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Request {
+                id,
+                peer,
+                request: Request::Ping { .. },
+                ..
+            } => Some((id, peer)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        pings.len(),
+        2,
+        "GC pings the oldest contacts of the full bucket"
+    );
+    for (id, peer) in pings {
+        let t = Time::from_millis(1_010);
+        if peer == ids[0] {
+            n.handle_response(t, id, Err(Failure::Timeout));
+        } else {
+            n.handle_response(
+                t,
+                id,
+                Ok(Response::Pong {
+                    nonce: 0,
+                    observed: None,
+                    nat: NatType::Unknown,
+                }),
+            );
+        }
+    }
+    let outs = drain(&mut n);
+    assert!(outs.contains(&Output::Persist(GraphChange::Remove(ids[0]))));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Persist(GraphChange::Upsert(c)) if c.id == ids[2]))
+    );
+    assert!(n.graph().get(&ids[0]).is_none());
+    assert!(
+        n.graph().get(&ids[2]).is_some(),
+        "the pending contact took the freed slot"
+    );
+}
+
+#[test]
+fn inbound_requests_are_answered_within_limits() {
+    let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
+    cfg.task_rate_per_s = 0.0;
+    let mut n = Node::new(cfg, Vec::new());
+    let now = Time::ZERO;
+    for i in 1..=40u8 {
+        n.handle_connection_up(now, NodeId([i; 32]), addr(u16::from(i)), ConnMode::Direct);
+    }
+    drain(&mut n);
+    let asker = NodeId([1; 32]);
+    n.handle_request(
+        now,
+        asker,
+        InboundId(1),
+        Request::FindNode {
+            target: NodeId([9; 32]),
+        },
+    );
+    n.handle_request(now, asker, InboundId(2), Request::Introduce { max: 32 });
+    n.handle_request(now, asker, InboundId(3), Request::Ping { nonce: 7 });
+    let outs = drain(&mut n);
+    let Output::Respond {
+        response: Response::Nodes { peers },
+        ..
+    } = &outs[0]
+    else {
+        panic!("{outs:?}")
+    };
+    assert_eq!(peers.len(), 20, "k closest");
+    assert!(
+        peers.iter().all(|p| p.id != asker),
+        "the asker is not told about itself"
+    );
+    assert_eq!(peers[0].id, NodeId([9; 32]));
+    let Output::Respond {
+        response: Response::Nodes { peers },
+        ..
+    } = &outs[1]
+    else {
+        panic!()
+    };
+    assert!(peers.len() <= MAX_NODES_PER_RESPONSE && peers.iter().all(|p| p.id != asker));
+    assert_eq!(
+        outs[2],
+        Output::Respond {
+            inbound: InboundId(3),
+            response: Response::Pong {
+                nonce: 7,
+                observed: Some(addr(1)),
+                nat: NatType::Unknown,
+            }
+        }
+    );
+}
+
+#[test]
+fn nat_type_needs_two_observers() {
+    let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
+    cfg.task_rate_per_s = 0.0;
+    cfg.listen_addrs = vec![addr(1)];
+    let mut n = Node::new(cfg, Vec::new());
+    assert_eq!(n.nat_type(), NatType::Unknown);
+    let now = Time::ZERO;
+    let a = NodeId([1; 32]);
+    let b = NodeId([2; 32]);
+    for p in [a, b] {
+        n.handle_connection_up(now, p, addr(50), ConnMode::Direct);
+    }
+    let mapped = SocketAddr::from(([198, 18, 0, 1], 4000));
+    for (p, seen) in [(a, mapped), (b, mapped)] {
+        n.command(now, Command::Ping { peer: p });
+        for out in drain(&mut n) {
+            if let Output::Request { id, .. } = out {
+                n.handle_response(
+                    now,
+                    id,
+                    Ok(Response::Pong {
+                        nonce: 0,
+                        observed: Some(seen),
+                        nat: NatType::Unknown,
+                    }),
+                );
+            }
+        }
+    }
+    assert_eq!(n.nat_type(), NatType::Cone);
+    n.command(now, Command::Ping { peer: b });
+    for out in drain(&mut n) {
+        if let Output::Request { id, .. } = out {
+            let other = SocketAddr::from(([198, 18, 0, 1], 4001));
+            n.handle_response(
+                now,
+                id,
+                Ok(Response::Pong {
+                    nonce: 0,
+                    observed: Some(other),
+                    nat: NatType::Unknown,
+                }),
+            );
+        }
+    }
+    assert_eq!(n.nat_type(), NatType::Symmetric);
+}

@@ -1,0 +1,498 @@
+//! The types of the core's contract: ids, commands, results, events and outputs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::graph::GraphChange;
+use crate::id::NodeId;
+use crate::reach::{ConnMode, NatType};
+use crate::signal::BirthdayRole;
+use crate::time::Time;
+use crate::wire::{ErrorCode, Request, Response};
+
+/// Identifies an outbound request or connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// Identifies an inbound request, chosen by the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InboundId(pub u64);
+
+/// Something the core does over time, that the shell may trace as one span: outputs name
+/// the activity they serve ([`Output::Request`], [`Output::Connect`]) so the shell can hang
+/// their spans under it. Ids are unique per node and never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Activity {
+    /// A connect operation (task, command or upgrade), from its plain dial to its end.
+    Connect(u64),
+    /// An iterative lookup.
+    Lookup(u64),
+    /// An inbound request the core is still working on (a signal it carries on).
+    Inbound(InboundId),
+}
+
+/// What an [`Activity`] is, when it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActivityKind {
+    /// Connecting to `peer`.
+    Connect {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// Looking up `target`.
+    Lookup {
+        /// The id looked up.
+        target: NodeId,
+        /// Why: `task`, `bootstrap`, `refresh` or `connect` (finding a connect's target and
+        /// who holds a connection to it).
+        purpose: &'static str,
+    },
+}
+
+/// Identifies a command given through [`Node::command`](super::Node::command).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommandId(pub u64);
+
+/// Why an outbound request or connect failed, as reported by the shell (or by a deadline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// No answer before the deadline.
+    Timeout,
+    /// The peer could not be reached (no address, dial failed, connection lost).
+    Unreachable,
+    /// The handshake was refused (wrong network, bad key, identity mismatch).
+    Refused,
+    /// The peer answered with something that is not a valid answer.
+    Protocol,
+    /// The peer or we were shedding load.
+    Busy,
+}
+
+impl Failure {
+    /// Bounded label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Unreachable => "unreachable",
+            Failure::Refused => "refused",
+            Failure::Protocol => "protocol",
+            Failure::Busy => "busy",
+        }
+    }
+}
+
+/// A successful connect, as reported by the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connected {
+    /// How the connection was made.
+    pub mode: ConnMode,
+    /// The peer's address as seen on the connection.
+    pub remote: SocketAddr,
+    /// Random-port probes this side sprayed, if it birthday-probed as the easy side.
+    pub birthday_probes: Option<u32>,
+}
+
+/// How the shell must try to reach a peer for an [`Output::Connect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Dial the addresses, all at once; the first handshake wins.
+    Direct,
+    /// Dial the addresses while punching: send probes carrying the token from the QUIC
+    /// socket, dial any address a probe from the peer arrives from, and birthday-probe if
+    /// the plan says so. The peer runs the same plan from its [`Output::Punch`].
+    Punch(PunchPlan),
+    /// Ask `relay` (over a live connection, or dialing `relay_addrs`) for a circuit to the
+    /// peer, and run the QUIC handshake with the peer end to end through it.
+    Relay {
+        /// The relay.
+        relay: NodeId,
+        /// Where to dial the relay if no connection to it is live.
+        relay_addrs: Vec<SocketAddr>,
+    },
+}
+
+/// One side's part in a hole punch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PunchPlan {
+    /// Where the peer may be: its address as seen by a node it talks to, then its listen
+    /// addresses.
+    pub peer_addrs: Vec<SocketAddr>,
+    /// Carried in every probe, so probes of different punches are told apart.
+    pub token: u64,
+    /// This side's birthday-probing role, if any.
+    pub birthday: Option<BirthdayRole>,
+    /// Sockets the hard side opens.
+    pub birthday_sockets: u16,
+    /// Probes the easy side sprays.
+    pub birthday_probes: u16,
+    /// When to give up, from now.
+    pub timeout_ms: u64,
+}
+
+/// One step of a connect: which path was tried and how it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Attempt {
+    /// The path: direct, punched or relayed.
+    pub path: ConnMode,
+    /// `None` if it connected.
+    pub failure: Option<Failure>,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// The autonomous tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskKind {
+    /// Ping a random known node.
+    Ping,
+    /// Look up a random id.
+    Lookup,
+    /// Connect to a random known node.
+    Connect,
+    /// Echo bytes off a random known node.
+    Echo,
+}
+
+impl TaskKind {
+    /// Every kind, for label enumeration.
+    pub const ALL: [TaskKind; 4] = [
+        TaskKind::Ping,
+        TaskKind::Lookup,
+        TaskKind::Connect,
+        TaskKind::Echo,
+    ];
+
+    /// Bounded label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Ping => "ping",
+            TaskKind::Lookup => "lookup",
+            TaskKind::Connect => "connect",
+            TaskKind::Echo => "echo",
+        }
+    }
+}
+
+/// How a task or command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskOutcome {
+    /// It did what it set out to do.
+    Ok,
+    /// It failed for this reason.
+    Failed(Failure),
+    /// A lookup completed but did not find its target.
+    NotFound,
+    /// No known node to act on.
+    NoPeers,
+    /// Skipped because too much was already in flight.
+    Skipped,
+}
+
+impl TaskOutcome {
+    /// Bounded label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskOutcome::Ok => "ok",
+            TaskOutcome::Failed(f) => f.as_str(),
+            TaskOutcome::NotFound => "not_found",
+            TaskOutcome::NoPeers => "no_peers",
+            TaskOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// Something asked of the node from outside the protocol (the control API, a test).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Connect to `peer`, looking it up first when its address is unknown. With `fresh`,
+    /// the shell must open a new connection even if one exists.
+    Connect {
+        /// The node to reach.
+        peer: NodeId,
+        /// Open a new connection rather than reuse one.
+        fresh: bool,
+    },
+    /// Open a fresh connection to `peer` through `relay` only (no direct or punched
+    /// attempt): for measuring relays and for users who want a specific relay.
+    ConnectVia {
+        /// The node to reach.
+        peer: NodeId,
+        /// The relay; it must hold a live connection to `peer`.
+        relay: NodeId,
+    },
+    /// Iterative lookup of `target`.
+    Lookup {
+        /// The id to find.
+        target: NodeId,
+    },
+    /// Ping a known node.
+    Ping {
+        /// The node to ping.
+        peer: NodeId,
+    },
+    /// Echo `len` bytes off a known node.
+    Echo {
+        /// The node to echo off.
+        peer: NodeId,
+        /// Payload size, at most [`MAX_ECHO_LEN`](crate::wire::MAX_ECHO_LEN).
+        len: usize,
+    },
+}
+
+/// The result of a [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CommandResult {
+    /// How it ended.
+    pub outcome: TaskOutcome,
+    /// Time from the command to its end.
+    pub elapsed: Duration,
+    /// For connects: how the connection was made.
+    pub mode: Option<ConnMode>,
+    /// For lookups: the closest nodes that answered, nearest first.
+    pub closest: Vec<NodeId>,
+    /// For connects: every path tried, in order.
+    pub attempts: Vec<Attempt>,
+    /// For relayed connects: the relay.
+    pub relay: Option<NodeId>,
+    /// For connects that birthday-probed as the easy side: probes sprayed.
+    pub birthday_probes: Option<u32>,
+}
+
+/// Something that happened, for metrics, logs and callers of [`Node::command`](super::Node::command).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The node completed its bootstrap and knows at least one live peer (or is the first).
+    Joined,
+    /// An autonomous task ended.
+    TaskFinished {
+        /// Which task.
+        kind: TaskKind,
+        /// How it ended.
+        outcome: TaskOutcome,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// A command ended.
+    CommandFinished {
+        /// The id [`Node::command`](super::Node::command) returned.
+        id: CommandId,
+        /// The result.
+        result: CommandResult,
+    },
+    /// An iterative lookup ended (for any reason: task, command, bootstrap, refresh).
+    LookupFinished {
+        /// Whether the target itself was found.
+        found: bool,
+        /// Rounds of the deepest node queried.
+        hops: u32,
+        /// Nodes queried.
+        queried: u32,
+        /// Duration of the lookup.
+        elapsed: Duration,
+    },
+    /// A request was answered after `rtt`.
+    Rtt {
+        /// Round-trip time of the request.
+        rtt: Duration,
+    },
+    /// An outbound request failed.
+    RequestFailed {
+        /// Why.
+        failure: Failure,
+    },
+    /// A contact entered a bucket.
+    ContactAdded,
+    /// A contact was parked in a full bucket's pending list.
+    ContactPending,
+    /// GC or staleness removed a contact.
+    ContactEvicted,
+    /// A connection was closed to keep the best `max_connections`.
+    ConnectionPruned,
+    /// An inbound request was answered with an error.
+    InboundRefused {
+        /// The error sent.
+        code: ErrorCode,
+    },
+    /// One path of a connect ended (tasks, commands and upgrades alike).
+    ConnectAttempt {
+        /// The path tried.
+        path: ConnMode,
+        /// `None` if it connected.
+        failure: Option<Failure>,
+        /// How long it took.
+        elapsed: Duration,
+        /// The NAT type the peer advertised (in its signal answer, else as its contact in the
+        /// node graph records it) when the attempt ended; `Unknown` if unknown.
+        peer_nat: NatType,
+    },
+    /// A signal was handled (carried, acted on, or refused).
+    Signal {
+        /// What happened.
+        outcome: SignalOutcome,
+    },
+    /// Something happened to a relay circuit through this node.
+    Relay {
+        /// What happened.
+        event: RelayEvent,
+    },
+    /// A relayed connection was replaced by a better one.
+    Upgraded {
+        /// The new connection's mode.
+        to: ConnMode,
+    },
+    /// An activity began (for tracing; metrics ignore it).
+    ActivityStarted {
+        /// Which.
+        activity: Activity,
+        /// The activity it is part of, if any (a connect's lookup).
+        parent: Option<Activity>,
+        /// What it is.
+        kind: ActivityKind,
+    },
+    /// An activity ended (for tracing; metrics ignore it).
+    ActivityEnded {
+        /// Which.
+        activity: Activity,
+        /// Bounded outcome label (`ok`, a failure, `not_found`).
+        outcome: &'static str,
+        /// For a connect that succeeded: how.
+        mode: Option<ConnMode>,
+    },
+    /// This node started punching towards a peer that signalled it.
+    PunchStarted {
+        /// Whether birthday probing is part of it.
+        birthday: bool,
+    },
+}
+
+/// What became of a signal, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SignalOutcome {
+    /// We signed one to reach a peer.
+    Sent,
+    /// We carried one towards its target.
+    Forwarded,
+    /// A duplicate joined one already being carried.
+    Coalesced,
+    /// We were the target and started punching.
+    Accepted,
+    /// Refused: bad signature or chain.
+    Forged,
+    /// Refused: seen before or stale.
+    Replayed,
+    /// Refused: the source went over its rate limit.
+    RateLimited,
+    /// Refused: no live connection towards the target, or too many hops.
+    NoRoute,
+}
+
+impl SignalOutcome {
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalOutcome::Sent => "sent",
+            SignalOutcome::Forwarded => "forwarded",
+            SignalOutcome::Coalesced => "coalesced",
+            SignalOutcome::Accepted => "accepted",
+            SignalOutcome::Forged => "forged",
+            SignalOutcome::Replayed => "replayed",
+            SignalOutcome::RateLimited => "rate_limited",
+            SignalOutcome::NoRoute => "no_route",
+        }
+    }
+}
+
+/// A relay circuit's life, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RelayEvent {
+    /// Admitted.
+    Opened,
+    /// Refused (limits, no route, relaying disabled).
+    Refused,
+    /// Ended, for whatever reason.
+    Closed,
+}
+
+impl RelayEvent {
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayEvent::Opened => "opened",
+            RelayEvent::Refused => "refused",
+            RelayEvent::Closed => "closed",
+        }
+    }
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send `request` to `peer` (dialing `addrs` in order if no connection exists) and
+    /// report the answer with [`Node::handle_response`](super::Node::handle_response) under `id`.
+    Request {
+        /// Correlates the answer.
+        id: RequestId,
+        /// The peer.
+        peer: NodeId,
+        /// Where to dial it if not connected, best first.
+        addrs: Vec<SocketAddr>,
+        /// What to send.
+        request: Request,
+        /// The activity it serves, for tracing.
+        parent: Option<Activity>,
+    },
+    /// Answer the inbound request `inbound`.
+    Respond {
+        /// The id the shell gave in [`Node::handle_request`](super::Node::handle_request).
+        inbound: InboundId,
+        /// The answer.
+        response: Response,
+    },
+    /// Connect to `peer` and report with [`Node::handle_connect_result`](super::Node::handle_connect_result) under `id`.
+    Connect {
+        /// Correlates the result.
+        id: RequestId,
+        /// The peer.
+        peer: NodeId,
+        /// Where to dial it, best first.
+        addrs: Vec<SocketAddr>,
+        /// Open a new connection even if one exists.
+        fresh: bool,
+        /// How to go about it.
+        path: Path,
+        /// Give up after this long.
+        timeout_ms: u64,
+        /// The connect operation it is a step of, for tracing.
+        parent: Option<Activity>,
+    },
+    /// A peer signalled us: run our side of the punch towards it (probes, and birthday
+    /// probing if the plan says so). The peer dials; we do not.
+    Punch {
+        /// The peer that will dial us.
+        peer: NodeId,
+        /// Our part.
+        plan: PunchPlan,
+        /// The inbound signal that asked for it, for tracing.
+        parent: Option<Activity>,
+    },
+    /// Close the connection to `peer`.
+    Disconnect {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// Write this change to the persisted node graph.
+    Persist(GraphChange),
+    /// Record this event.
+    Event(Event),
+}
+
+/// A live connection as the core sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// How it was made.
+    pub mode: ConnMode,
+    /// The peer's address on it.
+    pub remote: SocketAddr,
+    /// When it came up.
+    pub since: Time,
+}
