@@ -299,13 +299,13 @@ async fn echo(
 ) -> Result<Response, Response> {
     let body = json_body(body)?;
     let peer = node_id(&body.node_id)?;
-    if body.bytes > chaosnet_proto::wire::MAX_ECHO_LEN || body.count > MAX_ECHO_COUNT {
+    if body.bytes > chaosnet_proto::MAX_ECHO_LEN || body.count > MAX_ECHO_COUNT {
         return Err(error(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!(
                 "bytes must be at most {} and count at most {MAX_ECHO_COUNT}",
-                chaosnet_proto::wire::MAX_ECHO_LEN
+                chaosnet_proto::MAX_ECHO_LEN
             ),
         ));
     }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use chaosnet_proto::node::TaskWeights;
+use chaosnet_proto::TaskWeights;
 use chaosnet_proto::{Node, NodeConfig, NodeId};
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::mpsc;

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chaosnet_proto::node::{Activity, ActivityKind, InboundId};
+use chaosnet_proto::{Activity, ActivityKind, InboundId};
 use chaosnet_proto::{
     Command, CommandId, CommandResult, ConnMode, Connected, Event, Failure, GraphChange, Node,
     NodeId, Output, RequestId, Response, Time,

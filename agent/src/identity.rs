@@ -124,8 +124,8 @@ impl Identity {
     }
 
     /// The secret key in the form the protocol core signs signals with.
-    pub fn secret_key(&self) -> chaosnet_proto::signal::SecretKey {
-        chaosnet_proto::signal::SecretKey::from_bytes(self.key.to_bytes())
+    pub fn secret_key(&self) -> chaosnet_proto::SecretKey {
+        chaosnet_proto::SecretKey::from_bytes(self.key.to_bytes())
     }
 
     /// Ed25519 signature of `msg`.

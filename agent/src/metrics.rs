@@ -9,9 +9,9 @@
 //!
 //! It does not serve HTTP; the `api` module does.
 
-use chaosnet_proto::graph::RoutingTable;
-use chaosnet_proto::node::{RelayEvent, SignalOutcome};
+use chaosnet_proto::RoutingTable;
 use chaosnet_proto::{ConnMode, Event, Failure, NatType, Node, TaskOutcome};
+use chaosnet_proto::{RelayEvent, SignalOutcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chaosnet_proto::node::PunchPlan;
-use chaosnet_proto::signal::BirthdayRole;
+use chaosnet_proto::BirthdayRole;
+use chaosnet_proto::PunchPlan;
 use rand::RngExt;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, Semaphore, mpsc};

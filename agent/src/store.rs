@@ -13,7 +13,7 @@
 //! # What it does not do
 //!
 //! - It makes no protocol decisions: which contacts to keep, evict or ping is decided by the core
-//!   ([`chaosnet_proto::graph::RoutingTable`]); this module stores what it is told.
+//!   ([`chaosnet_proto::RoutingTable`]); this module stores what it is told.
 //! - It does not interpret [`Time`]: `last_seen` is stored as given. The core's `Time` counts from
 //!   an epoch the driver chooses, so making times comparable across restarts (e.g. by using a
 //!   wall-clock epoch) is the caller's job.
@@ -48,9 +48,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use chaosnet_proto::graph::{Contact, GraphChange};
-use chaosnet_proto::id::NodeId;
-use chaosnet_proto::time::Time;
+use chaosnet_proto::NodeId;
+use chaosnet_proto::Time;
+use chaosnet_proto::{Contact, GraphChange};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
     DBRecoveryMode, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,

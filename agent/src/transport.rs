@@ -2,7 +2,7 @@
 //!
 //! This is the I/O half of the shell. It authenticates peers (TLS bound to NodeIds, network
 //! ALPN, private-network proofs in the [`Hello`]), carries one request and one response per
-//! bidirectional stream with the [`chaosnet_proto::wire`] framing, and reports connections and
+//! bidirectional stream with the [`chaosnet_proto`] framing ([`encode`], [`decode`]), and reports connections and
 //! inbound requests to the driver as [`Input`]s. It makes no protocol decision: which peer to
 //! ask, when and why is the core's business.
 //!
@@ -14,11 +14,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chaosnet_proto::node::{Path, PunchPlan};
-use chaosnet_proto::wire::{
-    self, DecodeError, ErrorCode, HEADER_LEN, Hello, TraceContext, Validate,
+use chaosnet_proto::{
+    ConnMode, Connected, DecodeError, ErrorCode, Failure, HEADER_LEN, Hello, NodeId, Path,
+    PunchPlan, Request, Response, TraceContext, Validate, decode, decode_body, encode, frame_len,
 };
-use chaosnet_proto::{ConnMode, Connected, Failure, NodeId, Request, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -370,7 +369,7 @@ impl Transport {
                 target: peer,
                 trace: trace_context(&tracing::Span::current()),
             };
-            let frame = wire::encode(&open).map_err(|_| Failure::Protocol)?;
+            let frame = encode(&open).map_err(|_| Failure::Protocol)?;
             send.write_all(&frame)
                 .await
                 .map_err(|_| Failure::Unreachable)?;
@@ -729,7 +728,7 @@ impl Transport {
                         Some(e) => self.conn_failure(&e),
                         None => Failure::Protocol,
                     })?;
-            wire::decode::<Hello>(&bytes).map_err(|e| {
+            decode::<Hello>(&bytes).map_err(|e| {
                 self.inner.metrics.decode_error(e.metric_label());
                 Failure::Protocol
             })
@@ -870,7 +869,7 @@ impl Transport {
             let leg = async {
                 let conn = this.live(&target).ok_or(())?;
                 let (mut t_send, mut t_recv) = conn.open_bi().await.map_err(|_| ())?;
-                let frame = wire::encode(&Request::RelayIncoming { from }).map_err(|_| ())?;
+                let frame = encode(&Request::RelayIncoming { from }).map_err(|_| ())?;
                 t_send.write_all(&frame).await.map_err(|_| ())?;
                 match read_frame::<Response>(&mut t_recv).await {
                     Ok(r) if relay::accepted(&r).is_some() => Ok((t_send, t_recv)),
@@ -880,7 +879,7 @@ impl Transport {
             let deadline = Duration::from_millis(this.inner.timeouts.request_ms);
             match tokio::time::timeout(deadline, leg).await {
                 Ok(Ok(t)) => {
-                    let ok = wire::encode(&answer).map_err(|_| ());
+                    let ok = encode(&answer).map_err(|_| ());
                     if let Ok(frame) = ok
                         && send.write_all(&frame).await.is_ok()
                     {
@@ -932,7 +931,7 @@ impl Transport {
             let _ = write_frame(&mut send, &answer).await;
             return;
         }
-        let Ok(frame) = wire::encode(&answer) else {
+        let Ok(frame) = encode(&answer) else {
             return;
         };
         if send.write_all(&frame).await.is_err() {
@@ -946,7 +945,7 @@ impl Transport {
 
 /// Writes one frame and finishes the stream.
 async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), ()> {
-    let bytes = wire::encode(msg).map_err(|_| ())?;
+    let bytes = encode(msg).map_err(|_| ())?;
     send.write_all(&bytes).await.map_err(|_| ())?;
     send.finish().map_err(|_| ())
 }
@@ -959,10 +958,10 @@ async fn read_frame<T: DeserializeOwned + Validate>(
     recv.read_exact(&mut header)
         .await
         .map_err(read_exact_error)?;
-    let len = wire::frame_len(header).map_err(FrameError::Decode)?;
+    let len = frame_len(header).map_err(FrameError::Decode)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(read_exact_error)?;
-    wire::decode_body(&body).map_err(FrameError::Decode)
+    decode_body(&body).map_err(FrameError::Decode)
 }
 
 fn read_exact_error(e: quinn::ReadExactError) -> FrameError {

@@ -11,7 +11,7 @@ use chaosnet_agent::identity::Identity;
 use chaosnet_agent::socket::{ChaosSocket, endpoint};
 use chaosnet_agent::tls::{self, NetworkId};
 use chaosnet_proto::NodeId;
-use chaosnet_proto::wire::{self, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION, Request, Response};
+use chaosnet_proto::{Hello, MAX_FRAME_LEN, PROTOCOL_VERSION, Request, Response, decode, encode};
 use common::{Agent, AgentConfig, XorShift, metric_sum};
 use serde_json::Value;
 
@@ -153,7 +153,7 @@ async fn bad_frames_close_only_their_stream() {
     let a = tokio::task::block_in_place(|| Agent::start_ready("target", AgentConfig::mainnet(1)));
     let before = tokio::task::block_in_place(|| a.metrics());
 
-    let hello = wire::encode(&Hello {
+    let hello = encode(&Hello {
         proofs: vec![],
         listen_addrs: vec![],
     })
@@ -173,7 +173,7 @@ async fn bad_frames_close_only_their_stream() {
     });
 
     let mut rng = XorShift::new(5);
-    let ping = wire::encode(&Request::Ping { nonce: 1 }).expect("encode ping");
+    let ping = encode(&Request::Ping { nonce: 1 }).expect("encode ping");
     let mut with_trailing = ping.clone();
     with_trailing.extend_from_slice(&[0xde, 0xad]);
     let fixed_len = (with_trailing.len() - 4) as u32;
@@ -215,7 +215,7 @@ async fn bad_frames_close_only_their_stream() {
 
     // The connection still works: a valid ping gets its pong.
     let (mut send, mut recv) = conn.open_bi().await.expect("open a stream for the ping");
-    send.write_all(&wire::encode(&Request::Ping { nonce: 4242 }).expect("encode"))
+    send.write_all(&encode(&Request::Ping { nonce: 4242 }).expect("encode"))
         .await
         .expect("write ping");
     send.finish().expect("finish ping");
@@ -223,7 +223,7 @@ async fn bad_frames_close_only_their_stream() {
         .await
         .unwrap_or_else(|_| a.fail("no answer to a valid ping after the bad frames"))
         .unwrap_or_else(|e| a.fail(&format!("the ping stream failed: {e}")));
-    match wire::decode::<Response>(&answer) {
+    match decode::<Response>(&answer) {
         Ok(Response::Pong { nonce: 4242, .. }) => {}
         other => a.fail(&format!("expected Pong{{nonce: 4242}}, got {other:?}")),
     }
@@ -272,7 +272,7 @@ async fn a_garbage_hello_is_counted_and_the_agent_survives() {
     }
     drop(conn);
     // A well-behaved client still gets in.
-    let hello = wire::encode(&Hello {
+    let hello = encode(&Hello {
         proofs: vec![],
         listen_addrs: vec![],
     })

@@ -1,31 +1,42 @@
 //! Sans-io protocol core of the chaosnet agent.
 //!
 //! This crate holds every protocol decision the agent makes: the Kademlia node graph
-//! ([`graph`]), iterative lookups, bootstrap, peer exchange, RTT and uptime bookkeeping,
-//! peer choice and the autonomous task scheduler ([`node`]), and the versioned wire codec
-//! ([`wire`]). It also ships a deterministic virtual-time harness ([`sim`]) that drives many
-//! nodes over a seeded in-memory network.
+//! ([`RoutingTable`]), iterative lookups, bootstrap, peer exchange, RTT and uptime
+//! bookkeeping, peer choice, connecting (direct, signalled punch, relay) and the autonomous
+//! task scheduler ([`Node`]), the signed punch signals ([`Signal`]) and the versioned wire
+//! codec ([`encode`], [`decode`]).
 //!
 //! It does **not** touch the world: no sockets, no tokio, no clock and no OS randomness.
 //! Time comes in as [`Time`] arguments, randomness from a seed in [`NodeConfig`], and I/O
-//! leaves as [`Output`] values that a shell (the `chaosnet-agent` crate, or [`sim`]) carries out.
-//! The driving contract is documented on [`Node`].
+//! leaves as [`Output`] values that a shell carries out: the `chaosnet-agent` crate over
+//! QUIC, or the `chaosnet-sim` crate over a seeded virtual network. The driving contract is
+//! documented on [`Node`].
+//!
+//! The modules are private; everything a shell needs is re-exported here.
 
-pub mod graph;
-pub mod id;
-pub mod node;
-pub mod reach;
-pub mod signal;
-pub mod sim;
-pub mod time;
-pub mod wire;
+mod graph;
+mod id;
+mod node;
+mod reach;
+mod signal;
+mod time;
+mod wire;
 
-pub use graph::{Contact, GraphChange};
+pub use graph::{BUCKETS, Contact, GraphChange, Observed, RoutingTable};
 pub use id::{NodeId, ParseNodeIdError};
 pub use node::{
-    Activity, ActivityKind, Command, CommandId, CommandResult, ConnInfo, Connected, Event, Failure,
-    InboundId, Node, NodeConfig, Output, RequestId, TaskKind, TaskOutcome, TaskWeights,
+    Activity, ActivityKind, Attempt, Command, CommandId, CommandResult, ConnInfo, Connected, Event,
+    Failure, InboundId, Node, NodeConfig, Output, Path, PunchPlan, RelayEvent, RelayLimits,
+    RequestId, SignalOutcome, TaskKind, TaskOutcome, TaskWeights,
 };
 pub use reach::{ConnMode, NatType};
+pub use signal::{
+    BirthdayRole, Countersign, MAX_SIGNAL_HOPS, RateLimiter, ReplayCache, SIGNATURE_LEN, SecretKey,
+    Signal, SignalRefusal, Strategy, check_chain, strategy, verify,
+};
 pub use time::Time;
-pub use wire::{Request, Response};
+pub use wire::{
+    DecodeError, EncodeError, ErrorCode, HEADER_LEN, Hello, MAX_ADDRS_PER_PEER, MAX_ECHO_LEN,
+    MAX_FRAME_LEN, MAX_NODES_PER_RESPONSE, PROTOCOL_VERSION, PeerInfo, Request, Response,
+    TraceContext, Validate, decode, decode_body, encode, frame_len,
+};

@@ -14,12 +14,10 @@ use std::time::Duration;
 use rand::RngExt;
 
 use super::{Msg, World};
-use crate::id::NodeId;
-use crate::node::{Connected, Failure, Path, PunchPlan, RequestId};
-use crate::reach::ConnMode;
-use crate::signal::BirthdayRole;
-use crate::time::Time;
-use crate::wire::{ErrorCode, Request, Response};
+use chaosnet_proto::{
+    BirthdayRole, ConnMode, Connected, ErrorCode, Failure, NodeId, Path, PunchPlan, Request,
+    RequestId, Response, Time,
+};
 
 /// First QUIC probe timeout; it doubles after each retransmit (0, 300, 900, 2,100 ms...).
 const INITIAL_PTO_MS: u64 = 300;
@@ -611,7 +609,7 @@ impl World {
         }
     }
 
-    /// Carries out [`crate::node::Output::Connect`] at packet level.
+    /// Carries out [`chaosnet_proto::Output::Connect`] at packet level.
     pub(super) fn net_connect(
         &mut self,
         node: usize,

@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use chaosnet_proto::node::TaskWeights;
-use chaosnet_proto::sim::{LinkModel, SimConfig, World};
-use chaosnet_proto::{Command, Event, TaskKind, TaskOutcome, Time};
+use chaosnet_proto::{Command, Event, TaskKind, TaskOutcome, TaskWeights, Time};
+use chaosnet_sim::{LinkModel, SimConfig, World};
 
 /// Builds `seeds` seed nodes and `others` nodes bootstrapping from them, starts the seeds
 /// at t=0 and the others staggered 20 ms apart, and runs until every node joined or 60 s.

@@ -27,16 +27,11 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 
-use crate::graph::{Contact, GraphChange};
-use crate::id::NodeId;
-use crate::node::{
-    Activity, Command, CommandId, CommandResult, Connected, Event, Failure, InboundId, Node,
-    NodeConfig, Output, Path, RequestId,
+use chaosnet_proto::{
+    Activity, Command, CommandId, CommandResult, ConnMode, Connected, Contact, Event, Failure,
+    GraphChange, InboundId, Node, NodeConfig, NodeId, Output, Path, Request, RequestId, Response,
+    SecretKey, Time,
 };
-use crate::reach::ConnMode;
-use crate::signal::SecretKey;
-use crate::time::Time;
-use crate::wire::{Request, Response};
 
 pub use nat::{Filtering, Mapping, NatBehaviour};
 pub use net::BirthdayRecord;

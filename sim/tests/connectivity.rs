@@ -5,13 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chaosnet_proto::node::{Activity, ActivityKind, Event, SignalOutcome};
-use chaosnet_proto::signal::{Countersign, Signal};
-use chaosnet_proto::sim::{LinkModel, NatBehaviour, SimConfig, World};
-use chaosnet_proto::wire::ErrorCode;
 use chaosnet_proto::{
-    Command, CommandResult, ConnMode, NatType, NodeConfig, Request, Response, TaskOutcome,
+    Activity, ActivityKind, Command, CommandResult, ConnMode, Countersign, ErrorCode, Event,
+    NatType, NodeConfig, Request, Response, Signal, SignalOutcome, TaskOutcome,
 };
+use chaosnet_sim::{LinkModel, NatBehaviour, SimConfig, World};
 
 /// Where a node sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -586,7 +584,7 @@ fn small_relay(c: &mut NodeConfig) {
     c.relay.max_duration_ms = 20_000;
 }
 
-fn relay_events(w: &World, r: usize, event: chaosnet_proto::node::RelayEvent) -> usize {
+fn relay_events(w: &World, r: usize, event: chaosnet_proto::RelayEvent) -> usize {
     count(
         w,
         r,
@@ -597,7 +595,7 @@ fn relay_events(w: &World, r: usize, event: chaosnet_proto::node::RelayEvent) ->
 #[test]
 fn relay_limits_hold_while_another_peer_still_gets_a_circuit() {
     use chaosnet_proto::Failure;
-    use chaosnet_proto::node::RelayEvent;
+    use chaosnet_proto::RelayEvent;
     // The relay is the only seed, so every node holds a connection to it.
     let mut w = world(51);
     let r = w.add_node(&[], small_relay);

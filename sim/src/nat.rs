@@ -15,7 +15,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::time::Time;
+use chaosnet_proto::Time;
 
 /// Lowest port a NAT allocates; EDM mappings get random ports in `PORT_MIN..=65535`.
 pub const PORT_MIN: u16 = 1024;
