@@ -19,7 +19,7 @@ mod net;
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -107,7 +107,8 @@ pub struct SimNode {
     /// Its persisted node graph, as the shell would keep it on disk.
     pub store: BTreeMap<NodeId, Contact>,
     config: NodeConfig,
-    conns: HashSet<usize>,
+    /// Ordered: a kill or a disconnect tells the peers in this order, the same in every run.
+    conns: BTreeSet<usize>,
     wake: Option<Time>,
 }
 
@@ -318,7 +319,7 @@ impl World {
             sent: Vec::new(),
             store: BTreeMap::new(),
             config: cfg,
-            conns: HashSet::new(),
+            conns: BTreeSet::new(),
             wake: None,
         });
         idx
@@ -370,7 +371,9 @@ impl World {
     /// Stops node `idx` as `kill -9` would: its connections drop, its store survives.
     pub fn kill(&mut self, idx: usize) {
         self.nodes[idx].up = false;
-        let peers: Vec<usize> = self.nodes[idx].conns.drain().collect();
+        let peers: Vec<usize> = std::mem::take(&mut self.nodes[idx].conns)
+            .into_iter()
+            .collect();
         let now = self.now;
         let id = self.nodes[idx].node.id();
         for p in peers {

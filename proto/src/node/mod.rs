@@ -12,7 +12,7 @@
 //! admission) and `peers` (what the node learns about its contacts). `config` and `types`
 //! hold the public types.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -127,7 +127,9 @@ pub struct Node {
     cfg: NodeConfig,
     rng: StdRng,
     table: RoutingTable,
-    conns: HashMap<NodeId, ConnInfo>,
+    /// Ordered, so that whatever walks the connections (peer choice, the next hop of a
+    /// signal, a shell listing them) sees them in the same order in every run.
+    conns: BTreeMap<NodeId, ConnInfo>,
     outputs: VecDeque<Output>,
     timers: BTreeSet<(Time, Timer)>,
     next_id: u64,
@@ -171,7 +173,7 @@ impl Node {
             cfg,
             rng,
             table,
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             outputs: VecDeque::new(),
             timers: BTreeSet::new(),
             next_id: 1,
@@ -238,7 +240,7 @@ impl Node {
         &self.table
     }
 
-    /// Live connections.
+    /// Live connections, in id order.
     pub fn connections(&self) -> impl Iterator<Item = (&NodeId, &ConnInfo)> {
         self.conns.iter()
     }
