@@ -1,8 +1,20 @@
 //! Virtual time for the core.
 //!
 //! The core never reads a clock. Every input carries a [`Time`]: microseconds since an epoch
-//! that the driver chooses (the agent uses its start instant, the simulator zero). Being a
-//! plain integer makes runs reproducible and lets the simulator jump ahead freely.
+//! that the driver chooses. Being a plain integer makes runs reproducible and lets the
+//! simulator jump ahead freely.
+//!
+//! What the drivers feed it:
+//! - The agent (`chaosnet-agent`'s `driver::Clock`) reads the wall clock once at start-up and
+//!   then advances it with the monotonic clock: a `Time` is microseconds since the Unix
+//!   epoch, but it never goes backwards when the wall clock is stepped. The epoch matters
+//!   in two places: the `last_seen` of contacts persisted before a restart stay comparable
+//!   with the new process's times, and a signal's `issued_ms` (milliseconds of the
+//!   requester's `Time`) is compared with the target's own clock against
+//!   `signal_max_age_ms`, so agents whose wall clocks disagree by more than that refuse each
+//!   other's signals as stale.
+//! - The simulator (`chaosnet-sim`) starts every world at [`Time::ZERO`] and moves one clock
+//!   for all its nodes from event to event, so nodes never disagree.
 
 use std::ops::{Add, Sub};
 use std::time::Duration;
