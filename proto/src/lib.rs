@@ -26,17 +26,17 @@ pub use graph::{BUCKETS, Contact, GraphChange, Observed, RoutingTable};
 pub use id::{NodeId, ParseNodeIdError};
 pub use node::{
     Activity, ActivityKind, Attempt, Command, CommandId, CommandResult, ConnInfo, Connected, Event,
-    Failure, InboundId, Node, NodeConfig, Output, Path, PunchPlan, RelayEvent, RelayLimits,
-    RequestId, SignalOutcome, TaskKind, TaskOutcome, TaskWeights,
+    Failure, InboundId, LinkImpairment, Node, NodeConfig, NodeEvent, Output, Path, PunchPlan,
+    RelayEvent, RelayLimits, RequestId, SignalOutcome, TaskKind, TaskOutcome, TaskWeights,
 };
-pub use reach::{ConnMode, NatType};
+pub use reach::{ConnMode, Filtering, NatType};
 pub use signal::{
     BirthdayRole, Countersign, MAX_SIGNAL_HOPS, RateLimiter, ReplayCache, SIGNATURE_LEN, SecretKey,
     Signal, SignalRefusal, Strategy, check_chain, strategy, verify,
 };
 pub use time::Time;
 pub use wire::{
-    DecodeError, EncodeError, ErrorCode, HEADER_LEN, Hello, MAX_ADDRS_PER_PEER, MAX_ECHO_LEN,
-    MAX_FRAME_LEN, MAX_NODES_PER_RESPONSE, PROTOCOL_VERSION, PeerInfo, Request, Response,
-    TraceContext, Validate, decode, decode_body, encode, frame_len,
+    DecodeError, EncodeError, ErrorCode, HEADER_LEN, Hello, MAX_ADDRS_PER_PEER, MAX_DIALBACK_AVOID,
+    MAX_ECHO_LEN, MAX_FRAME_LEN, MAX_NODES_PER_RESPONSE, OLDEST_READABLE_VERSION, PROTOCOL_VERSION,
+    PeerInfo, Request, Response, TraceContext, Validate, decode, decode_body, encode, frame_len,
 };

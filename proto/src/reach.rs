@@ -28,6 +28,29 @@ impl ConnMode {
     }
 }
 
+/// How a NAT filters inbound packets to a mapping (RFC 4787 section 5), as a dial-back test
+/// measured it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Filtering {
+    /// EIF: anyone may send to the mapping.
+    EndpointIndependent,
+    /// ADF: any port of an IP the mapping has sent to.
+    AddressDependent,
+    /// APDF: only the exact address and port the mapping has sent to.
+    AddressPortDependent,
+}
+
+impl Filtering {
+    /// Bounded label for metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Filtering::EndpointIndependent => "eif",
+            Filtering::AddressDependent => "adf",
+            Filtering::AddressPortDependent => "apdf",
+        }
+    }
+}
+
 /// A node's NAT type, as it classifies itself (RFC 4787 terms in the docs of each variant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum NatType {
@@ -71,5 +94,23 @@ impl NatType {
             NatType::PortRestrictedCone => "port-restricted-cone",
             NatType::Symmetric => "symmetric",
         }
+    }
+
+    /// Whether a node of this type accepts a plain dial from anywhere: no NAT, or a NAT
+    /// with endpoint-independent filtering.
+    pub fn is_open(self) -> bool {
+        matches!(self, NatType::Public | NatType::FullCone)
+    }
+
+    /// Whether the node sits behind some NAT (any kind, measured or not).
+    pub fn is_nated(self) -> bool {
+        matches!(
+            self,
+            NatType::Cone
+                | NatType::FullCone
+                | NatType::RestrictedCone
+                | NatType::PortRestrictedCone
+                | NatType::Symmetric
+        )
     }
 }

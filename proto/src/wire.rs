@@ -9,7 +9,7 @@
 //! One request and one response travel on each bidirectional QUIC stream. This module only
 //! encodes and decodes bytes; reading them off streams is the shell's job.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -18,9 +18,16 @@ use crate::id::NodeId;
 use crate::reach::{ConnMode, NatType};
 use crate::signal::{Countersign, MAX_SIGNAL_HOPS, SIGNATURE_LEN, Signal};
 
-/// The protocol version this build speaks.
-/// Version 2 added the optional trace context to `Signal` and `RelayOpen`.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// The protocol version this build speaks (and writes).
+/// Version 2 added the optional trace context to `Signal` and `RelayOpen`; version 3 added
+/// the dial-back requests (`DialBack`, `DialBackVia`, `DialBackSent`).
+pub const PROTOCOL_VERSION: u8 = 3;
+/// The oldest version this build still reads. Version 3 only appended enum variants, which
+/// postcard numbers in order, so every version-2 frame decodes unchanged; a version-2 peer
+/// refuses our version-3 frames, and then only that stream fails.
+pub const OLDEST_READABLE_VERSION: u8 = 2;
+/// Most IPs a `DialBack` may ask the responder to avoid as helper.
+pub const MAX_DIALBACK_AVOID: usize = 32;
 /// Largest frame accepted, version byte and body included (64 KiB).
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Size of the length prefix.
@@ -92,6 +99,30 @@ pub enum Request {
     RelayIncoming {
         /// The node at the other end of the circuit.
         from: NodeId,
+    },
+    /// Reachability test (RFC 5780 filtering, libp2p AutoNAT style): have probes carrying
+    /// `token` sent to the address the responder sees us at. With `other_port` the
+    /// responder sends them itself from another port of its IP; otherwise it asks another
+    /// node it is connected to (a different IP, none of `avoid`) to send them. The address
+    /// is always the one the responder observes on this connection, never one we name, so
+    /// the request cannot aim probes at a third party. Answered with
+    /// [`Response::DialBackSent`] once the probes left.
+    DialBack {
+        /// Carried in every probe.
+        token: u64,
+        /// Probe from the responder's IP, another port.
+        other_port: bool,
+        /// IPs the requester has sent to recently (their probes would pass any filter), at
+        /// most [`MAX_DIALBACK_AVOID`].
+        avoid: Vec<IpAddr>,
+    },
+    /// Sent by a node serving a [`Request::DialBack`] to the helper it chose: send probes
+    /// carrying `token` to `to`. Answered with [`Response::DialBackSent`].
+    DialBackVia {
+        /// Carried in every probe.
+        token: u64,
+        /// Where the requester was observed.
+        to: SocketAddr,
     },
 }
 
@@ -189,6 +220,8 @@ pub enum Response {
         /// Why.
         code: ErrorCode,
     },
+    /// Answer to [`Request::DialBack`] and [`Request::DialBackVia`]: the probes were sent.
+    DialBackSent,
 }
 
 /// Connection-level hello, sent once by each side on its first unidirectional stream.
@@ -260,6 +293,8 @@ impl Request {
             Request::Signal { .. } => "signal",
             Request::RelayOpen { .. } => "relay_open",
             Request::RelayIncoming { .. } => "relay_incoming",
+            Request::DialBack { .. } => "dial_back",
+            Request::DialBackVia { .. } => "dial_back_via",
         }
     }
 }
@@ -284,6 +319,9 @@ impl Validate for Request {
                     || hops.iter().any(|h| h.sig.len() != SIGNATURE_LEN) =>
             {
                 Err("signature of the wrong length".into())
+            }
+            Request::DialBack { avoid, .. } if avoid.len() > MAX_DIALBACK_AVOID => {
+                Err(format!("dial-back avoiding {} IPs", avoid.len()))
             }
             _ => Ok(()),
         }
@@ -357,7 +395,7 @@ pub fn frame_len(header: [u8; HEADER_LEN]) -> Result<usize, DecodeError> {
 /// Decodes the part of a frame after its header (version byte and body).
 pub fn decode_body<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, DecodeError> {
     let (&version, rest) = body.split_first().ok_or(DecodeError::Truncated)?;
-    if version != PROTOCOL_VERSION {
+    if !(OLDEST_READABLE_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Err(DecodeError::UnknownVersion(version));
     }
     let (msg, trailing): (T, &[u8]) = postcard::take_from_bytes(rest).map_err(|e| match e {
@@ -485,6 +523,17 @@ mod tests {
                     }),
                 }),
             arb_node_id().prop_map(|from| Request::RelayIncoming { from }),
+            (
+                any::<u64>(),
+                any::<bool>(),
+                prop::collection::vec(arb_addr(), 0..=MAX_DIALBACK_AVOID)
+            )
+                .prop_map(|(token, other_port, avoid)| Request::DialBack {
+                    token,
+                    other_port,
+                    avoid: avoid.into_iter().map(|a| a.ip()).collect(),
+                }),
+            (any::<u64>(), arb_addr()).prop_map(|(token, to)| Request::DialBackVia { token, to }),
         ]
     }
 
@@ -527,6 +576,7 @@ mod tests {
                 Just(ErrorCode::Refused)
             ]
             .prop_map(|code| Response::Error { code }),
+            Just(Response::DialBackSent),
         ]
     }
 
@@ -587,6 +637,32 @@ mod tests {
             decode::<Request>(&frame),
             Err(DecodeError::UnknownVersion(99))
         );
+    }
+
+    #[test]
+    fn version_2_frames_still_decode() {
+        let mut frame = encode(&Request::Ping { nonce: 7 }).expect("encodes");
+        frame[HEADER_LEN] = 2;
+        assert_eq!(decode::<Request>(&frame), Ok(Request::Ping { nonce: 7 }));
+        frame[HEADER_LEN] = 1;
+        assert_eq!(
+            decode::<Request>(&frame),
+            Err(DecodeError::UnknownVersion(1))
+        );
+    }
+
+    #[test]
+    fn a_dial_back_avoiding_too_many_ips_is_refused() {
+        let req = Request::DialBack {
+            token: 1,
+            other_port: false,
+            avoid: vec![IpAddr::from([198, 18, 0, 1]); MAX_DIALBACK_AVOID + 1],
+        };
+        let frame = encode(&req).expect("encodes");
+        assert!(matches!(
+            decode::<Request>(&frame),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]

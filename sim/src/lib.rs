@@ -693,6 +693,16 @@ impl World {
                         self.start_punch(idx, peer, plan, None);
                     }
                 }
+                Output::DialBack {
+                    to,
+                    token,
+                    other_port,
+                } => {
+                    if self.cfg.record_events {
+                        self.nodes[idx].sent.push((now, "dial_back_probe", None));
+                    }
+                    self.send_dialback(idx, to, token, other_port);
+                }
                 Output::Disconnect { peer } => {
                     if let Some(p) = self.peer_index(peer) {
                         self.nodes[idx].conns.remove(&p);

@@ -71,6 +71,9 @@ pub(super) enum Payload {
         ack: bool,
         seq: Option<u32>,
     },
+    DialBack {
+        token: u64,
+    },
 }
 
 /// A packet in flight, in the realm where its destination address is resolved.
@@ -365,7 +368,62 @@ impl World {
                 self.dial_done(dial, d, t);
             }
             Payload::Probe { token, ack, seq } => self.on_probe(i, port, from, token, ack, seq),
+            Payload::DialBack { token } => {
+                // Only the P2P socket hears probes, as in the agent.
+                if port == self.nodes[i].addr.port() {
+                    self.nodes[i]
+                        .node
+                        .handle_dialback_probe(self.now, token, from);
+                    self.drain(i);
+                }
+            }
         }
+    }
+
+    /// Carries out an [`chaosnet_proto::Output::DialBack`]: one probe (the harness's
+    /// links lose it only as they lose anything), from the P2P socket or a fresh one.
+    pub(super) fn send_dialback(
+        &mut self,
+        node: usize,
+        to: SocketAddr,
+        token: u64,
+        other_port: bool,
+    ) {
+        if !self.packet_level() {
+            // Without NATs nothing filters: the probe reaches whoever listens there.
+            if let Some(&i) = self.by_addr.get(&to) {
+                let from = SocketAddr::new(
+                    self.nodes[node].addr.ip(),
+                    if other_port {
+                        EXTRA_PORTS.start
+                    } else {
+                        self.nodes[node].addr.port()
+                    },
+                );
+                if let Some(d) = self.transit(node, i) {
+                    self.schedule(
+                        self.now + d,
+                        i,
+                        Msg::Packet(Packet {
+                            realm: None,
+                            src: from,
+                            dst: to,
+                            payload: Payload::DialBack { token },
+                        }),
+                    );
+                }
+            }
+            return;
+        }
+        let port = if other_port {
+            let p = self.extra_socket(node);
+            // A socket opened for one probe; it never listens for anything.
+            self.net.sockets.remove(&(node, p));
+            p
+        } else {
+            self.nodes[node].addr.port()
+        };
+        self.send_packet(node, port, to, Payload::DialBack { token });
     }
 
     // ----- handshakes -----

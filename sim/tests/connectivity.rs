@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chaosnet_proto::{
     Activity, ActivityKind, Command, CommandResult, ConnMode, Countersign, ErrorCode, Event,
-    NatType, NodeConfig, Request, Response, Signal, SignalOutcome, TaskOutcome,
+    NatType, NodeConfig, NodeEvent, Request, Response, Signal, SignalOutcome, TaskOutcome,
 };
 use chaosnet_sim::{LinkModel, NatBehaviour, SimConfig, World};
 
@@ -220,13 +220,19 @@ fn run_pair(seed: u64, a: Site, b: Site, same_lan: bool) -> PairOutcome {
     }
 }
 
+/// Quiet, and without the dial-back test: the mapping alone classifies.
+fn untested(c: &mut NodeConfig) {
+    quiet(c);
+    c.dialback_interval_ms = 0;
+}
+
 #[test]
-fn nat_types_are_classified_from_observed_addresses() {
+fn mappings_are_classified_from_observed_addresses() {
     let mut w = world(11);
     let s = seeds(&mut w, 3);
     let nodes: Vec<(Site, usize)> = Site::ALL
         .iter()
-        .map(|&site| (site, place(&mut w, site, &s, quiet)))
+        .map(|&site| (site, place(&mut w, site, &s, untested)))
         .collect();
     let ids: Vec<usize> = nodes.iter().map(|n| n.1).collect();
     start_all(&mut w, &ids);
@@ -1011,4 +1017,172 @@ fn a_churning_nat_world_replays_event_for_event() {
     let events: usize = first.2.iter().map(|n| n.0.len()).sum();
     assert!(events > 1_000, "the run did something: {events} events");
     assert!(first == run(81), "same seed, same events at the same times");
+}
+
+/// Waits (at most `secs` of virtual time) for every node to classify itself as expected.
+fn settle_nat_types(w: &mut World, nodes: &[(Site, usize)], secs: u64) {
+    for _ in 0..secs {
+        if nodes
+            .iter()
+            .all(|&(site, i)| w.node(i).node.nat_type() == measured(site))
+        {
+            return;
+        }
+        w.run_for(Duration::from_secs(1));
+    }
+}
+
+/// The NAT type a dial-back test must find for `site`. A carrier NAT in front of a home
+/// NAT filters like the stricter of the two: port-restricted.
+fn measured(site: Site) -> NatType {
+    match site {
+        Site::Public => NatType::Public,
+        Site::FullCone => NatType::FullCone,
+        Site::Restricted => NatType::RestrictedCone,
+        Site::PortRestricted | Site::Cgnat => NatType::PortRestrictedCone,
+        Site::Symmetric => NatType::Symmetric,
+    }
+}
+
+#[test]
+fn dial_back_tells_every_nat_type_apart_and_says_so_once() {
+    let mut w = world(16);
+    let s = seeds(&mut w, 3);
+    // Helpers: public nodes the tested nodes have no reason to talk to first.
+    let helpers: Vec<usize> = (0..3).map(|_| w.add_node(&s, quiet)).collect();
+    start_all(&mut w, &helpers);
+    w.run_for(Duration::from_secs(5));
+    let nodes: Vec<(Site, usize)> = Site::ALL
+        .iter()
+        .map(|&site| (site, place(&mut w, site, &s[..1], quiet)))
+        .collect();
+    let idx: Vec<usize> = nodes.iter().map(|n| n.1).collect();
+    start_all(&mut w, &idx);
+    settle_nat_types(&mut w, &nodes, 60);
+    let got: Vec<(Site, NatType)> = nodes
+        .iter()
+        .map(|&(site, i)| (site, w.node(i).node.nat_type()))
+        .collect();
+    let want: Vec<(Site, NatType)> = nodes
+        .iter()
+        .map(|&(site, _)| (site, measured(site)))
+        .collect();
+    assert_eq!(got, want);
+    for &(site, i) in &nodes {
+        let n = &w.node(i).node;
+        assert_eq!(
+            n.reachable(),
+            site == Site::FullCone || site == Site::Public,
+            "{site:?}"
+        );
+        // Subscribers heard the final type, and the node's reachability, exactly once.
+        let changes: Vec<NatType> = w
+            .node(i)
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Node(NodeEvent::NatTypeChanged { to, .. }) => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            changes.last(),
+            Some(&measured(site)),
+            "{site:?}: {changes:?}"
+        );
+        let reach = count(&w, i, |e| {
+            matches!(
+                e,
+                Event::Node(NodeEvent::ReachabilityChanged { reachable: true })
+            )
+        });
+        assert_eq!(reach, usize::from(n.reachable()), "{site:?}");
+    }
+    // A full-cone peer is then dialled directly, with no signalling.
+    let (fc, pr) = (nodes[1].1, nodes[3].1);
+    let sent_before = signal_outcomes(&w, pr, SignalOutcome::Sent);
+    let r = connect(&mut w, pr, fc);
+    assert_eq!(
+        (r.outcome, r.mode),
+        (TaskOutcome::Ok, Some(ConnMode::Direct)),
+        "{r:?}"
+    );
+    assert_eq!(signal_outcomes(&w, pr, SignalOutcome::Sent), sent_before);
+}
+
+#[test]
+fn dial_back_is_no_amplifier() {
+    let mut w = world(17);
+    let s = seeds(&mut w, 2);
+    let probers: Vec<usize> = (0..2).map(|_| w.add_node(&s, quiet)).collect();
+    start_all(&mut w, &probers);
+    w.run_for(Duration::from_secs(5));
+    let (asker, server) = (probers[0], s[0]);
+    // A burst of requests: only the per-peer burst is served, the rest refused.
+    let tickets: Vec<u64> = (0..10)
+        .map(|k| {
+            w.inject_request(
+                asker,
+                server,
+                Request::DialBack {
+                    token: k,
+                    other_port: true,
+                    avoid: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    w.run_for(Duration::from_secs(2));
+    let answers: Vec<Response> = tickets
+        .iter()
+        .map(|t| {
+            w.injected(*t)
+                .cloned()
+                .expect("answered")
+                .expect("delivered")
+        })
+        .collect();
+    let served = answers
+        .iter()
+        .filter(|r| **r == Response::DialBackSent)
+        .count();
+    let limited = answers
+        .iter()
+        .filter(|r| {
+            **r == Response::Error {
+                code: ErrorCode::RateLimited,
+            }
+        })
+        .count();
+    assert_eq!((served, limited), (4, 6), "{answers:?}");
+    let probes = w
+        .node(server)
+        .sent
+        .iter()
+        .filter(|(_, k, _)| *k == "dial_back_probe")
+        .count();
+    assert_eq!(probes, 4, "one probe order per served request, never more");
+    // A helper request from a node it has no connection to is refused outright.
+    let stranger = w.add_node(&[], quiet);
+    w.start_at(stranger, w.now());
+    w.run_for(Duration::from_millis(100));
+    let t = w.inject_request(
+        stranger,
+        probers[1],
+        Request::DialBackVia {
+            token: 1,
+            to: "198.18.200.1:4433".parse().expect("addr"),
+        },
+    );
+    w.run_for(Duration::from_secs(2));
+    let helped = w
+        .node(probers[1])
+        .sent
+        .iter()
+        .filter(|(_, k, _)| *k == "dial_back_probe")
+        .count();
+    assert!(
+        matches!(w.injected(t), Some(Ok(Response::DialBackSent))) == (helped > 0),
+        "an answer says what was done"
+    );
 }

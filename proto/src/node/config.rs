@@ -107,6 +107,21 @@ pub struct NodeConfig {
     pub upgrade_after_ms: u64,
     /// What this node accepts as a relay.
     pub relay: RelayLimits,
+    /// How often a node behind an endpoint-independent mapping re-measures its filtering
+    /// with a dial-back test (RFC 5780, "different IP, then different port"); 0 disables
+    /// the test (the node then stays `Cone`). Default 300,000 ms.
+    pub dialback_interval_ms: u64,
+    /// How long a dial-back test waits for the probes after its server confirmed that they
+    /// were sent, before it concludes that the filter dropped them. Default 2,000 ms.
+    pub dialback_wait_ms: u64,
+    /// How long an address this node sent to counts as "contacted" for a dial-back (its
+    /// NAT may still let that address in, so a probe from it proves nothing): the longest
+    /// UDP conntrack timeout of the presets plus a margin. Default 330,000 ms.
+    pub dialback_memory_ms: u64,
+    /// Dial-back requests one peer may make us serve or help with at once. Default 4.
+    pub dialback_burst: u32,
+    /// Sustained dial-back requests per second per peer. Default 0.1.
+    pub dialback_per_s: f64,
 }
 
 impl NodeConfig {
@@ -147,6 +162,11 @@ impl NodeConfig {
             birthday_probes: 1024,
             upgrade_after_ms: 5_000,
             relay: RelayLimits::default(),
+            dialback_interval_ms: 300_000,
+            dialback_wait_ms: 2_000,
+            dialback_memory_ms: 330_000,
+            dialback_burst: 4,
+            dialback_per_s: 0.1,
         }
     }
 }

@@ -133,8 +133,10 @@ impl Node {
 
     /// How long to give a plain dial to `peer`, by the NAT type it reported.
     fn direct_timeout(&self, peer: &NodeId) -> u64 {
+        // A full cone takes a plain dial from anywhere, like a public node: give it the
+        // whole timeout, so it is reached directly, without signalling.
         match self.table.get(peer).map(|c| c.nat) {
-            Some(NatType::Cone | NatType::Symmetric) => self.cfg.direct_timeout_nated_ms,
+            Some(nat) if nat.is_nated() && !nat.is_open() => self.cfg.direct_timeout_nated_ms,
             _ => self.cfg.direct_timeout_ms,
         }
     }
@@ -162,6 +164,7 @@ impl Node {
                 purpose: Purpose::Connect(op),
             },
         );
+        self.note_contacted(now, &addrs);
         self.set_timer(
             now + Duration::from_millis(timeout_ms) + SHELL_SLACK,
             Timer::Deadline(id),

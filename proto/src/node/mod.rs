@@ -21,7 +21,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::graph::{BUCKETS, Contact, RoutingTable};
 use crate::id::NodeId;
-use crate::reach::{ConnMode, NatType};
+use crate::reach::{ConnMode, Filtering, NatType};
 use crate::signal::{RateLimiter, ReplayCache};
 use crate::time::Time;
 use crate::wire::{
@@ -31,6 +31,7 @@ use crate::wire::{
 mod bootstrap;
 mod config;
 mod connect;
+mod dialback;
 mod gc;
 mod lookup;
 mod peers;
@@ -47,8 +48,8 @@ use lookup::{Lookup, LookupPurpose};
 use signalling::Forward;
 pub use types::{
     Activity, ActivityKind, Attempt, Command, CommandId, CommandResult, ConnInfo, Connected, Event,
-    Failure, InboundId, Output, Path, PunchPlan, RelayEvent, RequestId, SignalOutcome, TaskKind,
-    TaskOutcome,
+    Failure, InboundId, LinkImpairment, NodeEvent, Output, Path, PunchPlan, RelayEvent, RequestId,
+    SignalOutcome, TaskKind, TaskOutcome,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -59,6 +60,10 @@ enum Timer {
     Refresh,
     Bootstrap,
     Upgrade(NodeId),
+    /// Start a dial-back round (one armed at a time).
+    DialBack,
+    /// The wait of the dial-back round with this token is over.
+    DialBackWait(u64),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +97,10 @@ enum Purpose {
     Connect(OpId),
     Signal(OpId),
     Forward(u64),
+    /// Our dial-back round with this token.
+    DialBack(u64),
+    /// A dial-back we carry to a helper.
+    DialBackVia(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -155,6 +164,10 @@ pub struct Node {
     replays: ReplayCache,
     circuits: HashMap<NodeId, u32>,
     circuits_total: u32,
+    dialback: dialback::DialBack,
+    dialback_limiter: RateLimiter,
+    dialback_global: RateLimiter,
+    impairment: LinkImpairment,
 }
 
 impl Node {
@@ -169,6 +182,7 @@ impl Node {
         let backoff = Duration::from_millis(cfg.bootstrap_retry_ms.max(1));
         let (cfg_burst, cfg_per_s, cfg_max_age) =
             (cfg.signal_burst, cfg.signal_per_s, cfg.signal_max_age_ms);
+        let (db_burst, db_per_s) = (cfg.dialback_burst, cfg.dialback_per_s);
         Node {
             cfg,
             rng,
@@ -197,6 +211,10 @@ impl Node {
             replays: ReplayCache::new(cfg_max_age, REPLAY_CAPACITY),
             circuits: HashMap::new(),
             circuits_total: 0,
+            dialback: dialback::DialBack::default(),
+            dialback_limiter: RateLimiter::new(db_burst, db_per_s, RATE_LIMIT_SOURCES),
+            dialback_global: RateLimiter::new(dialback::GLOBAL_BURST, dialback::GLOBAL_PER_S, 1),
+            impairment: LinkImpairment::default(),
         }
     }
 
@@ -256,30 +274,21 @@ impl Node {
         out
     }
 
-    /// Self-classification from observed addresses. Needs two distinct observers; filtering
-    /// behaviour is not probed yet, so an endpoint-independent mapping behind a NAT is `Cone`.
-    /// Observations equal to a listen address (peers on our own LAN, or no NAT at all) say
-    /// nothing about a NAT; any other one means we are behind one.
+    /// Self-classification: the mapping from observed addresses (two distinct observers
+    /// needed), then, behind an endpoint-independent mapping, the filtering a dial-back test
+    /// measured (`Cone` until it has).
     pub fn nat_type(&self) -> NatType {
-        let observers: HashSet<NodeId> = self.observed.iter().map(|(_, o)| *o).collect();
-        if observers.len() < 2 {
-            return NatType::Unknown;
+        match (self.mapping_type(), self.filtering()) {
+            (NatType::Cone, Some(Filtering::EndpointIndependent)) => NatType::FullCone,
+            (NatType::Cone, Some(Filtering::AddressDependent)) => NatType::RestrictedCone,
+            (NatType::Cone, Some(Filtering::AddressPortDependent)) => NatType::PortRestrictedCone,
+            (mapping, _) => mapping,
         }
-        // Only the most recent observation per observer counts: a remap is not EDM.
-        let mut latest: HashMap<NodeId, SocketAddr> = HashMap::new();
-        for (a, o) in &self.observed {
-            latest.entry(*o).or_insert(*a);
-        }
-        let mapped: HashSet<SocketAddr> = latest
-            .values()
-            .filter(|a| !self.cfg.listen_addrs.contains(a))
-            .copied()
-            .collect();
-        match mapped.len() {
-            0 => NatType::Public,
-            1 => NatType::Cone,
-            _ => NatType::Symmetric,
-        }
+    }
+
+    /// The filtering a dial-back test measured behind the current mapping, if any.
+    pub fn measured_filtering(&self) -> Option<Filtering> {
+        self.filtering()
     }
 
     /// Whether the task loop is paused.
@@ -297,10 +306,10 @@ impl Node {
         self.circuits_total
     }
 
-    /// Whether peers can reach this node without its help: it has no NAT. (A dial-back
-    /// test of filtering is not implemented, so a full-cone NAT shows as not reachable.)
+    /// Whether peers can reach this node without its help: it has no NAT, or a dial-back
+    /// test found its NAT's filtering endpoint-independent (a full cone).
     pub fn reachable(&self) -> bool {
-        self.nat_type() == NatType::Public
+        self.nat_type().is_open()
     }
 
     // ----- inputs -----
@@ -321,7 +330,7 @@ impl Node {
         if peer == self.cfg.id {
             return;
         }
-        self.conns.insert(
+        let before = self.conns.insert(
             peer,
             ConnInfo {
                 mode,
@@ -329,6 +338,17 @@ impl Node {
                 since: now,
             },
         );
+        match before {
+            None => self.emit(Event::Node(NodeEvent::PeerConnected { peer, mode })),
+            Some(old) if old.mode == ConnMode::Relayed && mode != ConnMode::Relayed => {
+                self.emit(Event::Node(NodeEvent::ConnectionUpgraded {
+                    peer,
+                    from: old.mode,
+                    to: mode,
+                }))
+            }
+            Some(_) => {}
+        }
         // A relayed connection's remote is a local stand-in for the circuit, not an address
         // anyone else could use.
         let addr = (mode != ConnMode::Relayed).then_some(remote);
@@ -368,6 +388,7 @@ impl Node {
                 }
             }
             self.circuits_total = self.circuits_total.saturating_sub(1);
+            self.emit(Event::Node(NodeEvent::RelayCircuitClosed { requester }));
         }
         self.emit(Event::Relay {
             event: RelayEvent::Closed,
@@ -375,8 +396,29 @@ impl Node {
     }
 
     /// The connection to `peer` closed.
-    pub fn handle_connection_down(&mut self, _now: Time, peer: NodeId) {
-        self.conns.remove(&peer);
+    pub fn handle_connection_down(&mut self, now: Time, peer: NodeId) {
+        if let Some(c) = self.conns.remove(&peer) {
+            // Our NAT may let it in a while longer: its probes would prove nothing.
+            self.note_contacted(now, &[c.remote]);
+            self.emit(Event::Node(NodeEvent::PeerDisconnected {
+                peer,
+                mode: c.mode,
+            }));
+        }
+    }
+
+    /// A dial-back probe carrying `token` arrived on the P2P socket from `from`.
+    pub fn handle_dialback_probe(&mut self, now: Time, token: u64, from: SocketAddr) {
+        self.dialback_probe(now, token, from);
+    }
+
+    /// The impairment of this node's link is now `impairment` (a fault applied or healed
+    /// through the control API). Subscribers are told when it changes.
+    pub fn handle_impairment(&mut self, _now: Time, impairment: LinkImpairment) {
+        if impairment != self.impairment {
+            self.impairment = impairment;
+            self.emit(Event::Node(NodeEvent::FaultObserved { impairment }));
+        }
     }
 
     /// A peer sent a request on a connection the shell authenticated. Answer with
@@ -450,6 +492,15 @@ impl Node {
                 }
             }
             Request::RelayOpen { target, .. } => self.on_relay_open(from, target),
+            Request::DialBack {
+                token,
+                other_port,
+                avoid,
+            } => match self.on_dialback(now, from, inbound, token, other_port, &avoid) {
+                Some(r) => r,
+                None => return, // a helper was asked; answered when it answers
+            },
+            Request::DialBackVia { token, to } => self.on_dialback_via(now, from, token, to),
             // A circuit reaches us only from a relay we are directly connected to: no circuits
             // over circuits. (Our own relay settings limit what we carry for others, not
             // what reaches us.)
@@ -493,6 +544,7 @@ impl Node {
         {
             // Every pong, whatever asked for it, feeds NAT self-classification.
             self.note_observed(p.peer, *addr);
+            self.note_reach(now);
         }
         if let Ok(Response::Pong { nat, .. }) = &result
             && let Some(c) = self.table.get_mut(&p.peer)
@@ -511,6 +563,8 @@ impl Node {
             Purpose::Verify => {}
             Purpose::Op(op) => self.op_answer(now, op, result),
             Purpose::Signal(op) => self.signal_answer(now, op, result),
+            Purpose::DialBack(token) => self.dialback_answer(now, token, result),
+            Purpose::DialBackVia(key) => self.dialback_via_answer(key, result),
             Purpose::Connect(_) | Purpose::Forward(_) => {} // reported elsewhere
         }
     }
@@ -616,6 +670,8 @@ impl Node {
                 Timer::Refresh => self.run_refresh(now),
                 Timer::Bootstrap => self.bootstrap(now),
                 Timer::Upgrade(peer) => self.try_upgrade(now, peer),
+                Timer::DialBack => self.run_dialback(now),
+                Timer::DialBackWait(token) => self.dialback_wait(now, token),
             }
         }
     }
@@ -690,8 +746,11 @@ impl Node {
             | Purpose::Gc
             | Purpose::Introduce
             | Purpose::Verify
-            | Purpose::Op(_) => None,
+            | Purpose::Op(_)
+            | Purpose::DialBack(_)
+            | Purpose::DialBackVia(_) => None,
         };
+        self.note_contacted(now, &addrs);
         let id = RequestId(self.fresh_id());
         self.track(
             id,

@@ -10,7 +10,7 @@ use crate::reach::ConnMode;
 use crate::time::Time;
 use crate::wire::MAX_ADDRS_PER_PEER;
 
-use super::{Event, Failure, Node, Output};
+use super::{Event, Failure, Node, NodeEvent, Output};
 
 /// Observed addresses remembered, most recent first.
 const MAX_OBSERVED: usize = 16;
@@ -144,7 +144,13 @@ impl Node {
                 .map(|p| (*p, self.table.get(p).map_or(0.0, |c| c.score(now))))
                 .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
             let Some((peer, _)) = worst else { break };
-            self.conns.remove(&peer);
+            if let Some(c) = self.conns.remove(&peer) {
+                self.note_contacted(now, &[c.remote]);
+                self.emit(Event::Node(NodeEvent::PeerDisconnected {
+                    peer,
+                    mode: c.mode,
+                }));
+            }
             self.emit(Event::ConnectionPruned);
             self.outputs.push_back(Output::Disconnect { peer });
         }

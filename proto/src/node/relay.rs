@@ -3,7 +3,7 @@
 use crate::id::NodeId;
 use crate::wire::{ErrorCode, Response};
 
-use super::{Event, Node, RelayEvent};
+use super::{Event, Node, NodeEvent, RelayEvent};
 
 impl Node {
     pub(super) fn relay_accepted(&self) -> Response {
@@ -43,6 +43,10 @@ impl Node {
         self.emit(Event::Relay {
             event: RelayEvent::Opened,
         });
+        self.emit(Event::Node(NodeEvent::RelayCircuitOpened {
+            requester: from,
+            target,
+        }));
         self.relay_accepted()
     }
 }

@@ -83,6 +83,7 @@ impl Node {
                 self.emit(Event::PunchStarted {
                     birthday: birthday.is_some(),
                 });
+                self.note_contacted(now, &peer_addrs);
                 self.outputs.push_back(Output::Punch {
                     peer: signal.from,
                     plan: PunchPlan {

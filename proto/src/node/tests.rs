@@ -6,6 +6,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use super::types::{LinkImpairment, NodeEvent};
 use super::*;
 use crate::graph::GraphChange;
 use crate::id::NodeId;
@@ -246,4 +247,105 @@ fn nat_type_needs_two_observers() {
         }
     }
     assert_eq!(n.nat_type(), NatType::Symmetric);
+}
+
+#[test]
+fn node_events_say_each_change_once() {
+    let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
+    cfg.task_rate_per_s = 0.0;
+    let mut n = Node::new(cfg, Vec::new());
+    let now = Time::from_millis(1_000);
+    let peer = NodeId([1; 32]);
+    n.handle_connection_up(now, peer, addr(1), ConnMode::Relayed);
+    n.handle_connection_up(now, peer, addr(1), ConnMode::Relayed);
+    n.handle_connection_up(now, peer, addr(2), ConnMode::Punched);
+    n.handle_connection_down(now, peer);
+    n.handle_connection_down(now, peer);
+    let impairment = LinkImpairment {
+        loss_ppm: 50_000,
+        delay_ms: 100,
+        jitter_ms: 10,
+    };
+    n.handle_impairment(now, impairment);
+    n.handle_impairment(now, impairment);
+    n.handle_impairment(now, LinkImpairment::default());
+    let events: Vec<NodeEvent> = drain(&mut n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::Node(e)) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            NodeEvent::PeerConnected {
+                peer,
+                mode: ConnMode::Relayed
+            },
+            NodeEvent::ConnectionUpgraded {
+                peer,
+                from: ConnMode::Relayed,
+                to: ConnMode::Punched
+            },
+            NodeEvent::PeerDisconnected {
+                peer,
+                mode: ConnMode::Punched
+            },
+            NodeEvent::FaultObserved { impairment },
+            NodeEvent::FaultObserved {
+                impairment: LinkImpairment::default()
+            },
+        ]
+    );
+}
+
+#[test]
+fn addresses_nat_type_and_reachability_changes_are_told() {
+    let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
+    cfg.task_rate_per_s = 0.0;
+    cfg.listen_addrs = vec![addr(4433)];
+    let mut n = Node::new(cfg, Vec::new());
+    let now = Time::from_millis(1_000);
+    // Two observers see us at our own listen address: no NAT, reachable.
+    for (i, seen) in [(1u8, addr(4433)), (2, addr(4433))] {
+        let peer = NodeId([i; 32]);
+        n.handle_connection_up(now, peer, addr(u16::from(i)), ConnMode::Direct);
+        n.command(now, Command::Ping { peer });
+        for out in drain(&mut n) {
+            if let Output::Request {
+                id,
+                request: Request::Ping { nonce },
+                ..
+            } = out
+            {
+                let pong = Response::Pong {
+                    nonce,
+                    observed: Some(seen),
+                    nat: NatType::Public,
+                };
+                n.handle_response(now, id, Ok(pong));
+            }
+        }
+    }
+    let told: Vec<NodeEvent> = drain(&mut n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::Node(e)) if !matches!(e, NodeEvent::PeerConnected { .. }) => {
+                Some(e)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        told,
+        vec![
+            NodeEvent::NatTypeChanged {
+                from: NatType::Unknown,
+                to: NatType::Public
+            },
+            NodeEvent::ReachabilityChanged { reachable: true },
+        ],
+        "the listen address was already the local address: no address event"
+    );
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::graph::GraphChange;
 use crate::id::NodeId;
-use crate::reach::{ConnMode, NatType};
+use crate::reach::{ConnMode, Filtering, NatType};
 use crate::signal::BirthdayRole;
 use crate::time::Time;
 use crate::wire::{ErrorCode, Request, Response};
@@ -363,6 +363,124 @@ pub enum Event {
         /// Whether birthday probing is part of it.
         birthday: bool,
     },
+    /// A dial-back test measured this node's NAT filtering.
+    DialBack {
+        /// What it found.
+        filtering: Filtering,
+    },
+    /// This node served or helped with another node's dial-back test (probes sent or a
+    /// helper asked).
+    DialBackServed,
+    /// A change of the node's state that applications subscribe to (the control API's
+    /// event stream carries these; metrics count them by kind).
+    Node(NodeEvent),
+}
+
+/// A change of the node's own state, as applications of a P2P node expect to be told of
+/// it (libp2p's and NuNet's local-address, reachability, NAT-type and peer-connectedness
+/// events). The core emits each once per change; the shell only carries them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NodeEvent {
+    /// The addresses this node believes it can be reached at changed (mapped addresses
+    /// first, then listen addresses).
+    LocalAddressesUpdated {
+        /// The new list.
+        addrs: Vec<SocketAddr>,
+    },
+    /// Whether peers can reach this node unaided changed.
+    ReachabilityChanged {
+        /// The new value.
+        reachable: bool,
+    },
+    /// The self-classified NAT type changed.
+    NatTypeChanged {
+        /// Before.
+        from: NatType,
+        /// After.
+        to: NatType,
+    },
+    /// A connection to a peer came up (there was none before).
+    PeerConnected {
+        /// The peer.
+        peer: NodeId,
+        /// How.
+        mode: ConnMode,
+    },
+    /// The last connection to a peer went away.
+    PeerDisconnected {
+        /// The peer.
+        peer: NodeId,
+        /// How it had been made.
+        mode: ConnMode,
+    },
+    /// A relayed connection to a peer was replaced by a direct or punched one.
+    ConnectionUpgraded {
+        /// The peer.
+        peer: NodeId,
+        /// The old mode.
+        from: ConnMode,
+        /// The new mode.
+        to: ConnMode,
+    },
+    /// This node admitted a relay circuit from `requester` to `target`.
+    RelayCircuitOpened {
+        /// Who asked for it.
+        requester: NodeId,
+        /// Where it leads.
+        target: NodeId,
+    },
+    /// A relay circuit this node carried for `requester` ended.
+    RelayCircuitClosed {
+        /// Who had asked for it.
+        requester: NodeId,
+    },
+    /// The impairment of this node's link changed (a fault was applied or healed).
+    FaultObserved {
+        /// The link impairment now in force.
+        impairment: LinkImpairment,
+    },
+}
+
+impl NodeEvent {
+    /// Every kind, for label enumeration.
+    pub const KINDS: [&'static str; 9] = [
+        "local_addresses_updated",
+        "reachability_changed",
+        "nat_type_changed",
+        "peer_connected",
+        "peer_disconnected",
+        "connection_upgraded",
+        "relay_circuit_opened",
+        "relay_circuit_closed",
+        "fault_observed",
+    ];
+
+    /// Bounded label: the event's name on the stream and in metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeEvent::LocalAddressesUpdated { .. } => Self::KINDS[0],
+            NodeEvent::ReachabilityChanged { .. } => Self::KINDS[1],
+            NodeEvent::NatTypeChanged { .. } => Self::KINDS[2],
+            NodeEvent::PeerConnected { .. } => Self::KINDS[3],
+            NodeEvent::PeerDisconnected { .. } => Self::KINDS[4],
+            NodeEvent::ConnectionUpgraded { .. } => Self::KINDS[5],
+            NodeEvent::RelayCircuitOpened { .. } => Self::KINDS[6],
+            NodeEvent::RelayCircuitClosed { .. } => Self::KINDS[7],
+            NodeEvent::FaultObserved { .. } => Self::KINDS[8],
+        }
+    }
+}
+
+/// A link impairment as the node is told of it: integers only, so events stay `Eq` and
+/// hashable (the sim digests them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LinkImpairment {
+    /// Datagrams dropped, in parts per million (100% = 1,000,000).
+    pub loss_ppm: u32,
+    /// Delay added to outbound datagrams, in milliseconds.
+    pub delay_ms: u64,
+    /// Jitter around the delay, in milliseconds.
+    pub jitter_ms: u64,
 }
 
 /// What became of a signal, for metrics.
@@ -474,6 +592,19 @@ pub enum Output {
         plan: PunchPlan,
         /// The inbound signal that asked for it, for tracing.
         parent: Option<Activity>,
+    },
+    /// Send a few dial-back probes (small datagrams the receiving shell recognises, never
+    /// QUIC) carrying `token` to `to`: from the P2P socket, or with `other_port` from
+    /// another UDP socket on the same IP. The shell sends a fixed few, spaced against loss,
+    /// and reports probes it receives with
+    /// [`Node::handle_dialback_probe`](super::Node::handle_dialback_probe).
+    DialBack {
+        /// Where.
+        to: SocketAddr,
+        /// Carried in every probe.
+        token: u64,
+        /// From another port than the P2P socket's.
+        other_port: bool,
     },
     /// Close the connection to `peer`.
     Disconnect {
