@@ -14,7 +14,14 @@
 //! - `POST /lookup {"node_id": "..."}`: iterative lookup; `{found, elapsed_ms, closest}`.
 //! - `POST /tasks {"paused": bool}`: pauses or resumes the task loop.
 //! - `GET|PUT /impairment {"loss_pct", "delay_ms", "jitter_ms"}`: userspace impairment on
-//!   the P2P socket (the lab's fallback where the kernel has no netem).
+//!   the P2P socket (the lab's fallback where the kernel has no netem). A change reaches the
+//!   core, which tells subscribers (`fault_observed`).
+//! - `GET /events`: the node events as Server-Sent Events (`event: <kind>`, JSON data with
+//!   `kind`, `at_unix_ms` and the event's fields): local_addresses_updated,
+//!   reachability_changed, nat_type_changed, peer_connected, peer_disconnected,
+//!   connection_upgraded, relay_circuit_opened, relay_circuit_closed, fault_observed. A
+//!   subscriber more than [`EVENT_BUFFER`](crate::events::EVENT_BUFFER) events behind loses
+//!   the oldest and gets `event: lagged` with `{"missed": n}`.
 //!
 //! Every handler talks to the driver through its bounded channel; the API holds no state of
 //! its own beyond a limit on concurrent connects.
@@ -33,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::driver::{Input, PeerStatus, Status};
+use crate::events::{self, Events};
 use crate::socket::{Impairment, SocketHandle};
 
 /// Concurrent `/connect` calls served; more wait.
@@ -45,15 +53,17 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
 pub struct ApiState {
     inputs: mpsc::Sender<Input>,
     socket: SocketHandle,
+    events: Events,
     connects: Arc<Semaphore>,
 }
 
 impl ApiState {
-    /// State over the driver's channel and the P2P socket.
-    pub fn new(inputs: mpsc::Sender<Input>, socket: SocketHandle) -> ApiState {
+    /// State over the driver's channel, the P2P socket and the event stream.
+    pub fn new(inputs: mpsc::Sender<Input>, socket: SocketHandle, events: Events) -> ApiState {
         ApiState {
             inputs,
             socket,
+            events,
             connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)),
         }
     }
@@ -70,6 +80,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/echo", post(echo))
         .route("/tasks", post(tasks))
         .route("/impairment", get(get_impairment).put(put_impairment))
+        .route("/events", get(stream_events))
         .with_state(state)
 }
 
@@ -379,6 +390,10 @@ async fn tasks(State(state): State<ApiState>, Json(body): Json<TasksBody>) -> Re
     Json(serde_json::json!({ "paused": body.paused })).into_response()
 }
 
+async fn stream_events(State(state): State<ApiState>) -> Response {
+    events::sse(state.events.subscribe()).into_response()
+}
+
 async fn get_impairment(State(state): State<ApiState>) -> Json<Impairment> {
     Json(state.socket.impairment())
 }
@@ -389,7 +404,16 @@ async fn put_impairment(
 ) -> Result<Response, Response> {
     let body = json_body(body)?;
     match state.socket.set_impairment(body) {
-        Ok(()) => Ok(Json(body).into_response()),
+        Ok(()) => {
+            // Loss is validated to 0..=100 %, so the product fits in a u32.
+            let seen = chaosnet_proto::LinkImpairment {
+                loss_ppm: (body.loss_pct * 10_000.0).round() as u32,
+                delay_ms: body.delay_ms,
+                jitter_ms: body.jitter_ms,
+            };
+            let _ = state.inputs.send(Input::Impairment(seen)).await;
+            Ok(Json(body).into_response())
+        }
         Err(e) => Err(error(
             StatusCode::BAD_REQUEST,
             "bad_impairment",

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{self, ApiState};
 use crate::driver::{Clock, Driver, INPUT_CAPACITY};
+use crate::events::Events;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::socket::{self, ChaosSocket};
@@ -347,7 +348,12 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
     node_cfg.max_connections = args.max_connections;
     let node = Node::new(node_cfg, report.contacts);
 
-    let app = api::router(ApiState::new(tx.clone(), socket_handle.clone()));
+    let events = Events::default();
+    let app = api::router(ApiState::new(
+        tx.clone(),
+        socket_handle.clone(),
+        events.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api_task = match api_addr {
         ApiAddr::Tcp(addr) => {
@@ -389,6 +395,7 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
         transport,
         store,
         metrics,
+        events,
         socket_handle,
         network.to_string(),
         tx,

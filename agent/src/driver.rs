@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::field::Empty;
 
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::socket::{SocketHandle, SocketStats};
 use crate::store::GraphStore;
@@ -102,6 +103,15 @@ pub enum Input {
     Peers(oneshot::Sender<Vec<PeerStatus>>),
     /// The metrics text, with state gauges refreshed.
     Metrics(oneshot::Sender<String>),
+    /// A dial-back probe arrived on the P2P socket.
+    DialBackProbe {
+        /// Its token.
+        token: u64,
+        /// Where it came from.
+        from: SocketAddr,
+    },
+    /// The link impairment was changed through the control API.
+    Impairment(chaosnet_proto::LinkImpairment),
 }
 
 /// One connection in [`Status`].
@@ -128,9 +138,12 @@ pub struct Status {
     pub listen_addrs: Vec<String>,
     /// Addresses peers see us at.
     pub observed_addrs: Vec<String>,
-    /// Self-classified NAT type.
+    /// Self-classified NAT type: none, cone (filtering not measured yet), full-cone,
+    /// restricted-cone, port-restricted-cone, symmetric or unknown.
     pub nat_type: &'static str,
-    /// Whether peers can reach this node unaided (it has no NAT).
+    /// The filtering a dial-back test measured (eif, adf, apdf), if any.
+    pub filtering: Option<&'static str>,
+    /// Whether peers can reach this node unaided (no NAT, or a full cone).
     pub reachable: bool,
     /// Relay circuits open through this node.
     pub relay_circuits: u32,
@@ -226,6 +239,7 @@ pub struct Driver {
     transport: Transport,
     store: GraphStore,
     metrics: Arc<Metrics>,
+    events: Events,
     socket: SocketHandle,
     network: String,
     inputs_tx: mpsc::Sender<Input>,
@@ -253,6 +267,7 @@ impl Driver {
         transport: Transport,
         store: GraphStore,
         metrics: Arc<Metrics>,
+        events: Events,
         socket: SocketHandle,
         network: String,
         inputs_tx: mpsc::Sender<Input>,
@@ -264,6 +279,7 @@ impl Driver {
             transport,
             store,
             metrics,
+            events,
             socket,
             network,
             inputs_tx,
@@ -350,6 +366,10 @@ impl Driver {
                 self.metrics.observe_state(&self.node, self.socket.stats());
                 let _ = tx.send(self.metrics.encode());
             }
+            Input::DialBackProbe { token, from } => {
+                self.node.handle_dialback_probe(now, token, from)
+            }
+            Input::Impairment(i) => self.node.handle_impairment(now, i),
         }
     }
 
@@ -405,6 +425,11 @@ impl Driver {
                     self.transport.punch(peer, plan, self.span_of(parent))
                 }
                 Output::Disconnect { peer } => self.transport.disconnect(&peer),
+                Output::DialBack {
+                    to,
+                    token,
+                    other_port,
+                } => self.transport.dial_back(to, token, other_port),
                 Output::Persist(change) => changes.push(change),
                 Output::Event(event) => {
                     self.metrics.record(&event);
@@ -442,6 +467,7 @@ impl Driver {
                                 }
                             }
                         }
+                        Event::Node(e) => self.events.publish(self.clock.now().as_millis(), &e),
                         Event::Joined => {
                             tracing::info!(target: "chaosnet::_events::joined", contacts = self.node.graph().len(), "joined")
                         }
@@ -513,6 +539,7 @@ impl Driver {
                 .map(|a| a.to_string())
                 .collect(),
             nat_type: self.node.nat_type().as_str(),
+            filtering: self.node.measured_filtering().map(|f| f.as_str()),
             reachable: self.node.reachable(),
             relay_circuits: self.node.relay_circuits(),
             joined: self.node.joined(),

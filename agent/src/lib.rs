@@ -7,7 +7,8 @@
 //! - [`store`]: the node graph persisted in RocksDB.
 //! - [`transport`]: dialing, accepting, hellos, request streams; [`punch`]: hole punching
 //!   and birthday probing on the QUIC socket; [`relay`]: relay circuits.
-//! - [`driver`]: the task that owns the core; [`api`]: the control API; [`metrics`].
+//! - [`driver`]: the task that owns the core; [`api`]: the control API; [`metrics`];
+//!   [`events`]: the node events stream (`GET /events`).
 //!
 //! The shell owns no protocol decisions: it feeds inputs to the core and carries out its
 //! outputs. Everything here touches the world; nothing in `chaosnet_proto` does.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod cli;
 pub mod driver;
+pub mod events;
 pub mod identity;
 pub mod metrics;
 pub mod punch;

@@ -10,7 +10,7 @@
 //! It does not serve HTTP; the `api` module does.
 
 use chaosnet_proto::RoutingTable;
-use chaosnet_proto::{ConnMode, Event, Failure, NatType, Node, TaskOutcome};
+use chaosnet_proto::{ConnMode, Event, Failure, Filtering, NatType, Node, NodeEvent, TaskOutcome};
 use chaosnet_proto::{RelayEvent, SignalOutcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -145,6 +145,9 @@ pub struct Metrics {
     relay_circuits_open: Gauge,
     relay_bytes: Counter,
     upgrades: Family<ModeLabels, Counter>,
+    node_events: Family<KindLabels, Counter>,
+    dialback_results: Family<KindLabels, Counter>,
+    dialback_served: Counter,
     last_socket: std::sync::Mutex<SocketStats>,
 }
 
@@ -375,17 +378,42 @@ impl Metrics {
             "Relayed connections replaced by a better one, by the new mode",
             upgrades.clone(),
         );
+        let node_events = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "node_events",
+            "Node events emitted (the control API's event stream), by kind",
+            node_events.clone(),
+        );
+        let dialback_results = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "dialback_results",
+            "Dial-back tests of this node's NAT filtering that concluded, by the filtering found (eif, adf, apdf)",
+            dialback_results.clone(),
+        );
+        let dialback_served = Counter::default();
+        registry.register(
+            "dialback_served",
+            "Dial-back requests of other nodes this node served or helped with",
+            dialback_served.clone(),
+        );
+        for kind in NodeEvent::KINDS {
+            let _ = node_events.get_or_create(&KindLabels { kind: kind.into() });
+        }
+        for f in [
+            Filtering::EndpointIndependent,
+            Filtering::AddressDependent,
+            Filtering::AddressPortDependent,
+        ] {
+            let _ = dialback_results.get_or_create(&KindLabels {
+                kind: f.as_str().into(),
+            });
+        }
         // Declare every known label value up front, so a fresh agent exports each family (at
         // zero) and dashboards and alerts see series before the first event.
         for mode in [ConnMode::Direct, ConnMode::Punched, ConnMode::Relayed] {
             for outcome in ["ok", "timeout", "unreachable"] {
                 // The types the core classifies itself as, so the ones peers advertise.
-                for peer_nat in [
-                    NatType::Unknown,
-                    NatType::Public,
-                    NatType::Cone,
-                    NatType::Symmetric,
-                ] {
+                for peer_nat in NatType::ALL {
                     let _ = connect_attempts.get_or_create(&AttemptLabels {
                         path: mode.as_str().into(),
                         outcome: outcome.into(),
@@ -505,6 +533,9 @@ impl Metrics {
             relay_circuits_open,
             relay_bytes,
             upgrades,
+            node_events,
+            dialback_results,
+            dialback_served,
             last_socket: std::sync::Mutex::new(SocketStats::default()),
         }
     }
@@ -618,6 +649,23 @@ impl Metrics {
             }
             // Counted by the transport when it starts the punch (both sides), not here.
             Event::PunchStarted { .. } => {}
+            Event::DialBack { filtering } => {
+                self.dialback_results
+                    .get_or_create(&KindLabels {
+                        kind: filtering.as_str().into(),
+                    })
+                    .inc();
+            }
+            Event::DialBackServed => {
+                self.dialback_served.inc();
+            }
+            Event::Node(e) => {
+                self.node_events
+                    .get_or_create(&KindLabels {
+                        kind: e.kind().into(),
+                    })
+                    .inc();
+            }
         }
     }
 

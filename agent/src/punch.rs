@@ -35,6 +35,12 @@ use crate::socket::{PROBE_MAGIC, Route, SocketHandle};
 const KIND_PUNCH: u8 = 1;
 const KIND_SPRAY: u8 = 2;
 const KIND_ACK: u8 = 3;
+/// A dial-back probe (the core's reachability test), reported to the driver, never to a
+/// punch session.
+const KIND_DIALBACK: u8 = 4;
+/// Dial-back probes sent per order, and the gap between them (against loss).
+const DIALBACK_PROBES: usize = 3;
+const DIALBACK_GAP: Duration = Duration::from_millis(100);
 /// First interval between punch probes; doubles up to [`PROBE_INTERVAL_MAX`].
 const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(50);
 const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(1_000);
@@ -105,8 +111,10 @@ pub struct Puncher {
 }
 
 impl Puncher {
-    /// A puncher over `socket`; takes over its probe subscription. Call inside tokio.
-    pub fn new(socket: SocketHandle) -> Puncher {
+    /// A puncher over `socket`; takes over its probe subscription. Dial-back probes
+    /// received go to `dialbacks` as `(source, token)` (dropped when it is full). Call
+    /// inside tokio.
+    pub fn new(socket: SocketHandle, dialbacks: mpsc::Sender<(SocketAddr, u64)>) -> Puncher {
         let sessions: Arc<Mutex<HashMap<u64, mpsc::Sender<Heard>>>> = Arc::default();
         let mut probes = socket.subscribe_probes();
         let map = sessions.clone();
@@ -115,6 +123,10 @@ impl Puncher {
                 let Some((kind, token)) = parse(&payload) else {
                     continue;
                 };
+                if kind == KIND_DIALBACK {
+                    let _ = dialbacks.try_send((from, token));
+                    continue;
+                }
                 let tx = lock(&map).get(&token).cloned();
                 if let Some(tx) = tx {
                     let _ = tx.try_send(Heard { from, kind });
@@ -126,6 +138,42 @@ impl Puncher {
             sessions,
             hard: Arc::new(Semaphore::new(MAX_HARD_SESSIONS)),
         }
+    }
+
+    /// Sends the probes of a dial-back order to `to`: from the QUIC socket, or with
+    /// `other_port` from a fresh socket on the same IP (a port `to` never heard from).
+    /// A fixed few small probes per order: the core bounds the orders.
+    pub fn dial_back(&self, to: SocketAddr, token: u64, other_port: bool) {
+        let socket = self.socket.clone();
+        tokio::spawn(async move {
+            let other = if other_port {
+                let ip = match socket.local_addr() {
+                    Ok(a) => a.ip(),
+                    Err(_) => return,
+                };
+                match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot open the dial-back socket");
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            for k in 0..DIALBACK_PROBES {
+                if k > 0 {
+                    tokio::time::sleep(DIALBACK_GAP).await;
+                }
+                let _ = match &other {
+                    Some(s) => s
+                        .send_to(&probe_datagram(KIND_DIALBACK, token), to)
+                        .await
+                        .map(|_| ()),
+                    None => socket.send_probe(to, &payload(KIND_DIALBACK, token)),
+                };
+            }
+        });
     }
 
     /// Runs our side of `plan` until its timeout or `stop`. Every address the peer is heard
@@ -375,5 +423,43 @@ mod tests {
         assert_eq!(parse(&p), Some((KIND_ACK, 0xdead_beef_0102_0304)));
         assert_eq!(parse(&p[..5]), None);
         assert_eq!(parse(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn dial_back_probes_reach_the_driver_from_either_port() {
+        // Receiving happens as quinn polls the socket, so each socket gets an endpoint.
+        let bind = || {
+            let (sock, h) =
+                crate::socket::ChaosSocket::bind("127.0.0.1:0".parse().expect("addr"), 1)
+                    .expect("bind");
+            (crate::socket::endpoint(sock, None).expect("endpoint"), h)
+        };
+        let (_a_ep, a) = bind();
+        let (_b_ep, b) = bind();
+        let (tx, mut heard) = mpsc::channel(8);
+        let _receiver = Puncher::new(b.clone(), tx);
+        let (unused, _) = mpsc::channel(1);
+        let sender = Puncher::new(a.clone(), unused);
+        let to = b.local_addr().expect("addr");
+        let a_addr = a.local_addr().expect("addr");
+        for (token, other_port) in [(7u64, false), (8, true)] {
+            sender.dial_back(to, token, other_port);
+            let (from, got) = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+                .await
+                .expect("a probe within 5 s")
+                .expect("channel open");
+            assert_eq!(got, token);
+            assert_eq!(from.ip(), a_addr.ip());
+            assert_eq!(
+                from.port() == a_addr.port(),
+                !other_port,
+                "{from} vs {a_addr}"
+            );
+            // The other probes of the order (a fixed few) follow; drain them.
+            for _ in 1..DIALBACK_PROBES {
+                let next = tokio::time::timeout(Duration::from_secs(5), heard.recv()).await;
+                assert!(matches!(next, Ok(Some((_, t))) if t == token));
+            }
+        }
     }
 }

@@ -127,7 +127,20 @@ impl Transport {
         socket: SocketHandle,
     ) -> Result<Transport, tls::TlsError> {
         let client = tls::client_config(identity, &network)?;
-        let puncher = Puncher::new(socket.clone());
+        let (dialback_tx, mut dialbacks) = mpsc::channel::<(SocketAddr, u64)>(64);
+        let puncher = Puncher::new(socket.clone(), dialback_tx);
+        let to_driver = inputs.clone();
+        tokio::spawn(async move {
+            while let Some((from, token)) = dialbacks.recv().await {
+                if to_driver
+                    .send(Input::DialBackProbe { token, from })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
         Ok(Transport {
             inner: Arc::new(Inner {
                 endpoint,
@@ -165,6 +178,11 @@ impl Transport {
     /// Number of open connections.
     pub fn connection_count(&self) -> usize {
         self.conns().len()
+    }
+
+    /// Sends the probes of a dial-back order (see [`Puncher::dial_back`]).
+    pub fn dial_back(&self, to: SocketAddr, token: u64, other_port: bool) {
+        self.inner.puncher.dial_back(to, token, other_port);
     }
 
     /// Closes the connection to `peer`, if any.
