@@ -16,6 +16,11 @@
 //! - `GET|PUT /impairment {"loss_pct", "delay_ms", "jitter_ms"}`: userspace impairment on
 //!   the P2P socket (the lab's fallback where the kernel has no netem). A change reaches the
 //!   core, which tells subscribers (`fault_observed`).
+//! - `POST /claim {"node_id": "..."}`: claims that node (connecting to it any way): both
+//!   sign a claim linking the two NodeIds and both keep it; answers the doubly signed claim.
+//! - `GET /claims`: the claims this node holds. `GET /claims/{node_id}`: that node's claims,
+//!   fetched over the network; only those whose two signatures verify are listed, the others
+//!   are refused and counted (`chaosnet_claims_total{outcome="forged"|"singly_signed"}`).
 //! - `GET /events`: the node events as Server-Sent Events (`event: <kind>`, JSON data with
 //!   `kind`, `at_unix_ms` and the event's fields): local_addresses_updated,
 //!   reachability_changed, nat_type_changed, peer_connected, peer_disconnected,
@@ -81,6 +86,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/tasks", post(tasks))
         .route("/impairment", get(get_impairment).put(put_impairment))
         .route("/events", get(stream_events))
+        .route("/claim", post(claim))
+        .route("/claims", get(local_claims))
+        .route("/claims/{node_id}", get(peer_claims))
         .with_state(state)
 }
 
@@ -388,6 +396,104 @@ async fn tasks(State(state): State<ApiState>, Json(body): Json<TasksBody>) -> Re
         );
     }
     Json(serde_json::json!({ "paused": body.paused })).into_response()
+}
+
+/// A claim as JSON: both node ids, when it was issued, both signatures (hex).
+fn claim_json(c: &chaosnet_proto::Claim) -> serde_json::Value {
+    serde_json::json!({
+        "a": c.a.to_hex(),
+        "b": c.b.to_hex(),
+        "issued_ms": c.issued_ms,
+        "sig_a": hex::encode(&c.sig_a),
+        "sig_b": hex::encode(&c.sig_b),
+    })
+}
+
+/// Body of `POST /claim`.
+#[derive(Debug, Deserialize)]
+struct ClaimBody {
+    node_id: String,
+}
+
+/// Runs a claim or fetch command, with the same deadline as a connect.
+async fn claim_command(state: &ApiState, command: Command) -> Result<Response, Response> {
+    let peer = match &command {
+        Command::Claim { peer } | Command::FetchClaims { peer } => *peer,
+        _ => {
+            return Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bug",
+                "not a claim command",
+            ));
+        }
+    };
+    let fetch = matches!(command, Command::FetchClaims { .. });
+    let r = match tokio::time::timeout(
+        CONNECT_DEADLINE,
+        ask(state, |reply| Input::Command { command, reply }),
+    )
+    .await
+    {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "no answer in 60 s",
+            ));
+        }
+    };
+    if r.outcome != TaskOutcome::Ok {
+        let status = match r.outcome {
+            TaskOutcome::NotFound => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        return Err(error(
+            status,
+            r.outcome.as_str(),
+            format!(
+                "cannot {} {}",
+                if fetch {
+                    "fetch the claims of"
+                } else {
+                    "claim"
+                },
+                peer.short()
+            ),
+        ));
+    }
+    let claims: Vec<serde_json::Value> = r.claims.iter().map(claim_json).collect();
+    Ok(if fetch {
+        Json(serde_json::json!({ "node_id": peer.to_hex(), "claims": claims })).into_response()
+    } else {
+        match claims.into_iter().next() {
+            Some(c) => Json(c).into_response(),
+            None => error(StatusCode::BAD_GATEWAY, "protocol", "no claim came back"),
+        }
+    })
+}
+
+async fn claim(
+    State(state): State<ApiState>,
+    body: Result<Json<ClaimBody>, JsonRejection>,
+) -> Result<Response, Response> {
+    let body = json_body(body)?;
+    let peer = node_id(&body.node_id)?;
+    claim_command(&state, Command::Claim { peer }).await
+}
+
+async fn local_claims(State(state): State<ApiState>) -> Result<Response, Response> {
+    let claims = ask(&state, Input::Claims).await?;
+    let list: Vec<serde_json::Value> = claims.iter().map(claim_json).collect();
+    Ok(Json(serde_json::json!({ "claims": list })).into_response())
+}
+
+async fn peer_claims(
+    State(state): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, Response> {
+    let peer = node_id(&id)?;
+    claim_command(&state, Command::FetchClaims { peer }).await
 }
 
 async fn stream_events(State(state): State<ApiState>) -> Response {

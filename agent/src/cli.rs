@@ -91,8 +91,8 @@ struct RunArgs {
     /// Seed of the core's random choices; random if not given (and logged).
     #[arg(long, value_name = "N")]
     rng_seed: Option<u64>,
-    /// Task weights as ping,lookup,connect,echo.
-    #[arg(long, default_value = "4,3,2,1", value_name = "P,L,C,E")]
+    /// Task weights as ping,lookup,connect,echo[,claim] (claim is 0 when left out).
+    #[arg(long, default_value = "4,3,2,1,1", value_name = "P,L,C,E[,CL]")]
     task_weights: String,
     /// Payload of the echo task in bytes.
     #[arg(long, default_value_t = 1024, value_name = "BYTES")]
@@ -211,15 +211,20 @@ fn parse_weights(s: &str) -> anyhow::Result<TaskWeights> {
         .split(',')
         .map(|p| p.trim().parse::<u32>())
         .collect::<Result<_, _>>()
-        .with_context(|| format!("--task-weights {s:?}: expected four whole numbers"))?;
-    let [ping, lookup, connect, echo] = parts[..] else {
-        bail!("--task-weights {s:?}: expected four numbers: ping,lookup,connect,echo");
+        .with_context(|| format!("--task-weights {s:?}: expected whole numbers"))?;
+    let (ping, lookup, connect, echo, claim) = match parts[..] {
+        [p, l, c, e] => (p, l, c, e, 0),
+        [p, l, c, e, cl] => (p, l, c, e, cl),
+        _ => bail!(
+            "--task-weights {s:?}: expected four or five numbers: ping,lookup,connect,echo[,claim]"
+        ),
     };
     Ok(TaskWeights {
         ping,
         lookup,
         connect,
         echo,
+        claim,
     })
 }
 
@@ -346,7 +351,9 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
     node_cfg.bucket_refresh_ms = args.bucket_refresh_ms;
     node_cfg.gc_interval_ms = args.gc_interval_ms;
     node_cfg.max_connections = args.max_connections;
-    let node = Node::new(node_cfg, report.contacts);
+    let claims = store.load_claims().map_err(|e| cfg(e.into()))?;
+    let mut node = Node::new(node_cfg, report.contacts);
+    node.restore_claims(claims);
 
     let events = Events::default();
     let app = api::router(ApiState::new(

@@ -112,6 +112,8 @@ pub enum Input {
     },
     /// The link impairment was changed through the control API.
     Impairment(chaosnet_proto::LinkImpairment),
+    /// The claims this node holds.
+    Claims(oneshot::Sender<Vec<chaosnet_proto::Claim>>),
 }
 
 /// One connection in [`Status`].
@@ -370,6 +372,9 @@ impl Driver {
                 self.node.handle_dialback_probe(now, token, from)
             }
             Input::Impairment(i) => self.node.handle_impairment(now, i),
+            Input::Claims(tx) => {
+                let _ = tx.send(self.node.claims().cloned().collect());
+            }
         }
     }
 
@@ -431,6 +436,12 @@ impl Driver {
                     other_port,
                 } => self.transport.dial_back(to, token, other_port),
                 Output::Persist(change) => changes.push(change),
+                Output::StoreClaim(claim) => {
+                    if let Err(e) = self.store.put_claim(&claim) {
+                        self.metrics.store_error();
+                        tracing::warn!(error = %e, "claim write failed");
+                    }
+                }
                 Output::Event(event) => {
                     self.metrics.record(&event);
                     match event {

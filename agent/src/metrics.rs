@@ -10,7 +10,9 @@
 //! It does not serve HTTP; the `api` module does.
 
 use chaosnet_proto::RoutingTable;
-use chaosnet_proto::{ConnMode, Event, Failure, Filtering, NatType, Node, NodeEvent, TaskOutcome};
+use chaosnet_proto::{
+    ClaimOutcome, ConnMode, Event, Failure, Filtering, NatType, Node, NodeEvent, TaskOutcome,
+};
 use chaosnet_proto::{RelayEvent, SignalOutcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -148,6 +150,7 @@ pub struct Metrics {
     node_events: Family<KindLabels, Counter>,
     dialback_results: Family<KindLabels, Counter>,
     dialback_served: Counter,
+    claims: Family<OutcomeLabels, Counter>,
     last_socket: std::sync::Mutex<SocketStats>,
 }
 
@@ -396,6 +399,17 @@ impl Metrics {
             "Dial-back requests of other nodes this node served or helped with",
             dialback_served.clone(),
         );
+        let claims = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "claims",
+            "Node claims stored, verified (fetched and checked) or refused (forged, singly_signed)",
+            claims.clone(),
+        );
+        for o in ClaimOutcome::ALL {
+            let _ = claims.get_or_create(&OutcomeLabels {
+                outcome: o.as_str().into(),
+            });
+        }
         for kind in NodeEvent::KINDS {
             let _ = node_events.get_or_create(&KindLabels { kind: kind.into() });
         }
@@ -536,6 +550,7 @@ impl Metrics {
             node_events,
             dialback_results,
             dialback_served,
+            claims,
             last_socket: std::sync::Mutex::new(SocketStats::default()),
         }
     }
@@ -653,6 +668,13 @@ impl Metrics {
                 self.dialback_results
                     .get_or_create(&KindLabels {
                         kind: filtering.as_str().into(),
+                    })
+                    .inc();
+            }
+            Event::Claim { outcome } => {
+                self.claims
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.as_str().into(),
                     })
                     .inc();
             }

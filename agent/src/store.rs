@@ -27,6 +27,7 @@
 //! | `contacts`     | node id (32 bytes)                             | format byte ‖ postcard(Contact) |
 //! | `by_last_seen` | bucket (u8) ‖ last_seen (u64 BE) ‖ node id (32) | empty                          |
 //! | `default`      | `me`, `format`                                 | our node id, format byte       |
+//! | `default`      | `claim/` ‖ other node id (32 bytes)            | format byte ‖ postcard(Claim)  |
 //!
 //! The bucket is relative to our own node id, so when the id changes (the key was regenerated) the
 //! index is rebuilt on [`GraphStore::open`]. Big-endian `last_seen` makes byte order equal time
@@ -50,7 +51,7 @@ use std::sync::Mutex;
 
 use chaosnet_proto::NodeId;
 use chaosnet_proto::Time;
-use chaosnet_proto::{Contact, GraphChange};
+use chaosnet_proto::{Claim, Contact, GraphChange};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
     DBRecoveryMode, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
@@ -63,6 +64,8 @@ const CF_CONTACTS: &str = "contacts";
 const CF_BY_LAST_SEEN: &str = "by_last_seen";
 /// Meta key (default column family): the node id the buckets of the index are relative to.
 const META_ME: &[u8] = b"me";
+/// Key prefix of the node claims in the default column family (then the other node's id).
+const CLAIM_PREFIX: &[u8] = b"claim/";
 /// Meta key (default column family): the layout format of the whole store.
 const META_FORMAT: &[u8] = b"format";
 
@@ -389,6 +392,45 @@ impl GraphStore {
     pub fn load(&self) -> Result<LoadReport, StoreError> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.reconcile(false)
+    }
+
+    /// Keeps a doubly signed claim, replacing the one with the same other node. A claim
+    /// that does not involve us is ignored.
+    pub fn put_claim(&self, claim: &Claim) -> Result<(), StoreError> {
+        let Some(other) = claim.other(&self.me) else {
+            return Ok(());
+        };
+        let mut key = CLAIM_PREFIX.to_vec();
+        key.extend_from_slice(&other.0);
+        let mut value = vec![STORE_FORMAT];
+        value.extend(
+            postcard::to_allocvec(claim)
+                .map_err(|e| StoreError::other(&self.path, e.to_string()))?,
+        );
+        let mut batch = WriteBatch::default();
+        batch.put(key, value);
+        self.write(batch)
+    }
+
+    /// Every stored claim that decodes (the core checks their signatures on restore).
+    pub fn load_claims(&self) -> Result<Vec<Claim>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(CLAIM_PREFIX) {
+            let (key, value) = item.map_err(|e| self.rerr(&e))?;
+            if !key.starts_with(CLAIM_PREFIX) {
+                break;
+            }
+            match value.split_first() {
+                Some((&STORE_FORMAT, body)) => match postcard::from_bytes::<Claim>(body) {
+                    Ok(c) => out.push(c),
+                    Err(e) => {
+                        warn!(store = %self.path.display(), error = %e, "skipping a corrupt claim")
+                    }
+                },
+                _ => warn!(store = %self.path.display(), "skipping a claim of an unknown format"),
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `n` contacts of `bucket` (relative to [`GraphStore::me`]), oldest `last_seen`

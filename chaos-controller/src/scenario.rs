@@ -290,6 +290,8 @@ pub struct TaskWeights {
     pub connect: u32,
     /// Echo a payload. Default 1.
     pub echo: u32,
+    /// Claim a known node (cross-signed node claims). Default 1.
+    pub claim: u32,
 }
 
 impl Default for TaskWeights {
@@ -299,16 +301,17 @@ impl Default for TaskWeights {
             lookup: 3,
             connect: 2,
             echo: 1,
+            claim: 1,
         }
     }
 }
 
 impl TaskWeights {
-    /// The `--task-weights` value: `ping,lookup,connect,echo`.
+    /// The `--task-weights` value: `ping,lookup,connect,echo,claim`.
     pub fn to_arg(&self) -> String {
         format!(
-            "{},{},{},{}",
-            self.ping, self.lookup, self.connect, self.echo
+            "{},{},{},{},{}",
+            self.ping, self.lookup, self.connect, self.echo, self.claim
         )
     }
 }

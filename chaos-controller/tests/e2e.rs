@@ -70,20 +70,45 @@ fn default_lab_comes_up_is_scraped_and_goes_away_cleanly() {
     for a in &agents {
         assert_eq!(a["joined"], true, "{a}");
     }
-    // Symmetric sites see themselves as symmetric, cone sites as cone, public hosts as none.
-    for a in &agents {
-        let nat = a["nat"].as_str().unwrap_or("");
-        let seen = a["nat_type"].as_str().unwrap_or("");
-        let want = match nat {
-            "none" => "none",
-            "symmetric" => "symmetric",
-            _ => "cone",
-        };
-        assert!(
-            seen == want || seen == "unknown",
-            "{}: site {nat}, agent sees itself as {seen}",
-            a["agent"]
-        );
+    // Every agent classifies itself as exactly its site's NAT type: the mapping from its
+    // observers, the filtering by dial-back (a carrier NAT in front of a home NAT filters like
+    // the stricter, port-restricted one). `status` shows it as SEEN AS.
+    let expected = |nat: &str| {
+        if nat.starts_with("cgnat") {
+            "port-restricted-cone".to_string()
+        } else {
+            nat.to_string()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let o = run(&runs, &["status", "--json"]);
+        let st: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        let wrong: Vec<String> = st["agents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a["nat_type"].as_str() != Some(&expected(a["nat"].as_str().unwrap_or(""))))
+            .map(|a| {
+                format!(
+                    "{} (site {}) sees itself as {}",
+                    a["agent"], a["nat"], a["nat_type"]
+                )
+            })
+            .collect();
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after 90 s: {wrong:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let o = run(&runs, &["status"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    for line in table.lines().skip(1).filter(|l| l.contains("-0 ")) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (nat, seen) = (cols[2], cols[cols.len() - 1]);
+        assert_eq!(seen, expected(nat), "SEEN AS column: {line}");
     }
     assert!(!namespaces_of(&run_id).is_empty());
 

@@ -432,7 +432,7 @@ fn agent_args_follow_the_agent_cli() {
         assert_eq!(value("--data-dir"), [format!("agents/{}/data", a.name)]);
         assert_eq!(value("--api"), [format!("unix:agents/{}/api.sock", a.name)]);
         assert_eq!(value("--task-rate"), ["1"]);
-        assert_eq!(value("--task-weights"), ["4,3,2,1"]);
+        assert_eq!(value("--task-weights"), ["4,3,2,1,1"]);
         assert_eq!(value("--bucket-refresh-ms"), ["60000"]);
         assert_eq!(value("--gc-interval-ms"), ["10000"]);
         assert_eq!(

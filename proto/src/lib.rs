@@ -14,6 +14,7 @@
 //!
 //! The modules are private; everything a shell needs is re-exported here.
 
+mod claim;
 mod graph;
 mod id;
 mod node;
@@ -22,12 +23,14 @@ mod signal;
 mod time;
 mod wire;
 
+pub use claim::{Claim, ClaimRefusal};
 pub use graph::{BUCKETS, Contact, GraphChange, Observed, RoutingTable};
 pub use id::{NodeId, ParseNodeIdError};
 pub use node::{
-    Activity, ActivityKind, Attempt, Command, CommandId, CommandResult, ConnInfo, Connected, Event,
-    Failure, InboundId, LinkImpairment, Node, NodeConfig, NodeEvent, Output, Path, PunchPlan,
-    RelayEvent, RelayLimits, RequestId, SignalOutcome, TaskKind, TaskOutcome, TaskWeights,
+    Activity, ActivityKind, Attempt, ClaimOutcome, Command, CommandId, CommandResult, ConnInfo,
+    Connected, Event, Failure, InboundId, LinkImpairment, Node, NodeConfig, NodeEvent, Output,
+    Path, PunchPlan, RelayEvent, RelayLimits, RequestId, SignalOutcome, TaskKind, TaskOutcome,
+    TaskWeights,
 };
 pub use reach::{ConnMode, Filtering, NatType};
 pub use signal::{
@@ -36,7 +39,8 @@ pub use signal::{
 };
 pub use time::Time;
 pub use wire::{
-    DecodeError, EncodeError, ErrorCode, HEADER_LEN, Hello, MAX_ADDRS_PER_PEER, MAX_DIALBACK_AVOID,
-    MAX_ECHO_LEN, MAX_FRAME_LEN, MAX_NODES_PER_RESPONSE, OLDEST_READABLE_VERSION, PROTOCOL_VERSION,
-    PeerInfo, Request, Response, TraceContext, Validate, decode, decode_body, encode, frame_len,
+    DecodeError, EncodeError, ErrorCode, HEADER_LEN, Hello, MAX_ADDRS_PER_PEER,
+    MAX_CLAIMS_PER_RESPONSE, MAX_DIALBACK_AVOID, MAX_ECHO_LEN, MAX_FRAME_LEN,
+    MAX_NODES_PER_RESPONSE, OLDEST_READABLE_VERSION, PROTOCOL_VERSION, PeerInfo, Request, Response,
+    TraceContext, Validate, decode, decode_body, encode, frame_len,
 };

@@ -44,7 +44,7 @@ impl SecretKey {
         NodeId(SigningKey::from_bytes(&self.0).verifying_key().to_bytes())
     }
 
-    fn sign(&self, msg: &[u8]) -> Vec<u8> {
+    pub(crate) fn sign(&self, msg: &[u8]) -> Vec<u8> {
         SigningKey::from_bytes(&self.0)
             .sign(msg)
             .to_bytes()

@@ -14,18 +14,22 @@ use std::net::{IpAddr, SocketAddr};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::claim::Claim;
 use crate::id::NodeId;
 use crate::reach::{ConnMode, NatType};
 use crate::signal::{Countersign, MAX_SIGNAL_HOPS, SIGNATURE_LEN, Signal};
 
 /// The protocol version this build speaks (and writes).
 /// Version 2 added the optional trace context to `Signal` and `RelayOpen`; version 3 added
-/// the dial-back requests (`DialBack`, `DialBackVia`, `DialBackSent`).
+/// the dial-back requests (`DialBack`, `DialBackVia`, `DialBackSent`) and node claims
+/// (`Claim`, `GetClaims`, `Claimed`, `Claims`).
 pub const PROTOCOL_VERSION: u8 = 3;
 /// The oldest version this build still reads. Version 3 only appended enum variants, which
 /// postcard numbers in order, so every version-2 frame decodes unchanged; a version-2 peer
 /// refuses our version-3 frames, and then only that stream fails.
 pub const OLDEST_READABLE_VERSION: u8 = 2;
+/// Most claims one `Claims` answer carries.
+pub const MAX_CLAIMS_PER_RESPONSE: usize = 32;
 /// Most IPs a `DialBack` may ask the responder to avoid as helper.
 pub const MAX_DIALBACK_AVOID: usize = 32;
 /// Largest frame accepted, version byte and body included (64 KiB).
@@ -124,6 +128,14 @@ pub enum Request {
         /// Where the requester was observed.
         to: SocketAddr,
     },
+    /// A claim offer: `claim.a` (the requester) signed it; countersign and keep it.
+    /// Answered with [`Response::Claimed`].
+    Claim {
+        /// The singly signed offer.
+        claim: Claim,
+    },
+    /// The claims the responder holds. Answered with [`Response::Claims`].
+    GetClaims,
 }
 
 /// A peer as described on the wire.
@@ -222,6 +234,16 @@ pub enum Response {
     },
     /// Answer to [`Request::DialBack`] and [`Request::DialBackVia`]: the probes were sent.
     DialBackSent,
+    /// Answer to [`Request::Claim`]: the claim, countersigned.
+    Claimed {
+        /// Doubly signed.
+        claim: Claim,
+    },
+    /// Answer to [`Request::GetClaims`]: at most [`MAX_CLAIMS_PER_RESPONSE`], newest first.
+    Claims {
+        /// Each one doubly signed (the requester checks).
+        claims: Vec<Claim>,
+    },
 }
 
 /// Connection-level hello, sent once by each side on its first unidirectional stream.
@@ -295,6 +317,8 @@ impl Request {
             Request::RelayIncoming { .. } => "relay_incoming",
             Request::DialBack { .. } => "dial_back",
             Request::DialBackVia { .. } => "dial_back_via",
+            Request::Claim { .. } => "claim",
+            Request::GetClaims => "get_claims",
         }
     }
 }
@@ -323,6 +347,9 @@ impl Validate for Request {
             Request::DialBack { avoid, .. } if avoid.len() > MAX_DIALBACK_AVOID => {
                 Err(format!("dial-back avoiding {} IPs", avoid.len()))
             }
+            Request::Claim { claim } if !claim.well_formed() => {
+                Err("claim signature of the wrong length".into())
+            }
             _ => Ok(()),
         }
     }
@@ -346,6 +373,15 @@ impl Validate for Response {
             }
             Response::Echo { payload } if payload.len() > MAX_ECHO_LEN => {
                 Err(format!("echo payload of {} bytes", payload.len()))
+            }
+            Response::Claims { claims } if claims.len() > MAX_CLAIMS_PER_RESPONSE => {
+                Err(format!("{} claims in one response", claims.len()))
+            }
+            Response::Claimed { claim } if !claim.well_formed() => {
+                Err("claim signature of the wrong length".into())
+            }
+            Response::Claims { claims } if claims.iter().any(|c| !c.well_formed()) => {
+                Err("claim signature of the wrong length".into())
             }
             _ => Ok(()),
         }
@@ -534,6 +570,13 @@ mod tests {
                     avoid: avoid.into_iter().map(|a| a.ip()).collect(),
                 }),
             (any::<u64>(), arb_addr()).prop_map(|(token, to)| Request::DialBackVia { token, to }),
+            (any::<[u8; 32]>(), arb_node_id(), any::<u64>()).prop_map(|(seed, b, t)| {
+                let key = crate::signal::SecretKey::from_bytes(seed);
+                Request::Claim {
+                    claim: Claim::offer(&key, b, t),
+                }
+            }),
+            Just(Request::GetClaims),
         ]
     }
 
@@ -577,6 +620,27 @@ mod tests {
             ]
             .prop_map(|code| Response::Error { code }),
             Just(Response::DialBackSent),
+            (
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>(),
+                any::<u64>(),
+                0usize..=3
+            )
+                .prop_map(|(sa, sb, t, n)| {
+                    let (ka, kb) = (
+                        crate::signal::SecretKey::from_bytes(sa),
+                        crate::signal::SecretKey::from_bytes(sb),
+                    );
+                    let mut claim = Claim::offer(&ka, kb.node_id(), t);
+                    claim.countersign(&kb);
+                    if n == 0 {
+                        Response::Claimed { claim }
+                    } else {
+                        Response::Claims {
+                            claims: vec![claim; n],
+                        }
+                    }
+                }),
         ]
     }
 

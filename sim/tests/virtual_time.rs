@@ -138,6 +138,7 @@ fn the_task_loop_runs_weighted_tasks_and_records_every_outcome() {
         lookup: 1,
         connect: 0,
         echo: 1,
+        claim: 1,
     };
     let nodes: Vec<usize> = (0..10)
         .map(|_| {
@@ -170,7 +171,19 @@ fn the_task_loop_runs_weighted_tasks_and_records_every_outcome() {
         seen.contains(&TaskKind::Ping)
             && seen.contains(&TaskKind::Lookup)
             && seen.contains(&TaskKind::Echo)
+            && seen.contains(&TaskKind::Claim)
     );
+    // Claim tasks leave doubly signed claims on both sides of each exchange.
+    for &n in &nodes {
+        let me = w.node(n).node.id();
+        let claims: Vec<_> = w.node(n).node.claims().cloned().collect();
+        assert!(!claims.is_empty(), "node {n} holds no claim");
+        assert!(
+            claims
+                .iter()
+                .all(|c| c.check().is_ok() && c.other(&me).is_some())
+        );
+    }
     assert!(
         !seen.contains(&TaskKind::Connect),
         "a zero weight disables the task"

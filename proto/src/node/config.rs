@@ -16,6 +16,8 @@ pub struct TaskWeights {
     pub connect: u32,
     /// Echo `echo_bytes` bytes off a random known node. Default 1.
     pub echo: u32,
+    /// Claim a random known node (cross-signed claims). Default 1.
+    pub claim: u32,
 }
 
 impl Default for TaskWeights {
@@ -25,6 +27,7 @@ impl Default for TaskWeights {
             lookup: 3,
             connect: 2,
             echo: 1,
+            claim: 1,
         }
     }
 }

@@ -232,6 +232,13 @@ impl Node {
             let at = now + Duration::from_millis(self.cfg.upgrade_after_ms);
             self.set_timer(at, Timer::Upgrade(cs.peer));
         }
+        // A claim or a fetch connected first; now it sends its request.
+        if let Some(o) = self.ops.get(&op)
+            && let (Some(then), Some(peer)) = (o.then, o.peer)
+        {
+            self.claim_connected(now, op, peer, then);
+            return;
+        }
         self.finish_op(now, op, TaskOutcome::Ok, Some(c.mode), Vec::new());
     }
 

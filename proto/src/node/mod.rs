@@ -29,6 +29,7 @@ use crate::wire::{
 };
 
 mod bootstrap;
+mod claims;
 mod config;
 mod connect;
 mod dialback;
@@ -47,9 +48,9 @@ use connect::{ConnectState, Stage};
 use lookup::{Lookup, LookupPurpose};
 use signalling::Forward;
 pub use types::{
-    Activity, ActivityKind, Attempt, Command, CommandId, CommandResult, ConnInfo, Connected, Event,
-    Failure, InboundId, LinkImpairment, NodeEvent, Output, Path, PunchPlan, RelayEvent, RequestId,
-    SignalOutcome, TaskKind, TaskOutcome,
+    Activity, ActivityKind, Attempt, ClaimOutcome, Command, CommandId, CommandResult, ConnInfo,
+    Connected, Event, Failure, InboundId, LinkImpairment, NodeEvent, Output, Path, PunchPlan,
+    RelayEvent, RequestId, SignalOutcome, TaskKind, TaskOutcome,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -80,6 +81,10 @@ struct Op {
     started: Time,
     echo: Option<Vec<u8>>,
     conn: Option<ConnectState>,
+    /// For claims and fetches: what to do once connected, to whom, and what came back.
+    then: Option<claims::Then>,
+    peer: Option<NodeId>,
+    claims: Vec<crate::claim::Claim>,
 }
 
 type OpId = u64;
@@ -168,6 +173,7 @@ pub struct Node {
     dialback_limiter: RateLimiter,
     dialback_global: RateLimiter,
     impairment: LinkImpairment,
+    claims: claims::Claims,
 }
 
 impl Node {
@@ -215,6 +221,7 @@ impl Node {
             dialback_limiter: RateLimiter::new(db_burst, db_per_s, RATE_LIMIT_SOURCES),
             dialback_global: RateLimiter::new(dialback::GLOBAL_BURST, dialback::GLOBAL_PER_S, 1),
             impairment: LinkImpairment::default(),
+            claims: claims::Claims::new(),
         }
     }
 
@@ -501,6 +508,8 @@ impl Node {
                 None => return, // a helper was asked; answered when it answers
             },
             Request::DialBackVia { token, to } => self.on_dialback_via(now, from, token, to),
+            Request::Claim { claim } => self.on_claim(now, from, claim),
+            Request::GetClaims => self.on_get_claims(),
             // A circuit reaches us only from a relay we are directly connected to: no circuits
             // over circuits. (Our own relay settings limit what we carry for others, not
             // what reaches us.)
@@ -641,6 +650,10 @@ impl Node {
             Command::Lookup { target } => self.start_lookup(now, target, LookupPurpose::Op(op)),
             Command::Ping { peer } => self.start_ping(now, op, peer),
             Command::Echo { peer, len } => self.start_echo(now, op, peer, len),
+            Command::Claim { peer } => self.start_claim(now, op, peer, claims::Then::Claim),
+            Command::FetchClaims { peer } => {
+                self.start_claim(now, op, peer, claims::Then::FetchClaims)
+            }
         }
         id
     }
@@ -715,6 +728,9 @@ impl Node {
                 started: now,
                 echo: None,
                 conn: None,
+                then: None,
+                peer: None,
+                claims: Vec::new(),
             },
         );
         id

@@ -54,6 +54,10 @@ impl Node {
     }
 
     pub(super) fn op_answer(&mut self, now: Time, op: OpId, result: Result<Response, Failure>) {
+        if let Some(then) = self.ops.get(&op).and_then(|o| o.then) {
+            self.claim_answer(now, op, then, result);
+            return;
+        }
         let expected = self.ops.get(&op).and_then(|o| o.echo.clone());
         let outcome = match (result, expected) {
             (Ok(Response::Pong { .. }), None) => TaskOutcome::Ok,
@@ -87,6 +91,7 @@ impl Node {
             Some(c) => (c.attempts, c.relay, c.birthday_probes),
             None => (Vec::new(), None, None),
         };
+        let claims = o.claims;
         match o.origin {
             Origin::Upgrade => {
                 if let (TaskOutcome::Ok, Some(to)) = (outcome, mode)
@@ -110,6 +115,7 @@ impl Node {
                     attempts,
                     relay,
                     birthday_probes,
+                    claims,
                 },
             }),
         }
@@ -132,8 +138,11 @@ impl Node {
             return;
         }
         let w = self.cfg.task_weights;
-        let total =
-            u64::from(w.ping) + u64::from(w.lookup) + u64::from(w.connect) + u64::from(w.echo);
+        let total = u64::from(w.ping)
+            + u64::from(w.lookup)
+            + u64::from(w.connect)
+            + u64::from(w.echo)
+            + u64::from(w.claim);
         if total == 0 {
             return;
         }
@@ -144,6 +153,7 @@ impl Node {
             (TaskKind::Lookup, w.lookup),
             (TaskKind::Connect, w.connect),
             (TaskKind::Echo, w.echo),
+            (TaskKind::Claim, w.claim),
         ] {
             if pick < u64::from(weight) {
                 kind = k;
@@ -176,6 +186,7 @@ impl Node {
             TaskKind::Ping => self.start_ping(now, op, peer),
             TaskKind::Connect => self.start_connect(now, op, peer, false),
             TaskKind::Echo => self.start_echo(now, op, peer, self.cfg.echo_bytes),
+            TaskKind::Claim => self.start_claim(now, op, peer, super::claims::Then::Claim),
             TaskKind::Lookup => {}
         }
     }

@@ -13,7 +13,7 @@ use crate::id::NodeId;
 use crate::reach::{ConnMode, NatType};
 use crate::signal::SecretKey;
 use crate::time::Time;
-use crate::wire::{MAX_NODES_PER_RESPONSE, Request, Response};
+use crate::wire::{ErrorCode, MAX_NODES_PER_RESPONSE, Request, Response};
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], port))
@@ -348,4 +348,104 @@ fn addresses_nat_type_and_reachability_changes_are_told() {
         ],
         "the listen address was already the local address: no address event"
     );
+}
+
+#[test]
+fn claims_are_cross_signed_and_bad_ones_refused_and_counted() {
+    use crate::claim::Claim;
+    let (ka, kb, kc) = (
+        SecretKey::from_bytes([1; 32]),
+        SecretKey::from_bytes([2; 32]),
+        SecretKey::from_bytes([3; 32]),
+    );
+    let mut cfg = NodeConfig::new(kb.clone());
+    cfg.task_rate_per_s = 0.0;
+    let mut b = Node::new(cfg, Vec::new());
+    let now = Time::from_millis(100_000);
+    let (a, c) = (ka.node_id(), kc.node_id());
+    b.handle_connection_up(now, a, addr(1), ConnMode::Direct);
+    let refused = |n: &mut Node| {
+        drain(n)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Event(Event::Claim { outcome }) => Some(outcome),
+                Output::Respond { response, .. } => {
+                    assert!(matches!(
+                        response,
+                        Response::Error {
+                            code: ErrorCode::Forbidden
+                        }
+                    ));
+                    None
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // An offer that claims to come from c, delivered by a: forged.
+    let forged = Claim::offer(&kc, b.id(), now.as_millis());
+    b.handle_request(now, a, InboundId(1), Request::Claim { claim: forged });
+    assert_eq!(refused(&mut b), vec![ClaimOutcome::Forged]);
+    // An offer already "countersigned" by someone else: forged too.
+    let mut twice = Claim::offer(&ka, b.id(), now.as_millis());
+    twice.countersign(&kc);
+    b.handle_request(now, a, InboundId(2), Request::Claim { claim: twice });
+    assert_eq!(refused(&mut b), vec![ClaimOutcome::Forged]);
+    assert_eq!(b.claims().count(), 0);
+    // A good offer is countersigned, answered and stored.
+    let offer = Claim::offer(&ka, b.id(), now.as_millis());
+    b.handle_request(now, a, InboundId(3), Request::Claim { claim: offer });
+    let outs = drain(&mut b);
+    let answered = outs.iter().find_map(|o| match o {
+        Output::Respond {
+            response: Response::Claimed { claim },
+            ..
+        } => Some(claim.clone()),
+        _ => None,
+    });
+    let claim = answered.expect("a countersigned claim");
+    assert_eq!(claim.check(), Ok(()));
+    assert!(outs.contains(&Output::StoreClaim(claim.clone())));
+    assert_eq!(b.claims().cloned().collect::<Vec<_>>(), vec![claim.clone()]);
+
+    // Fetching a's claims: the good one is kept, a singly signed and a forged one refused.
+    let single = Claim::offer(&ka, c, now.as_millis());
+    let mut foreign = Claim::offer(&kc, kb.node_id(), now.as_millis());
+    foreign.countersign(&kb);
+    foreign.issued_ms += 1;
+    let cmd = b.command(now, Command::FetchClaims { peer: a });
+    let id = drain(&mut b)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Request {
+                id,
+                request: Request::GetClaims,
+                ..
+            } => Some(id),
+            _ => None,
+        })
+        .expect("a GetClaims request on the live connection");
+    let claims = vec![claim.clone(), single, foreign];
+    b.handle_response(now, id, Ok(Response::Claims { claims }));
+    let outs = drain(&mut b);
+    let outcomes: Vec<ClaimOutcome> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::Claim { outcome }) => Some(*outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ClaimOutcome::Verified,
+            ClaimOutcome::SinglySigned,
+            ClaimOutcome::Forged
+        ]
+    );
+    let result = outs.iter().find_map(|o| match o {
+        Output::Event(Event::CommandFinished { id, result }) if *id == cmd => Some(result.clone()),
+        _ => None,
+    });
+    assert_eq!(result.map(|r| r.claims), Some(vec![claim]));
 }

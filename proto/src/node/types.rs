@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::claim::Claim;
 use crate::graph::GraphChange;
 use crate::id::NodeId;
 use crate::reach::{ConnMode, Filtering, NatType};
@@ -151,15 +152,18 @@ pub enum TaskKind {
     Connect,
     /// Echo bytes off a random known node.
     Echo,
+    /// Claim a random known node (the cross-signing exchange).
+    Claim,
 }
 
 impl TaskKind {
     /// Every kind, for label enumeration.
-    pub const ALL: [TaskKind; 4] = [
+    pub const ALL: [TaskKind; 5] = [
         TaskKind::Ping,
         TaskKind::Lookup,
         TaskKind::Connect,
         TaskKind::Echo,
+        TaskKind::Claim,
     ];
 
     /// Bounded label for metrics.
@@ -169,6 +173,7 @@ impl TaskKind {
             TaskKind::Lookup => "lookup",
             TaskKind::Connect => "connect",
             TaskKind::Echo => "echo",
+            TaskKind::Claim => "claim",
         }
     }
 }
@@ -237,6 +242,18 @@ pub enum Command {
         /// Payload size, at most [`MAX_ECHO_LEN`](crate::wire::MAX_ECHO_LEN).
         len: usize,
     },
+    /// Claim `peer`: connect (any way), run the cross-signing exchange, keep the doubly
+    /// signed claim (in [`CommandResult::claims`]).
+    Claim {
+        /// The node to claim.
+        peer: NodeId,
+    },
+    /// Fetch `peer`'s claims over the network and check each signature; the ones that
+    /// check are in [`CommandResult::claims`], the others are refused and counted.
+    FetchClaims {
+        /// Whose claims.
+        peer: NodeId,
+    },
 }
 
 /// The result of a [`Command`].
@@ -256,6 +273,8 @@ pub struct CommandResult {
     pub relay: Option<NodeId>,
     /// For connects that birthday-probed as the easy side: probes sprayed.
     pub birthday_probes: Option<u32>,
+    /// For claims: the doubly signed claim; for fetches: the peer's claims that checked.
+    pub claims: Vec<Claim>,
 }
 
 /// Something that happened, for metrics, logs and callers of [`Node::command`](super::Node::command).
@@ -367,6 +386,11 @@ pub enum Event {
     DialBack {
         /// What it found.
         filtering: Filtering,
+    },
+    /// A node claim was stored, checked or refused.
+    Claim {
+        /// What happened.
+        outcome: ClaimOutcome,
     },
     /// This node served or helped with another node's dial-back test (probes sent or a
     /// helper asked).
@@ -481,6 +505,39 @@ pub struct LinkImpairment {
     pub delay_ms: u64,
     /// Jitter around the delay, in milliseconds.
     pub jitter_ms: u64,
+}
+
+/// What became of a node claim, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClaimOutcome {
+    /// A doubly signed claim was stored (by either side of the exchange).
+    Stored,
+    /// A fetched claim checked.
+    Verified,
+    /// Refused: a signature did not verify, or the claim names the wrong nodes.
+    Forged,
+    /// Refused: a signature was missing.
+    SinglySigned,
+}
+
+impl ClaimOutcome {
+    /// Every outcome, for label enumeration.
+    pub const ALL: [ClaimOutcome; 4] = [
+        ClaimOutcome::Stored,
+        ClaimOutcome::Verified,
+        ClaimOutcome::Forged,
+        ClaimOutcome::SinglySigned,
+    ];
+
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimOutcome::Stored => "stored",
+            ClaimOutcome::Verified => "verified",
+            ClaimOutcome::Forged => "forged",
+            ClaimOutcome::SinglySigned => "singly_signed",
+        }
+    }
 }
 
 /// What became of a signal, for metrics.
@@ -613,6 +670,9 @@ pub enum Output {
     },
     /// Write this change to the persisted node graph.
     Persist(GraphChange),
+    /// Keep this doubly signed claim (replacing any earlier one with the same other node);
+    /// give it back with [`Node::restore_claims`](super::Node::restore_claims) after a restart.
+    StoreClaim(Claim),
     /// Record this event.
     Event(Event),
 }
