@@ -103,7 +103,14 @@ pub enum Input {
     Peers(oneshot::Sender<Vec<PeerStatus>>),
     /// The metrics text, with state gauges refreshed.
     Metrics(oneshot::Sender<String>),
-    /// A dial-back probe arrived on the P2P socket.
+    /// A dial-back hello arrived on the P2P socket.
+    DialBackHello {
+        /// Its token.
+        token: u64,
+        /// Where it came from.
+        from: SocketAddr,
+    },
+    /// A dial-back probe arrived at a test socket.
     DialBackProbe {
         /// Its token.
         token: u64,
@@ -371,6 +378,9 @@ impl Driver {
             Input::DialBackProbe { token, from } => {
                 self.node.handle_dialback_probe(now, token, from)
             }
+            Input::DialBackHello { token, from } => {
+                self.node.handle_dialback_hello(now, token, from)
+            }
             Input::Impairment(i) => self.node.handle_impairment(now, i),
             Input::Claims(tx) => {
                 let _ = tx.send(self.node.claims().cloned().collect());
@@ -435,6 +445,11 @@ impl Driver {
                     token,
                     other_port,
                 } => self.transport.dial_back(to, token, other_port),
+                Output::DialBackListen {
+                    server,
+                    token,
+                    timeout_ms,
+                } => self.transport.dial_back_listen(server, token, timeout_ms),
                 Output::Persist(change) => changes.push(change),
                 Output::StoreClaim(claim) => {
                     if let Err(e) = self.store.put_claim(&claim) {

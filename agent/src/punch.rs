@@ -35,9 +35,11 @@ use crate::socket::{PROBE_MAGIC, Route, SocketHandle};
 const KIND_PUNCH: u8 = 1;
 const KIND_SPRAY: u8 = 2;
 const KIND_ACK: u8 = 3;
-/// A dial-back probe (the core's reachability test), reported to the driver, never to a
-/// punch session.
+/// A dial-back probe (the core's reachability test), heard by a test socket only.
 const KIND_DIALBACK: u8 = 4;
+/// The hello of a dial-back test socket, heard on the QUIC socket and reported to the
+/// driver.
+const KIND_DIALBACK_HELLO: u8 = 5;
 /// Dial-back probes sent per order, and the gap between them (against loss).
 const DIALBACK_PROBES: usize = 3;
 const DIALBACK_GAP: Duration = Duration::from_millis(100);
@@ -111,7 +113,7 @@ pub struct Puncher {
 }
 
 impl Puncher {
-    /// A puncher over `socket`; takes over its probe subscription. Dial-back probes
+    /// A puncher over `socket`; takes over its probe subscription. Dial-back hellos
     /// received go to `dialbacks` as `(source, token)` (dropped when it is full). Call
     /// inside tokio.
     pub fn new(socket: SocketHandle, dialbacks: mpsc::Sender<(SocketAddr, u64)>) -> Puncher {
@@ -123,7 +125,7 @@ impl Puncher {
                 let Some((kind, token)) = parse(&payload) else {
                     continue;
                 };
-                if kind == KIND_DIALBACK {
+                if kind == KIND_DIALBACK_HELLO {
                     let _ = dialbacks.try_send((from, token));
                     continue;
                 }
@@ -138,6 +140,54 @@ impl Puncher {
             sessions,
             hard: Arc::new(Semaphore::new(MAX_HARD_SESSIONS)),
         }
+    }
+
+    /// Runs a dial-back test socket: a fresh UDP socket on our IP sends a few hellos
+    /// carrying `token` to `server`, then, until `timeout`, every probe with `token` it
+    /// hears goes to `heard` as `(source, token)`.
+    pub fn dial_back_listen(
+        &self,
+        server: SocketAddr,
+        token: u64,
+        timeout: Duration,
+        heard: mpsc::Sender<(SocketAddr, u64)>,
+    ) {
+        let socket = self.socket.clone();
+        tokio::spawn(async move {
+            let ip = match socket.local_addr() {
+                Ok(a) => a.ip(),
+                Err(_) => return,
+            };
+            let test = match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot open the dial-back test socket");
+                    return;
+                }
+            };
+            let hello = probe_datagram(KIND_DIALBACK_HELLO, token);
+            let deadline = Instant::now() + timeout;
+            let mut next_hello = Instant::now();
+            let mut hellos = 0;
+            let mut buf = [0u8; 64];
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => return,
+                    () = tokio::time::sleep_until(next_hello), if hellos < DIALBACK_PROBES => {
+                        let _ = test.send_to(&hello, server).await;
+                        hellos += 1;
+                        next_hello = Instant::now() + DIALBACK_GAP;
+                    }
+                    got = test.recv_from(&mut buf) => {
+                        let Ok((n, from)) = got else { return };
+                        let body = buf[..n].strip_prefix(PROBE_MAGIC.as_slice());
+                        if body.and_then(parse) == Some((KIND_DIALBACK, token)) {
+                            let _ = heard.try_send((from, token));
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Sends the probes of a dial-back order to `to`: from the QUIC socket, or with
@@ -426,7 +476,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dial_back_probes_reach_the_driver_from_either_port() {
+    async fn a_test_socket_says_hello_and_hears_probes_from_either_port() {
         // Receiving happens as quinn polls the socket, so each socket gets an endpoint.
         let bind = || {
             let (sock, h) =
@@ -436,29 +486,37 @@ mod tests {
         };
         let (_a_ep, a) = bind();
         let (_b_ep, b) = bind();
-        let (tx, mut heard) = mpsc::channel(8);
-        let _receiver = Puncher::new(b.clone(), tx);
+        let (hello_tx, mut hellos) = mpsc::channel(8);
+        let server = Puncher::new(a.clone(), hello_tx);
         let (unused, _) = mpsc::channel(1);
-        let sender = Puncher::new(a.clone(), unused);
-        let to = b.local_addr().expect("addr");
+        let tested = Puncher::new(b.clone(), unused);
         let a_addr = a.local_addr().expect("addr");
+        let b_addr = b.local_addr().expect("addr");
+        const WITHIN: Duration = Duration::from_secs(5);
         for (token, other_port) in [(7u64, false), (8, true)] {
-            sender.dial_back(to, token, other_port);
-            let (from, got) = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+            let (heard_tx, mut heard) = mpsc::channel(8);
+            tested.dial_back_listen(a_addr, token, Duration::from_secs(10), heard_tx);
+            let (test_socket, got) = tokio::time::timeout(WITHIN, hellos.recv())
                 .await
-                .expect("a probe within 5 s")
-                .expect("channel open");
+                .expect("a hello")
+                .expect("open");
             assert_eq!(got, token);
-            assert_eq!(from.ip(), a_addr.ip());
+            assert_ne!(test_socket, b_addr, "hellos come from a fresh socket");
+            server.dial_back(test_socket, token, other_port);
+            let (from, got) = tokio::time::timeout(WITHIN, heard.recv())
+                .await
+                .expect("a probe")
+                .expect("open");
+            assert_eq!(got, token);
             assert_eq!(
                 from.port() == a_addr.port(),
                 !other_port,
                 "{from} vs {a_addr}"
             );
-            // The other probes of the order (a fixed few) follow; drain them.
+            // The other hellos of the test socket are a fixed few; drain them.
             for _ in 1..DIALBACK_PROBES {
-                let next = tokio::time::timeout(Duration::from_secs(5), heard.recv()).await;
-                assert!(matches!(next, Ok(Some((_, t))) if t == token));
+                let next = tokio::time::timeout(WITHIN, hellos.recv()).await;
+                assert!(matches!(next, Ok(Some((s, t))) if t == token && s == test_socket));
             }
         }
     }

@@ -108,6 +108,8 @@ struct Inner {
     timeouts: TransportTimeouts,
     socket: SocketHandle,
     puncher: Puncher,
+    /// Where dial-back test sockets report the probes they hear.
+    dialback_probes: mpsc::Sender<(SocketAddr, u64)>,
     /// Peers that signalled us, until when, and how to stop our probes once they connect.
     punching: Mutex<HashMap<NodeId, (tokio::time::Instant, Arc<Notify>)>>,
 }
@@ -127,16 +129,18 @@ impl Transport {
         socket: SocketHandle,
     ) -> Result<Transport, tls::TlsError> {
         let client = tls::client_config(identity, &network)?;
-        let (dialback_tx, mut dialbacks) = mpsc::channel::<(SocketAddr, u64)>(64);
-        let puncher = Puncher::new(socket.clone(), dialback_tx);
+        let (hello_tx, mut hellos) = mpsc::channel::<(SocketAddr, u64)>(64);
+        let (probe_tx, mut probes) = mpsc::channel::<(SocketAddr, u64)>(64);
+        let puncher = Puncher::new(socket.clone(), hello_tx);
         let to_driver = inputs.clone();
         tokio::spawn(async move {
-            while let Some((from, token)) = dialbacks.recv().await {
-                if to_driver
-                    .send(Input::DialBackProbe { token, from })
-                    .await
-                    .is_err()
-                {
+            loop {
+                let input = tokio::select! {
+                    Some((from, token)) = hellos.recv() => Input::DialBackHello { token, from },
+                    Some((from, token)) = probes.recv() => Input::DialBackProbe { token, from },
+                    else => break,
+                };
+                if to_driver.send(input).await.is_err() {
                     break;
                 }
             }
@@ -155,6 +159,7 @@ impl Transport {
                 timeouts,
                 socket,
                 puncher,
+                dialback_probes: probe_tx,
                 punching: Mutex::new(HashMap::new()),
             }),
         })
@@ -178,6 +183,15 @@ impl Transport {
     /// Number of open connections.
     pub fn connection_count(&self) -> usize {
         self.conns().len()
+    }
+
+    /// Runs a dial-back test socket (see [`Puncher::dial_back_listen`]).
+    pub fn dial_back_listen(&self, server: SocketAddr, token: u64, timeout_ms: u64) {
+        let heard = self.inner.dialback_probes.clone();
+        let timeout = Duration::from_millis(timeout_ms);
+        self.inner
+            .puncher
+            .dial_back_listen(server, token, timeout, heard);
     }
 
     /// Sends the probes of a dial-back order (see [`Puncher::dial_back`]).

@@ -40,7 +40,7 @@ pub use signal::{
 pub use time::Time;
 pub use wire::{
     DecodeError, EncodeError, ErrorCode, HEADER_LEN, Hello, MAX_ADDRS_PER_PEER,
-    MAX_CLAIMS_PER_RESPONSE, MAX_DIALBACK_AVOID, MAX_ECHO_LEN, MAX_FRAME_LEN,
-    MAX_NODES_PER_RESPONSE, OLDEST_READABLE_VERSION, PROTOCOL_VERSION, PeerInfo, Request, Response,
-    TraceContext, Validate, decode, decode_body, encode, frame_len,
+    MAX_CLAIMS_PER_RESPONSE, MAX_ECHO_LEN, MAX_FRAME_LEN, MAX_NODES_PER_RESPONSE,
+    OLDEST_READABLE_VERSION, PROTOCOL_VERSION, PeerInfo, Request, Response, TraceContext, Validate,
+    decode, decode_body, encode, frame_len,
 };

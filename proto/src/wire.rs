@@ -9,7 +9,7 @@
 //! One request and one response travel on each bidirectional QUIC stream. This module only
 //! encodes and decodes bytes; reading them off streams is the shell's job.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -30,8 +30,7 @@ pub const PROTOCOL_VERSION: u8 = 3;
 pub const OLDEST_READABLE_VERSION: u8 = 2;
 /// Most claims one `Claims` answer carries.
 pub const MAX_CLAIMS_PER_RESPONSE: usize = 32;
-/// Most IPs a `DialBack` may ask the responder to avoid as helper.
-pub const MAX_DIALBACK_AVOID: usize = 32;
+
 /// Largest frame accepted, version byte and body included (64 KiB).
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Size of the length prefix.
@@ -105,20 +104,17 @@ pub enum Request {
         from: NodeId,
     },
     /// Reachability test (RFC 5780 filtering, libp2p AutoNAT style): have probes carrying
-    /// `token` sent to the address the responder sees us at. With `other_port` the
-    /// responder sends them itself from another port of its IP; otherwise it asks another
-    /// node it is connected to (a different IP, none of `avoid`) to send them. The address
-    /// is always the one the responder observes on this connection, never one we name, so
-    /// the request cannot aim probes at a third party. Answered with
-    /// [`Response::DialBackSent`] once the probes left.
+    /// `token` sent to the address a hello datagram with the same token came from (the
+    /// requester's fresh test socket, as its NAT maps it). With `other_port` the responder
+    /// sends them itself from another port of its IP; otherwise it asks another node it is
+    /// connected to, on another IP, to send them. The hello must come from the IP this
+    /// connection comes from, so the request cannot aim probes at a third party. Answered
+    /// with [`Response::DialBackSent`] once the probes left.
     DialBack {
-        /// Carried in every probe.
+        /// Carried in the hello and every probe.
         token: u64,
         /// Probe from the responder's IP, another port.
         other_port: bool,
-        /// IPs the requester has sent to recently (their probes would pass any filter), at
-        /// most [`MAX_DIALBACK_AVOID`].
-        avoid: Vec<IpAddr>,
     },
     /// Sent by a node serving a [`Request::DialBack`] to the helper it chose: send probes
     /// carrying `token` to `to`. Answered with [`Response::DialBackSent`].
@@ -344,9 +340,6 @@ impl Validate for Request {
             {
                 Err("signature of the wrong length".into())
             }
-            Request::DialBack { avoid, .. } if avoid.len() > MAX_DIALBACK_AVOID => {
-                Err(format!("dial-back avoiding {} IPs", avoid.len()))
-            }
             Request::Claim { claim } if !claim.well_formed() => {
                 Err("claim signature of the wrong length".into())
             }
@@ -559,16 +552,8 @@ mod tests {
                     }),
                 }),
             arb_node_id().prop_map(|from| Request::RelayIncoming { from }),
-            (
-                any::<u64>(),
-                any::<bool>(),
-                prop::collection::vec(arb_addr(), 0..=MAX_DIALBACK_AVOID)
-            )
-                .prop_map(|(token, other_port, avoid)| Request::DialBack {
-                    token,
-                    other_port,
-                    avoid: avoid.into_iter().map(|a| a.ip()).collect(),
-                }),
+            (any::<u64>(), any::<bool>())
+                .prop_map(|(token, other_port)| Request::DialBack { token, other_port }),
             (any::<u64>(), arb_addr()).prop_map(|(token, to)| Request::DialBackVia { token, to }),
             (any::<[u8; 32]>(), arb_node_id(), any::<u64>()).prop_map(|(seed, b, t)| {
                 let key = crate::signal::SecretKey::from_bytes(seed);
@@ -713,20 +698,6 @@ mod tests {
             decode::<Request>(&frame),
             Err(DecodeError::UnknownVersion(1))
         );
-    }
-
-    #[test]
-    fn a_dial_back_avoiding_too_many_ips_is_refused() {
-        let req = Request::DialBack {
-            token: 1,
-            other_port: false,
-            avoid: vec![IpAddr::from([198, 18, 0, 1]); MAX_DIALBACK_AVOID + 1],
-        };
-        let frame = encode(&req).expect("encodes");
-        assert!(matches!(
-            decode::<Request>(&frame),
-            Err(DecodeError::Malformed(_))
-        ));
     }
 
     #[test]

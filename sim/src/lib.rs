@@ -693,6 +693,11 @@ impl World {
                         self.start_punch(idx, peer, plan, None);
                     }
                 }
+                Output::DialBackListen {
+                    server,
+                    token,
+                    timeout_ms,
+                } => self.listen_dialback(idx, server, token, timeout_ms),
                 Output::DialBack {
                     to,
                     token,

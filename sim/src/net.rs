@@ -74,6 +74,9 @@ pub(super) enum Payload {
     DialBack {
         token: u64,
     },
+    DialBackHello {
+        token: u64,
+    },
 }
 
 /// A packet in flight, in the realm where its destination address is resolved.
@@ -224,6 +227,8 @@ pub(super) struct NetState {
     circuit_results: BTreeMap<u64, Result<(), Failure>>,
     injected: BTreeMap<u64, Result<Response, Failure>>,
     pub(super) birthday: Vec<BirthdayRecord>,
+    /// Dial-back test sockets: (node, port) -> (token, listening until).
+    listeners: HashMap<(usize, u16), (u64, Time)>,
 }
 
 impl NetState {
@@ -369,15 +374,62 @@ impl World {
             }
             Payload::Probe { token, ack, seq } => self.on_probe(i, port, from, token, ack, seq),
             Payload::DialBack { token } => {
-                // Only the P2P socket hears probes, as in the agent.
-                if port == self.nodes[i].addr.port() {
+                // Only the test socket of that token hears its probes, as in the agent.
+                let listening = self.net.listeners.get(&(i, port)).copied();
+                if let Some((t, until)) = listening
+                    && t == token
+                    && self.now < until
+                {
                     self.nodes[i]
                         .node
                         .handle_dialback_probe(self.now, token, from);
                     self.drain(i);
                 }
             }
+            Payload::DialBackHello { token } => {
+                if port == self.nodes[i].addr.port() {
+                    self.nodes[i]
+                        .node
+                        .handle_dialback_hello(self.now, token, from);
+                    self.drain(i);
+                }
+            }
         }
+    }
+
+    /// Carries out an [`chaosnet_proto::Output::DialBackListen`]: a fresh socket sends
+    /// the hello and hears the probes until the timeout.
+    pub(super) fn listen_dialback(
+        &mut self,
+        node: usize,
+        server: SocketAddr,
+        token: u64,
+        timeout_ms: u64,
+    ) {
+        let now = self.now;
+        let until = now + Duration::from_millis(timeout_ms);
+        self.net.listeners.retain(|_, (_, u)| *u > now);
+        let port = self.extra_socket(node);
+        self.net.listeners.insert((node, port), (token, until));
+        if !self.packet_level() {
+            if let Some(&i) = self.by_addr.get(&server) {
+                let src = SocketAddr::new(self.nodes[node].addr.ip(), port);
+                if let Some(d) = self.transit(node, i) {
+                    self.schedule(
+                        now + d,
+                        i,
+                        Msg::Packet(Packet {
+                            realm: None,
+                            src,
+                            dst: server,
+                            payload: Payload::DialBackHello { token },
+                        }),
+                    );
+                }
+            }
+            return;
+        }
+        self.send_packet(node, port, server, Payload::DialBackHello { token });
     }
 
     /// Carries out an [`chaosnet_proto::Output::DialBack`]: one probe (the harness's

@@ -1114,11 +1114,19 @@ fn dial_back_tells_every_nat_type_apart_and_says_so_once() {
 fn dial_back_is_no_amplifier() {
     let mut w = world(17);
     let s = seeds(&mut w, 2);
-    let probers: Vec<usize> = (0..2).map(|_| w.add_node(&s, quiet)).collect();
+    let probers: Vec<usize> = (0..2).map(|_| w.add_node(&s, untested)).collect();
     start_all(&mut w, &probers);
     w.run_for(Duration::from_secs(5));
     let (asker, server) = (probers[0], s[0]);
-    // A burst of requests: only the per-peer burst is served, the rest refused.
+    let probes = |w: &World, i: usize| {
+        w.node(i)
+            .sent
+            .iter()
+            .filter(|(_, k, _)| *k == "dial_back_probe")
+            .count()
+    };
+    // A burst of requests with no hello from a test socket: the per-peer burst waits for
+    // hellos and gives up, the rest is refused at once, and not one probe leaves.
     let tickets: Vec<u64> = (0..10)
         .map(|k| {
             w.inject_request(
@@ -1126,13 +1134,12 @@ fn dial_back_is_no_amplifier() {
                 server,
                 Request::DialBack {
                     token: k,
-                    other_port: true,
-                    avoid: Vec::new(),
+                    other_port: k % 2 == 0,
                 },
             )
         })
         .collect();
-    w.run_for(Duration::from_secs(2));
+    w.run_for(Duration::from_secs(5));
     let answers: Vec<Response> = tickets
         .iter()
         .map(|t| {
@@ -1142,47 +1149,53 @@ fn dial_back_is_no_amplifier() {
                 .expect("delivered")
         })
         .collect();
-    let served = answers
-        .iter()
-        .filter(|r| **r == Response::DialBackSent)
-        .count();
-    let limited = answers
-        .iter()
-        .filter(|r| {
-            **r == Response::Error {
-                code: ErrorCode::RateLimited,
-            }
-        })
-        .count();
-    assert_eq!((served, limited), (4, 6), "{answers:?}");
-    let probes = w
-        .node(server)
-        .sent
-        .iter()
-        .filter(|(_, k, _)| *k == "dial_back_probe")
-        .count();
-    assert_eq!(probes, 4, "one probe order per served request, never more");
-    // A helper request from a node it has no connection to is refused outright.
-    let stranger = w.add_node(&[], quiet);
-    w.start_at(stranger, w.now());
-    w.run_for(Duration::from_millis(100));
-    let t = w.inject_request(
-        stranger,
-        probers[1],
+    let count = |code| {
+        answers
+            .iter()
+            .filter(|r| **r == Response::Error { code })
+            .count()
+    };
+    assert_eq!(
+        (count(ErrorCode::NoRoute), count(ErrorCode::RateLimited)),
+        (4, 6),
+        "{answers:?}"
+    );
+    assert_eq!(probes(&w, server), 0, "no hello, no probe");
+    // As a helper, a node probes only sane addresses, and only a burst per asking peer:
+    // one probe order per request it accepts, never more.
+    let helper = probers[1];
+    let bad = w.inject_request(
+        asker,
+        helper,
         Request::DialBackVia {
-            token: 1,
-            to: "198.18.200.1:4433".parse().expect("addr"),
+            token: 99,
+            to: "0.0.0.0:4433".parse().expect("addr"),
         },
     );
+    let tickets: Vec<u64> = (0..10)
+        .map(|k| {
+            w.inject_request(
+                asker,
+                helper,
+                Request::DialBackVia {
+                    token: k,
+                    to: "198.18.200.1:4433".parse().expect("addr"),
+                },
+            )
+        })
+        .collect();
     w.run_for(Duration::from_secs(2));
-    let helped = w
-        .node(probers[1])
-        .sent
-        .iter()
-        .filter(|(_, k, _)| *k == "dial_back_probe")
-        .count();
-    assert!(
-        matches!(w.injected(t), Some(Ok(Response::DialBackSent))) == (helped > 0),
-        "an answer says what was done"
+    assert_eq!(
+        w.injected(bad),
+        Some(&Ok(Response::Error {
+            code: ErrorCode::BadRequest
+        }))
     );
+    let sent = tickets
+        .iter()
+        .filter(|t| w.injected(**t) == Some(&Ok(Response::DialBackSent)))
+        .count();
+    // The burst is 4, and the unspecified address above did not use up a token.
+    assert_eq!(sent, 4);
+    assert_eq!(probes(&w, helper), 4);
 }

@@ -117,10 +117,6 @@ pub struct NodeConfig {
     /// How long a dial-back test waits for the probes after its server confirmed that they
     /// were sent, before it concludes that the filter dropped them. Default 2,000 ms.
     pub dialback_wait_ms: u64,
-    /// How long an address this node sent to counts as "contacted" for a dial-back (its
-    /// NAT may still let that address in, so a probe from it proves nothing): the longest
-    /// UDP conntrack timeout of the presets plus a margin. Default 330,000 ms.
-    pub dialback_memory_ms: u64,
     /// Dial-back requests one peer may make us serve or help with at once. Default 4.
     pub dialback_burst: u32,
     /// Sustained dial-back requests per second per peer. Default 0.1.
@@ -167,7 +163,6 @@ impl NodeConfig {
             relay: RelayLimits::default(),
             dialback_interval_ms: 300_000,
             dialback_wait_ms: 2_000,
-            dialback_memory_ms: 330_000,
             dialback_burst: 4,
             dialback_per_s: 0.1,
         }

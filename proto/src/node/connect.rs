@@ -164,7 +164,6 @@ impl Node {
                 purpose: Purpose::Connect(op),
             },
         );
-        self.note_contacted(now, &addrs);
         self.set_timer(
             now + Duration::from_millis(timeout_ms) + SHELL_SLACK,
             Timer::Deadline(id),

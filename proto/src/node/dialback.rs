@@ -2,27 +2,29 @@
 //! libp2p's AutoNAT does over peers), serving and helping with other nodes' tests, and
 //! telling subscribers when the node's addresses, NAT type or reachability change.
 //!
-//! A node whose mapping is endpoint-independent (`Cone`, from its observers) asks a peer S
-//! it holds a direct connection to:
-//! 1. "have a node with another IP send probes to where you see me" (S picks a helper H among
-//!    its own connections, none of the IPs we sent to recently). A probe arriving from such
-//!    an IP means endpoint-independent filtering: a full cone.
-//! 2. otherwise, "send probes yourself, from another port". A probe arriving from S's IP on
-//!    a port we never sent to means address-dependent filtering (restricted cone); none
-//!    means address-and-port-dependent (port-restricted cone).
+//! A node whose mapping is endpoint-independent (`Cone`, from its observers) opens a fresh
+//! test socket (a new NAT mapping, which has sent to nobody but S), sends a hello from it to
+//! a peer S it holds a direct connection to, and asks S over that connection:
+//! 1. "have a node with another IP probe my test socket" (S picks a helper H among its own
+//!    connections). A probe arriving from an IP other than S's means endpoint-independent
+//!    filtering: a full cone.
+//! 2. otherwise, "probe it yourself, from another port". A probe arriving from S's IP on
+//!    another port means address-dependent filtering (restricted cone); none means
+//!    address-and-port-dependent (port-restricted cone).
 //!
-//! A probe counts only once S confirmed that it left, and only from a source our NAT has no
-//! reason to let in: a probe from an address we sent to recently proves nothing, and makes
-//! the round inconclusive (another server is tried; the last result stands meanwhile).
+//! The test socket's mapping has sent only to S's P2P socket, so whatever else gets in says
+//! what the filter lets in, however many peers the node talks to on its P2P socket. A probe
+//! counts only once S confirmed that it left; a probe from an unexpected source makes the
+//! round inconclusive (another server is tried; the last result stands meanwhile).
 //!
 //! As server or helper, a node never probes an address the requester names: S probes (or
-//! has H probe) the address it observes on its own connection to the requester. Requests
-//! are rate-limited per peer and in total, and each one makes the shell send a fixed few
-//! small probes, so a node cannot be used as an amplifier. It does not test a node with no
+//! has H probe) where the hello came from, and only when that is the IP of its connection
+//! to the requester. Requests are rate-limited per peer and in total, and each one makes the
+//! shell send a fixed few small probes, so a node cannot be used as an amplifier. It does not test a node with no
 //! NAT (it is reachable) or with an endpoint-dependent mapping (a symmetric NAT, whatever
 //! its filtering).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -31,7 +33,7 @@ use rand::Rng;
 use crate::id::NodeId;
 use crate::reach::{ConnMode, Filtering, NatType};
 use crate::time::Time;
-use crate::wire::{ErrorCode, MAX_DIALBACK_AVOID, Request, Response};
+use crate::wire::{ErrorCode, Request, Response};
 
 use super::{Event, Failure, InboundId, Node, NodeEvent, Output, Purpose, Timer};
 
@@ -40,9 +42,12 @@ const MAX_SERVERS_PER_ROUND: usize = 3;
 /// Delay before the next round when a round could not conclude (no server, no helper,
 /// tainted probes).
 const RETRY: Duration = Duration::from_secs(10);
-/// Addresses remembered as contacted; the oldest go first (bounded memory).
-const MAX_CONTACTED: usize = 512;
-/// Dial-back requests this node carries to helpers at once.
+/// Hellos remembered (the newest), and how long, while their request may still come.
+const MAX_HELLOS: usize = 64;
+const HELLO_MEMORY: Duration = Duration::from_secs(10);
+/// How long a served request waits for its hello (they race: datagram and stream).
+const HELLO_WAIT: Duration = Duration::from_secs(2);
+/// Dial-back requests this node carries to helpers, or holds waiting for hellos, at once.
 const MAX_VIA: usize = 64;
 /// All dial-back work (served and helped) this node does at once, across every peer.
 pub(super) const GLOBAL_BURST: u32 = 32;
@@ -84,12 +89,24 @@ pub(super) struct DialBack {
     result: Option<(IpAddr, Filtering)>,
     /// When the single dial-back timer is due.
     next: Option<Time>,
-    /// Addresses this node sent to, and when last.
-    contacted: VecDeque<(SocketAddr, Time)>,
+    /// Hellos received: token, where from, when.
+    hellos: VecDeque<(u64, SocketAddr, Time)>,
+    /// Served requests waiting for their hello, by token.
+    waiting: HashMap<u64, Served>,
     /// Dial-backs we carry to helpers: our request id's purpose key -> the inbound waiting.
-    via: std::collections::HashMap<u64, InboundId>,
+    via: HashMap<u64, InboundId>,
     /// What subscribers were last told.
     told: Option<Reach>,
+}
+
+/// A dial-back request this node serves.
+#[derive(Clone, Copy, Debug)]
+struct Served {
+    from: NodeId,
+    inbound: InboundId,
+    other_port: bool,
+    /// The IP of our connection to the requester: the hello must come from it.
+    ip: IpAddr,
 }
 
 /// The reach state subscribers are told about.
@@ -141,51 +158,6 @@ impl Node {
             .map(|(a, _)| *a)
             .find(|a| !self.cfg.listen_addrs.contains(a))
             .map(|a| a.ip())
-    }
-
-    /// Remembers that the shell will send to `addrs` (our NAT then lets them in for a
-    /// while, so their probes prove nothing).
-    pub(super) fn note_contacted(&mut self, now: Time, addrs: &[SocketAddr]) {
-        for a in addrs {
-            self.dialback.contacted.retain(|(x, _)| x != a);
-            self.dialback.contacted.push_back((*a, now));
-        }
-        while self.dialback.contacted.len() > MAX_CONTACTED {
-            self.dialback.contacted.pop_front();
-        }
-    }
-
-    fn contacted_recently(&self, now: Time, matches: impl Fn(&SocketAddr) -> bool) -> bool {
-        let memory = Duration::from_millis(self.cfg.dialback_memory_ms);
-        let live_conn = self.conns.values().any(|c| matches(&c.remote));
-        live_conn
-            || self
-                .dialback
-                .contacted
-                .iter()
-                .any(|(a, t)| matches(a) && now.since(*t) < memory)
-    }
-
-    /// IPs sent to recently, most recent first, for a `DialBack`'s `avoid`.
-    fn avoid_list(&self, now: Time) -> Vec<IpAddr> {
-        let memory = Duration::from_millis(self.cfg.dialback_memory_ms);
-        let mut out: Vec<IpAddr> = Vec::new();
-        let recent = self
-            .dialback
-            .contacted
-            .iter()
-            .rev()
-            .filter(|(_, t)| now.since(*t) < memory)
-            .map(|(a, _)| a.ip());
-        for ip in self.conns.values().map(|c| c.remote.ip()).chain(recent) {
-            if out.len() >= MAX_DIALBACK_AVOID {
-                break;
-            }
-            if !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
-        out
     }
 
     /// (Re)arms the one dial-back timer for `at`.
@@ -240,6 +212,13 @@ impl Node {
         let mut tried = tried;
         tried.push(server);
         let token = self.rng.next_u64();
+        // Listen until well after the probes could come.
+        let timeout_ms = self.cfg.request_timeout_ms + self.cfg.dialback_wait_ms;
+        self.outputs.push_back(Output::DialBackListen {
+            server: server_addr,
+            token,
+            timeout_ms,
+        });
         self.dialback.round = Some(Round {
             stage,
             token,
@@ -249,11 +228,9 @@ impl Node {
             tainted: false,
             tried,
         });
-        let avoid = self.avoid_list(now);
         let request = Request::DialBack {
             token,
             other_port: stage == Stage::OtherPort,
-            avoid,
         };
         self.send_request(now, server, Vec::new(), request, Purpose::DialBack(token));
     }
@@ -282,20 +259,16 @@ impl Node {
         }
     }
 
-    /// A dial-back probe carrying `token` arrived from `from`.
+    /// A dial-back probe carrying `token` arrived at the test socket from `from`.
     pub(super) fn dialback_probe(&mut self, now: Time, token: u64, from: SocketAddr) {
         let Some(round) = self.dialback.round.as_ref().filter(|r| r.token == token) else {
             return;
         };
         let (stage, server_addr) = (round.stage, round.server_addr);
+        // The test socket sent only to the server's P2P socket.
         let valid = match stage {
-            Stage::OtherIp => {
-                from.ip() != server_addr.ip()
-                    && !self.contacted_recently(now, |a| a.ip() == from.ip())
-            }
-            Stage::OtherPort => {
-                from.ip() == server_addr.ip() && !self.contacted_recently(now, |a| *a == from)
-            }
+            Stage::OtherIp => from.ip() != server_addr.ip(),
+            Stage::OtherPort => from.ip() == server_addr.ip() && from != server_addr,
         };
         if !valid {
             if let Some(r) = self.dialback.round.as_mut() {
@@ -342,8 +315,8 @@ impl Node {
 
     // ----- serving and helping -----
 
-    /// `from` asks for a dial-back. Returns the immediate answer, or `None` when a helper
-    /// was asked and the answer comes with its own.
+    /// `from` asks for a dial-back. Returns the immediate answer, or `None` when it waits
+    /// for its hello or a helper was asked (the answer comes later).
     pub(super) fn on_dialback(
         &mut self,
         now: Time,
@@ -351,17 +324,80 @@ impl Node {
         inbound: InboundId,
         token: u64,
         other_port: bool,
-        avoid: &[IpAddr],
     ) -> Option<Response> {
         let refuse = |code| Some(Response::Error { code });
-        // The only address we ever probe: the requester's, as this connection shows it.
-        let Some(to) = self.direct_remote(&from) else {
+        let Some(conn) = self.direct_remote(&from) else {
             return refuse(ErrorCode::NoRoute);
         };
         if !self.allow_dialback(now, from) {
             return refuse(ErrorCode::RateLimited);
         }
-        if other_port {
+        let served = Served {
+            from,
+            inbound,
+            other_port,
+            ip: conn.ip(),
+        };
+        let hello = self
+            .dialback
+            .hellos
+            .iter()
+            .find(|(t, a, at)| *t == token && a.ip() == conn.ip() && now.since(*at) < HELLO_MEMORY)
+            .map(|(_, a, _)| *a);
+        if let Some(to) = hello {
+            return self.serve_dialback(now, token, served, to);
+        }
+        if self.dialback.waiting.len() + self.dialback.via.len() >= MAX_VIA {
+            return refuse(ErrorCode::Busy);
+        }
+        self.dialback.waiting.insert(token, served);
+        self.set_timer(now + HELLO_WAIT, Timer::DialBackHello(token));
+        None
+    }
+
+    /// A hello of someone's test socket arrived on our P2P socket.
+    pub(super) fn dialback_hello(&mut self, now: Time, token: u64, from: SocketAddr) {
+        if let Some(served) = self.dialback.waiting.get(&token).copied() {
+            if served.ip != from.ip() {
+                return; // not the requester's NAT: never probe it
+            }
+            self.dialback.waiting.remove(&token);
+            if let Some(response) = self.serve_dialback(now, token, served, from) {
+                self.outputs.push_back(Output::Respond {
+                    inbound: served.inbound,
+                    response,
+                });
+            }
+            return;
+        }
+        self.dialback.hellos.retain(|(t, _, _)| *t != token);
+        self.dialback.hellos.push_back((token, from, now));
+        while self.dialback.hellos.len() > MAX_HELLOS {
+            self.dialback.hellos.pop_front();
+        }
+    }
+
+    /// A served request's hello never came.
+    pub(super) fn dialback_hello_timeout(&mut self, _now: Time, token: u64) {
+        if let Some(served) = self.dialback.waiting.remove(&token) {
+            self.outputs.push_back(Output::Respond {
+                inbound: served.inbound,
+                response: Response::Error {
+                    code: ErrorCode::NoRoute,
+                },
+            });
+        }
+    }
+
+    /// Probes `to` (the requester's test socket) ourselves or through a helper.
+    fn serve_dialback(
+        &mut self,
+        now: Time,
+        token: u64,
+        served: Served,
+        to: SocketAddr,
+    ) -> Option<Response> {
+        if served.other_port {
             self.outputs.push_back(Output::DialBack {
                 to,
                 token,
@@ -370,18 +406,21 @@ impl Node {
             self.emit(Event::DialBackServed);
             return Some(Response::DialBackSent);
         }
-        if self.dialback.via.len() >= MAX_VIA {
-            return refuse(ErrorCode::Busy);
-        }
-        // A helper on an IP neither the requester's nor one it sent to, public ones first.
+        // A helper on another IP than ours and the requester's, public ones first.
+        let mine = self.mapped_ip();
         let helper = self
             .conns
             .iter()
             .filter(|(id, c)| {
-                **id != from
+                **id != served.from
                     && c.mode != ConnMode::Relayed
                     && c.remote.ip() != to.ip()
-                    && !avoid.contains(&c.remote.ip())
+                    && Some(c.remote.ip()) != mine
+                    && !self
+                        .cfg
+                        .listen_addrs
+                        .iter()
+                        .any(|l| l.ip() == c.remote.ip())
             })
             .min_by_key(|(id, _)| {
                 let open = self.table.get(id).is_some_and(|c| c.nat.is_open());
@@ -389,10 +428,12 @@ impl Node {
             })
             .map(|(id, _)| *id);
         let Some(helper) = helper else {
-            return refuse(ErrorCode::NoRoute);
+            return Some(Response::Error {
+                code: ErrorCode::NoRoute,
+            });
         };
         let key = self.fresh_id();
-        self.dialback.via.insert(key, inbound);
+        self.dialback.via.insert(key, served.inbound);
         self.emit(Event::DialBackServed);
         self.send_request(
             now,

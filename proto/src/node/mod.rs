@@ -65,6 +65,8 @@ enum Timer {
     DialBack,
     /// The wait of the dial-back round with this token is over.
     DialBackWait(u64),
+    /// A served dial-back still without its hello gives up.
+    DialBackHello(u64),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -403,10 +405,8 @@ impl Node {
     }
 
     /// The connection to `peer` closed.
-    pub fn handle_connection_down(&mut self, now: Time, peer: NodeId) {
+    pub fn handle_connection_down(&mut self, _now: Time, peer: NodeId) {
         if let Some(c) = self.conns.remove(&peer) {
-            // Our NAT may let it in a while longer: its probes would prove nothing.
-            self.note_contacted(now, &[c.remote]);
             self.emit(Event::Node(NodeEvent::PeerDisconnected {
                 peer,
                 mode: c.mode,
@@ -414,9 +414,16 @@ impl Node {
         }
     }
 
-    /// A dial-back probe carrying `token` arrived on the P2P socket from `from`.
+    /// A dial-back probe carrying `token` arrived from `from` on the test socket opened
+    /// for [`Output::DialBackListen`].
     pub fn handle_dialback_probe(&mut self, now: Time, token: u64, from: SocketAddr) {
         self.dialback_probe(now, token, from);
+    }
+
+    /// A dial-back hello carrying `token` arrived on the P2P socket from `from`: the
+    /// mapping of a node's test socket, as its NAT made it.
+    pub fn handle_dialback_hello(&mut self, now: Time, token: u64, from: SocketAddr) {
+        self.dialback_hello(now, token, from);
     }
 
     /// The impairment of this node's link is now `impairment` (a fault applied or healed
@@ -499,14 +506,12 @@ impl Node {
                 }
             }
             Request::RelayOpen { target, .. } => self.on_relay_open(from, target),
-            Request::DialBack {
-                token,
-                other_port,
-                avoid,
-            } => match self.on_dialback(now, from, inbound, token, other_port, &avoid) {
-                Some(r) => r,
-                None => return, // a helper was asked; answered when it answers
-            },
+            Request::DialBack { token, other_port } => {
+                match self.on_dialback(now, from, inbound, token, other_port) {
+                    Some(r) => r,
+                    None => return, // a helper was asked; answered when it answers
+                }
+            }
             Request::DialBackVia { token, to } => self.on_dialback_via(now, from, token, to),
             Request::Claim { claim } => self.on_claim(now, from, claim),
             Request::GetClaims => self.on_get_claims(),
@@ -685,6 +690,7 @@ impl Node {
                 Timer::Upgrade(peer) => self.try_upgrade(now, peer),
                 Timer::DialBack => self.run_dialback(now),
                 Timer::DialBackWait(token) => self.dialback_wait(now, token),
+                Timer::DialBackHello(token) => self.dialback_hello_timeout(now, token),
             }
         }
     }
@@ -766,7 +772,6 @@ impl Node {
             | Purpose::DialBack(_)
             | Purpose::DialBackVia(_) => None,
         };
-        self.note_contacted(now, &addrs);
         let id = RequestId(self.fresh_id());
         self.track(
             id,

@@ -145,7 +145,6 @@ impl Node {
                 .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
             let Some((peer, _)) = worst else { break };
             if let Some(c) = self.conns.remove(&peer) {
-                self.note_contacted(now, &[c.remote]);
                 self.emit(Event::Node(NodeEvent::PeerDisconnected {
                     peer,
                     mode: c.mode,

@@ -83,7 +83,6 @@ impl Node {
                 self.emit(Event::PunchStarted {
                     birthday: birthday.is_some(),
                 });
-                self.note_contacted(now, &peer_addrs);
                 self.outputs.push_back(Output::Punch {
                     peer: signal.from,
                     plan: PunchPlan {

@@ -650,11 +650,23 @@ pub enum Output {
         /// The inbound signal that asked for it, for tracing.
         parent: Option<Activity>,
     },
+    /// Open a fresh UDP socket for a dial-back test (a new NAT mapping, which has sent to
+    /// nobody yet): send a few hello datagrams carrying `token` from it to `server`, then
+    /// report every dial-back probe with `token` it receives within `timeout_ms` with
+    /// [`Node::handle_dialback_probe`](super::Node::handle_dialback_probe), and close it.
+    DialBackListen {
+        /// The server's P2P socket (the address on our connection to it).
+        server: SocketAddr,
+        /// Carried in the hellos and the probes.
+        token: u64,
+        /// How long to listen.
+        timeout_ms: u64,
+    },
     /// Send a few dial-back probes (small datagrams the receiving shell recognises, never
     /// QUIC) carrying `token` to `to`: from the P2P socket, or with `other_port` from
-    /// another UDP socket on the same IP. The shell sends a fixed few, spaced against loss,
-    /// and reports probes it receives with
-    /// [`Node::handle_dialback_probe`](super::Node::handle_dialback_probe).
+    /// another UDP socket on the same IP. The shell sends a fixed few, spaced against loss.
+    /// Hellos arriving on the P2P socket go to
+    /// [`Node::handle_dialback_hello`](super::Node::handle_dialback_hello).
     DialBack {
         /// Where.
         to: SocketAddr,
