@@ -109,6 +109,11 @@ struct RunArgs {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Announce this node and find others on the LAN with mDNS (DNS-SD
+    /// `_chaosnet._udp.local.`), so same-LAN nodes connect without any seed. Off by
+    /// default; the lab turns it on.
+    #[arg(long)]
+    mdns: bool,
     /// Export trace spans (connects, requests) over OTLP/HTTP to this URL, e.g.
     /// http://127.0.0.1:4318/v1/traces. Off by default.
     #[arg(long, value_name = "URL")]
@@ -394,6 +399,14 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(transport.clone().accept_loop());
+    let _discovery = if args.mdns {
+        Some(
+            crate::mdns::start(me, &network.to_string(), listen, tx.clone())
+                .map_err(|e| cfg(e.into()))?,
+        )
+    } else {
+        None
+    };
     drop(stop_rx);
 
     let driver = Driver::new(

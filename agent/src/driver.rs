@@ -121,6 +121,13 @@ pub enum Input {
     Impairment(chaosnet_proto::LinkImpairment),
     /// The claims this node holds.
     Claims(oneshot::Sender<Vec<chaosnet_proto::Claim>>),
+    /// Local discovery heard a node of our network on the LAN.
+    Discovered {
+        /// The node.
+        peer: NodeId,
+        /// Where it says it listens.
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 /// One connection in [`Status`].
@@ -382,6 +389,7 @@ impl Driver {
                 self.node.handle_dialback_hello(now, token, from)
             }
             Input::Impairment(i) => self.node.handle_impairment(now, i),
+            Input::Discovered { peer, addrs } => self.node.handle_discovered(now, peer, &addrs),
             Input::Claims(tx) => {
                 let _ = tx.send(self.node.claims().cloned().collect());
             }

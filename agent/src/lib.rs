@@ -8,7 +8,7 @@
 //! - [`transport`]: dialing, accepting, hellos, request streams; [`punch`]: hole punching
 //!   and birthday probing on the QUIC socket; [`relay`]: relay circuits.
 //! - [`driver`]: the task that owns the core; [`api`]: the control API; [`metrics`];
-//!   [`events`]: the node events stream (`GET /events`).
+//!   [`events`]: the node events stream (`GET /events`); [`mdns`]: local discovery.
 //!
 //! The shell owns no protocol decisions: it feeds inputs to the core and carries out its
 //! outputs. Everything here touches the world; nothing in `chaosnet_proto` does.
@@ -18,6 +18,7 @@ pub mod cli;
 pub mod driver;
 pub mod events;
 pub mod identity;
+pub mod mdns;
 pub mod metrics;
 pub mod punch;
 pub mod relay;

@@ -151,6 +151,7 @@ pub struct Metrics {
     dialback_results: Family<KindLabels, Counter>,
     dialback_served: Counter,
     claims: Family<OutcomeLabels, Counter>,
+    discoveries: Family<KindLabels, Counter>,
     last_socket: std::sync::Mutex<SocketStats>,
 }
 
@@ -405,6 +406,15 @@ impl Metrics {
             "Node claims stored, verified (fetched and checked) or refused (forged, singly_signed)",
             claims.clone(),
         );
+        let discoveries = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mdns_discoveries",
+            "Nodes local discovery (mDNS) reported, by kind: new (not in the node graph yet) or known",
+            discoveries.clone(),
+        );
+        for kind in ["new", "known"] {
+            let _ = discoveries.get_or_create(&KindLabels { kind: kind.into() });
+        }
         for o in ClaimOutcome::ALL {
             let _ = claims.get_or_create(&OutcomeLabels {
                 outcome: o.as_str().into(),
@@ -551,6 +561,7 @@ impl Metrics {
             dialback_results,
             dialback_served,
             claims,
+            discoveries,
             last_socket: std::sync::Mutex::new(SocketStats::default()),
         }
     }
@@ -669,6 +680,12 @@ impl Metrics {
                     .get_or_create(&KindLabels {
                         kind: filtering.as_str().into(),
                     })
+                    .inc();
+            }
+            Event::Discovered { new } => {
+                let kind = if *new { "new" } else { "known" };
+                self.discoveries
+                    .get_or_create(&KindLabels { kind: kind.into() })
                     .inc();
             }
             Event::Claim { outcome } => {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
+use rand::{Rng, RngExt, SeedableRng};
 
 use crate::graph::{BUCKETS, Contact, RoutingTable};
 use crate::id::NodeId;
@@ -418,6 +418,23 @@ impl Node {
     /// for [`Output::DialBackListen`].
     pub fn handle_dialback_probe(&mut self, now: Time, token: u64, from: SocketAddr) {
         self.dialback_probe(now, token, from);
+    }
+
+    /// Local discovery (mDNS) found `peer` at `addrs` on our LAN. A node not yet known is
+    /// verified with a ping, which connects to it and enters it in the node graph: after
+    /// that it is a contact like any other, found without any seed.
+    pub fn handle_discovered(&mut self, now: Time, peer: NodeId, addrs: &[SocketAddr]) {
+        if peer == self.cfg.id || addrs.is_empty() {
+            return;
+        }
+        let known = self.table.get(&peer).is_some() || self.conns.contains_key(&peer);
+        self.emit(Event::Discovered { new: !known });
+        if known {
+            return;
+        }
+        let addrs: Vec<SocketAddr> = addrs.iter().take(MAX_ADDRS_PER_PEER).copied().collect();
+        let nonce = self.rng.next_u64();
+        self.send_request(now, peer, addrs, Request::Ping { nonce }, Purpose::Verify);
     }
 
     /// A dial-back hello carrying `token` arrived on the P2P socket from `from`: the

@@ -387,6 +387,11 @@ pub enum Event {
         /// What it found.
         filtering: Filtering,
     },
+    /// Local discovery reported a node on our LAN.
+    Discovered {
+        /// It was not in the node graph yet.
+        new: bool,
+    },
     /// A node claim was stored, checked or refused.
     Claim {
         /// What happened.
