@@ -5,7 +5,7 @@
 //! through the emulated internet. This client speaks just enough HTTP for that: one request
 //! per connection, `Connection: close`, a bounded response size and a timeout.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -76,6 +76,99 @@ pub fn call(
 /// `GET path` returning the body of a 200 answer.
 pub fn get(socket: &Path, path: &str, timeout: Duration) -> Result<Response, ApiError> {
     call(socket, "GET", path, None, timeout)
+}
+
+/// Longest line [`stream`] hands on; a longer one ends the stream as a protocol error.
+const MAX_LINE: usize = 64 * 1024;
+
+/// `GET path` and hands each line of the (chunked) body to `on_line` as it arrives, until
+/// the agent ends the stream, `on_line` returns `false`, or nothing arrives for `idle` (the
+/// agent's event stream sends a keep-alive comment every 15 s). For `GET /events`.
+pub fn stream(
+    socket: &Path,
+    path: &str,
+    idle: Duration,
+    mut on_line: impl FnMut(&str) -> bool,
+) -> Result<(), ApiError> {
+    let p = socket.display().to_string();
+    let io = |source| ApiError::Io {
+        path: p.clone(),
+        source,
+    };
+    let bad = |detail: String| ApiError::Protocol {
+        path: p.clone(),
+        detail,
+    };
+    let mut s = UnixStream::connect(socket).map_err(io)?;
+    s.set_read_timeout(Some(idle)).map_err(io)?;
+    s.set_write_timeout(Some(idle)).map_err(io)?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(io)?;
+    let mut r = BufReader::new(s.take(u64::MAX));
+    let mut line = String::new();
+    let read_line = |r: &mut BufReader<_>, line: &mut String| -> Result<usize, ApiError> {
+        line.clear();
+        let n = r
+            .by_ref()
+            .take(MAX_LINE as u64 + 2)
+            .read_line(line)
+            .map_err(io)?;
+        if n > MAX_LINE {
+            return Err(bad(format!("a line over {MAX_LINE} bytes")));
+        }
+        Ok(n)
+    };
+    read_line(&mut r, &mut line)?;
+    let status = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    if status != "200" {
+        return Err(bad(format!("status {status}")));
+    }
+    let mut chunked = false;
+    loop {
+        if read_line(&mut r, &mut line)? == 0 {
+            return Ok(());
+        }
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        chunked |= l.starts_with("transfer-encoding:") && l.contains("chunked");
+    }
+    let mut pending = String::new();
+    loop {
+        let data = if chunked {
+            if read_line(&mut r, &mut line)? == 0 {
+                return Ok(());
+            }
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| bad(format!("bad chunk size {:?}", line.trim())))?;
+            if size == 0 {
+                return Ok(());
+            }
+            if size > MAX_LINE {
+                return Err(bad(format!("a chunk of {size} bytes")));
+            }
+            let mut buf = vec![0u8; size + 2];
+            r.read_exact(&mut buf).map_err(io)?;
+            buf.truncate(size);
+            String::from_utf8_lossy(&buf).into_owned()
+        } else {
+            if read_line(&mut r, &mut line)? == 0 {
+                return Ok(());
+            }
+            line.clone()
+        };
+        pending.push_str(&data);
+        while let Some(i) = pending.find('\n') {
+            let l: String = pending.drain(..=i).collect();
+            if !on_line(l.trim_end_matches(['\r', '\n'])) {
+                return Ok(());
+            }
+        }
+        if pending.len() > MAX_LINE {
+            return Err(bad(format!("a line over {MAX_LINE} bytes")));
+        }
+    }
 }
 
 fn parse(raw: &[u8]) -> Result<Response, String> {

@@ -98,6 +98,19 @@ enum Cmd {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Print the node events of the fleet (or one agent) as they happen: connections,
+    /// upgrades, relay circuits, NAT type and reachability changes, faults.
+    Events {
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Stop after this many seconds (default: until interrupted).
+        #[arg(long, value_name = "S")]
+        duration_s: Option<u64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the fleet and remove the lab (idempotent).
     Down {
         /// Remove every chaosnet run on this machine, including runs of a killed controller.
@@ -346,6 +359,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Exec { agent, cmd } => exec(&runs, &agent, &cmd),
         Cmd::Restart { agent } => restart(&runs, &agent).map(|()| ExitCode::SUCCESS),
         Cmd::Logs { agent, follow } => logs(&runs, &agent, follow).map(|()| ExitCode::SUCCESS),
+        Cmd::Events {
+            agent,
+            duration_s,
+            json,
+        } => events(&runs, agent.as_deref(), duration_s, json).map(|()| ExitCode::SUCCESS),
         Cmd::Down { all, run } => down(&runs, all, run.as_deref()).map(|()| ExitCode::SUCCESS),
         Cmd::Matrix {
             all,
@@ -1105,6 +1123,36 @@ fn restart(runs: &Path, agent: &str) -> anyhow::Result<()> {
         _ => "pid ?".into(),
     };
     println!("chaosnet: restarted {agent} ({at})");
+    Ok(())
+}
+
+fn events(
+    runs: &Path,
+    agent: Option<&str>,
+    duration_s: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let run_dir = run_dir_of(runs, None)?;
+    let state = RunState::load(&run_dir)?;
+    let agents: Vec<(String, PathBuf)> = state
+        .plan
+        .agents
+        .iter()
+        .filter(|a| agent.is_none_or(|n| n == a.name))
+        .map(|a| (a.name.clone(), run_dir.join(&a.api_socket)))
+        .collect();
+    if agents.is_empty() {
+        anyhow::bail!(
+            "no agent {:?} in run {}",
+            agent.unwrap_or(""),
+            state.run_id.0
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    crate::events::follow(agents, duration_s.map(Duration::from_secs), |t| {
+        crate::events::write(&mut out, t, json)?;
+        std::io::Write::flush(&mut out)
+    })?;
     Ok(())
 }
 

@@ -21,6 +21,7 @@ pub mod agentapi;
 pub mod apply;
 pub mod chaos;
 pub mod cli;
+pub mod events;
 pub mod matrix;
 pub mod monitor;
 pub mod nat;
