@@ -615,6 +615,9 @@ fn agent_args(
     if let Some(endpoint) = &st.otlp_endpoint {
         args.extend(["--otlp-endpoint".into(), endpoint.clone()]);
     }
+    if st.mdns {
+        args.push("--mdns".into());
+    }
     Ok(args)
 }
 

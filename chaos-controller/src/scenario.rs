@@ -263,6 +263,9 @@ pub struct AgentSettings {
     /// address of the emulated internet (198.18.0.0/15): typically a collector run in the
     /// internet namespace, which holds 198.18.0.1. Default: none, no export.
     pub otlp_endpoint: Option<String>,
+    /// Local discovery (`--mdns`): agents on one LAN find each other with mDNS, without
+    /// any seed. Default true in labs (the agent's own default is off).
+    pub mdns: bool,
 }
 
 impl Default for AgentSettings {
@@ -274,6 +277,7 @@ impl Default for AgentSettings {
             bucket_refresh_ms: 3_600_000,
             gc_interval_ms: 30_000,
             otlp_endpoint: None,
+            mdns: true,
         }
     }
 }
@@ -749,6 +753,8 @@ struct RawAgent {
     gc_interval_ms: Option<Spanned<u64>>,
     #[serde(default)]
     otlp_endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    mdns: Option<Spanned<bool>>,
 }
 
 /// A site's `nat` as written: the five kinds plus `cgnat`.
@@ -1261,6 +1267,9 @@ impl Validator<'_> {
                 );
             }
             a.otlp_endpoint = Some(e.value);
+        }
+        if let Some(m) = raw.mdns {
+            a.mdns = m.value;
         }
         Ok(a)
     }

@@ -435,6 +435,10 @@ fn agent_args_follow_the_agent_cli() {
         assert_eq!(value("--task-weights"), ["4,3,2,1,1"]);
         assert_eq!(value("--bucket-refresh-ms"), ["60000"]);
         assert_eq!(value("--gc-interval-ms"), ["10000"]);
+        assert!(
+            args.iter().any(|x| x == "--mdns"),
+            "labs turn local discovery on"
+        );
         assert_eq!(
             value("--rng-seed"),
             [planner::rng_seed(42, &a.name).to_string()]
@@ -453,7 +457,8 @@ fn agent_args_follow_the_agent_cli() {
                     "--rng-seed",
                     "--task-weights",
                     "--bucket-refresh-ms",
-                    "--gc-interval-ms"
+                    "--gc-interval-ms",
+                    "--mdns"
                 ]
                 .contains(&f.as_str()),
                 "{f}"

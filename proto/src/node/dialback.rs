@@ -189,10 +189,18 @@ impl Node {
     /// without one, waits for the next retry.
     fn start_round(&mut self, now: Time, stage: Stage, tried: Vec<NodeId>, prefer: Option<NodeId>) {
         let preferred = prefer.and_then(|p| self.direct_remote(&p).map(|a| (p, a)));
+        // Only a server that sees us through our NAT can test it: one on our own LAN sees a
+        // listen address, and would test the LAN instead.
+        let sees_mapped = |id: &NodeId| {
+            self.observed
+                .iter()
+                .find(|(_, o)| o == id)
+                .is_some_and(|(a, _)| !self.cfg.listen_addrs.contains(a))
+        };
         let best = self
             .conns
             .iter()
-            .filter(|(id, c)| c.mode != ConnMode::Relayed && !tried.contains(id))
+            .filter(|(id, c)| c.mode != ConnMode::Relayed && !tried.contains(id) && sees_mapped(id))
             // Public servers first: their helpers are likelier to be on other IPs.
             .min_by_key(|(id, _)| {
                 let open = self.table.get(id).is_some_and(|c| c.nat.is_open());
