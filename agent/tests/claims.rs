@@ -28,6 +28,16 @@ fn parse(v: &Value) -> Claim {
     }
 }
 
+/// The `claims` list of a `GET /claims[/{id}]` answer.
+fn claims_of(r: &common::HttpResponse) -> Vec<Claim> {
+    r.json()["claims"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no claims list: {}", r.body))
+        .iter()
+        .map(parse)
+        .collect()
+}
+
 #[test]
 fn two_agents_cross_sign_a_claim_keep_it_and_fetch_each_others() {
     let seed = Agent::start_ready("seed", AgentConfig::mainnet(71));
@@ -52,12 +62,7 @@ fn two_agents_cross_sign_a_claim_keep_it_and_fetch_each_others() {
     // Both sides hold it.
     for a in [&seed, &peer] {
         let r = a.get("/claims").expect("GET /claims");
-        let held: Vec<Claim> = r.json()["claims"]
-            .as_array()
-            .expect("claims list")
-            .iter()
-            .map(parse)
-            .collect();
+        let held = claims_of(&r);
         assert_eq!(held, vec![claim.clone()], "{}: {}", a.name, r.body);
     }
 
@@ -66,12 +71,7 @@ fn two_agents_cross_sign_a_claim_keep_it_and_fetch_each_others() {
         .get(&format!("/claims/{}", seed.node_id))
         .expect("GET /claims/{id}");
     assert_eq!(r.status, 200, "{}", r.body);
-    let fetched: Vec<Claim> = r.json()["claims"]
-        .as_array()
-        .expect("claims list")
-        .iter()
-        .map(parse)
-        .collect();
+    let fetched = claims_of(&r);
     assert_eq!(fetched, vec![claim.clone()]);
     let m = peer.metrics();
     assert_eq!(
@@ -96,11 +96,6 @@ fn two_agents_cross_sign_a_claim_keep_it_and_fetch_each_others() {
     peer.restart_with(cfg);
     peer.wait_ready();
     let r = peer.get("/claims").expect("GET /claims");
-    let held: Vec<Claim> = r.json()["claims"]
-        .as_array()
-        .expect("claims list")
-        .iter()
-        .map(parse)
-        .collect();
+    let held = claims_of(&r);
     assert_eq!(held, vec![claim], "after a restart: {}", r.body);
 }
