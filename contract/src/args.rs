@@ -201,7 +201,10 @@ mod tests {
     #[test]
     fn what_the_controller_renders_the_agent_parses_back() {
         let a = sample();
-        assert_eq!(AgentArgs::from_command_line(a.command_line()).expect("parse"), a);
+        assert_eq!(
+            AgentArgs::from_command_line(a.command_line()).expect("parse"),
+            a
+        );
         let mut b = sample();
         b.network = "private:lab".into();
         b.network_key_files = vec!["/k/new".into(), "/k/old".into()];
@@ -220,7 +223,10 @@ mod tests {
         b.max_connections = 3;
         b.log_format = "json".into();
         b.otlp_endpoint = Some("http://198.18.0.1:4318/v1/traces".into());
-        assert_eq!(AgentArgs::from_command_line(b.command_line()).expect("parse"), b);
+        assert_eq!(
+            AgentArgs::from_command_line(b.command_line()).expect("parse"),
+            b
+        );
     }
 
     #[test]
