@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 
 use chaos_controller::chaos::fault::{self, Action, ProcessOp};
 use chaos_controller::chaos::probe::{PairResult, Round};
+use chaos_controller::chaos::report::FaultRecord;
 use chaos_controller::chaos::rng::SeededRng;
-use chaos_controller::chaos::run::{FaultRecord, judge, recovery_after};
+use chaos_controller::chaos::run::judge::{judge, recovery_after};
 use chaos_controller::chaos::schedule::{self, Occurrence};
 use chaos_controller::chaos::select::{self, Mode, Role, Selector};
-use chaos_controller::chaos::spec::{FaultKind, Shape};
-use chaos_controller::plan::{NatKind, RunId};
+use chaos_controller::chaos::spec::{ChaosSpec, FaultKind, Shape};
+use chaos_controller::plan::{NatKind, Plan, RunId};
 use chaos_controller::planner;
 use chaos_controller::scenario::Scenario;
 
@@ -23,8 +24,18 @@ sites:
   - {name: mob, nat: cgnat, agents: 1}
 ";
 
-fn parse(chaos: &str) -> Result<Scenario, String> {
-    Scenario::from_str(&format!("{SITES}{chaos}"), "t.yaml").map_err(|e| e.to_string())
+/// A scenario's plan and its `chaos:` section checked against it, as `up` and `run` check
+/// it before anything is created.
+struct Checked {
+    plan: Plan,
+    chaos: ChaosSpec,
+}
+
+fn parse(chaos: &str) -> Result<Checked, String> {
+    let s = Scenario::from_str(&format!("{SITES}{chaos}"), "t.yaml").map_err(|e| e.to_string())?;
+    let plan = planner::plan(&s, &RunId("abc123".into())).map_err(|e| e.to_string())?;
+    let (chaos, _) = chaos_controller::chaos::check(&s, &plan).map_err(|e| e.to_string())?;
+    Ok(Checked { plan, chaos })
 }
 
 fn err(chaos: &str) -> String {
@@ -154,7 +165,7 @@ fn overlapping_contradictory_faults_name_both_lines() {
 #[test]
 fn selectors_and_modes() {
     let s = parse("").expect("valid");
-    let t = select::targets_of(s.seeds, &s.sites);
+    let t = select::targets(&s.plan);
     assert_eq!(t.len(), 12);
     assert_eq!(t[0].name, "seed-0");
     assert_eq!(t[0].role, Role::Seed);
@@ -236,7 +247,7 @@ const CHURN: &str = "chaos:
 #[test]
 fn same_seed_same_timeline_different_seed_different() {
     let s = parse(CHURN).expect("valid");
-    let t = select::targets_of(s.seeds, &s.sites);
+    let t = select::targets(&s.plan);
     let a = schedule::timeline(&s.chaos, &t, 42).expect("timeline");
     let b = schedule::timeline(&s.chaos, &t, 42).expect("timeline");
     assert_eq!(a, b);
@@ -325,9 +336,8 @@ fn partition_shapes_block_the_right_pairs() {
     );
 }
 
-fn plan() -> chaos_controller::plan::Plan {
-    let s = parse("").expect("valid");
-    planner::plan(&s, &RunId("abc123".into())).expect("plan")
+fn plan() -> Plan {
+    parse("").expect("valid").plan
 }
 
 #[test]

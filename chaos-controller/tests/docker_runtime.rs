@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use chaos_controller::apply::RunState;
+use chaos_controller::lab::RunState;
 use chaos_controller::plan::{NatKind, Plan};
 use chaos_controller::scenario::Scenario;
 use common::cli::{agent_bin, namespaces_of, run, text};

@@ -1,0 +1,69 @@
+//! `chaosnet exec`, `logs` and `restart`: one agent of the current run, under whichever
+//! runtime runs it (the lab's fleet picks it).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::lab::{self, Lab};
+use crate::runtime::{AgentState, InstanceId, Runtime};
+
+#[derive(Debug, Args)]
+pub(super) struct ExecArgs {
+    /// The agent, e.g. `seed-0` or `home-1`.
+    agent: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RestartArgs {
+    /// The agent.
+    agent: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct LogsArgs {
+    /// The agent.
+    agent: String,
+    /// Keep printing as the log grows.
+    #[arg(short, long)]
+    follow: bool,
+}
+
+fn current(runs: &Path) -> anyhow::Result<Lab> {
+    Ok(Lab::adopt(&lab::run_dir_of(runs, None)?)?)
+}
+
+/// `chaosnet exec <agent> -- <cmd...>`: exits with the command's code.
+pub(super) fn exec(runs: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode> {
+    let st = current(runs)?.fleet().exec(&a.agent, &a.cmd)?;
+    Ok(match st.code {
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::from(1),
+    })
+}
+
+/// `chaosnet restart <agent>`.
+pub(super) fn restart(runs: &Path, a: &RestartArgs) -> anyhow::Result<ExitCode> {
+    let lab = current(runs)?;
+    let instance = lab.fleet().restart(&a.agent)?;
+    lab.save()?;
+    let at = match (&instance, lab.fleet().state(&a.agent)) {
+        (InstanceId::Container { name, .. }, _) => format!("container {name}"),
+        (_, Ok(AgentState::Running { pid })) => format!("pid {pid}"),
+        _ => "pid ?".into(),
+    };
+    println!("chaosnet: restarted {} ({at})", a.agent);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `chaosnet logs <agent> [-f]`.
+pub(super) fn logs(runs: &Path, a: &LogsArgs) -> anyhow::Result<ExitCode> {
+    let lab = current(runs)?;
+    let mut out = std::io::stdout().lock();
+    lab.fleet().logs(&a.agent, a.follow, &mut out)?;
+    Ok(ExitCode::SUCCESS)
+}
