@@ -36,7 +36,7 @@ use chaosnet_proto::{Command, NodeId, TaskOutcome};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::driver::{Input, PeerStatus, conn_mode};
+use crate::driver::{Input, PeerStatus};
 use crate::socket::SocketHandle;
 
 /// Concurrent `/connect` calls served; more wait.
@@ -150,7 +150,7 @@ fn attempts(result: &chaosnet_proto::CommandResult) -> Vec<Attempt> {
         .attempts
         .iter()
         .map(|a| Attempt {
-            path: conn_mode(a.path),
+            path: a.path,
             outcome: a.failure.map_or("ok", |f| f.as_str()).to_string(),
             elapsed_ms: a.elapsed.as_secs_f64() * 1000.0,
         })
@@ -198,7 +198,7 @@ async fn connect(
     Ok(match (result.outcome, result.mode) {
         (TaskOutcome::Ok, Some(mode)) => Json(ConnectAnswer {
             node_id: peer.to_hex(),
-            mode: conn_mode(mode),
+            mode,
             elapsed_ms,
             relay: result.relay.map(|r| r.to_hex()),
             birthday_probes: result.birthday_probes,

@@ -105,16 +105,6 @@ pub enum Input {
     Metrics(oneshot::Sender<String>),
 }
 
-/// The contract's spelling of a connection mode (`GET /status`, `POST /connect`).
-pub fn conn_mode(m: ConnMode) -> chaosnet_contract::api::ConnMode {
-    use chaosnet_contract::api::ConnMode as Api;
-    match m {
-        ConnMode::Direct => Api::Direct,
-        ConnMode::Punched => Api::Punched,
-        ConnMode::Relayed => Api::Relayed,
-    }
-}
-
 /// One contact in `GET /peers`.
 #[derive(Clone, Debug, Serialize)]
 pub struct PeerStatus {
@@ -436,7 +426,7 @@ impl Driver {
             .connections()
             .map(|(id, c)| ConnStatus {
                 node_id: id.to_hex(),
-                mode: conn_mode(c.mode),
+                mode: c.mode,
                 rtt_ms: self
                     .node
                     .graph()
