@@ -62,16 +62,9 @@ enum Cmd {
 
 /// Parses the command line and runs; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match chaosnet_contract::parse_command_line() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Cmd::Keygen { data_dir, force } => report(keygen(&data_dir, force), 2),

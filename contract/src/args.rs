@@ -80,6 +80,23 @@ pub struct AgentArgs {
     pub otlp_endpoint: Option<String>,
 }
 
+/// Parses the process's command line into `P`, with the convention both binaries share:
+/// `--help` and `--version` print and exit 0, a bad command line prints clap's error and
+/// exits 2 (a configuration error).
+///
+/// # Errors
+/// The exit code to leave with when the command line did not parse into `P`.
+pub fn parse_command_line<P: Parser>() -> Result<P, std::process::ExitCode> {
+    P::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            std::process::ExitCode::from(2)
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    })
+}
+
 /// Parses `run <flags>` exactly as the agent binary does.
 #[derive(Parser)]
 #[command(name = "chaosnet-agent", no_binary_name = true)]

@@ -6,7 +6,8 @@
 //!   scenario's `agent.task_weights`, and the core's configuration).
 //! - [`AgentArgs`] (feature `cli`, on by default): the flags of `chaosnet-agent run`, a clap
 //!   [`clap::Args`] that also renders itself back to argv ([`AgentArgs::to_args`]), so the
-//!   agent parses exactly what the controller renders.
+//!   agent parses exactly what the controller renders; [`parse_command_line`] is the exit-code
+//!   convention of both binaries' command lines.
 //! - [`api`]: the bodies of `GET /status`, `POST /connect`, `POST /lookup`,
 //!   `GET|PUT /impairment` and the error body every route answers with.
 //!
@@ -19,5 +20,5 @@ mod args;
 mod weights;
 
 #[cfg(feature = "cli")]
-pub use args::{AgentArgs, DEFAULT_TASK_WEIGHTS, RUN_SUBCOMMAND};
+pub use args::{AgentArgs, DEFAULT_TASK_WEIGHTS, RUN_SUBCOMMAND, parse_command_line};
 pub use weights::{ParseWeightsError, TaskWeights};

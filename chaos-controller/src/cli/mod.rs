@@ -113,16 +113,9 @@ enum Cmd {
 
 /// Parses arguments and runs; returns the exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match chaosnet_contract::parse_command_line() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     // Dropped at the end of main: flushes pending spans.
     let _telemetry = match chaosnet_telemetry::init(chaosnet_telemetry::Options {

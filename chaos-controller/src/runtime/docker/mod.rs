@@ -18,7 +18,9 @@
 //!   restart (stop, start the same container: same volume, so the node graph survives; the
 //!   link is moved again into the new namespace), state, logs (streamed from the engine,
 //!   with follow), and exec (`ip netns exec` into the container's network namespace from
-//!   the host: the image has no shell, and the host's tools are what `exec` is for).
+//!   the host: the image has no shell, and the host's tools are what `exec` is for). The
+//!   agent's API is its unix socket in the bind-mounted agent directory, and fault tools run
+//!   in the container's network namespace under the host namespace's name.
 //! - [`Engine::remove_run`] removes every container and volume labelled with a run id, or
 //!   with any run id, which also cleans up after a controller that was killed.
 //!
