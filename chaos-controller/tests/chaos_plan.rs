@@ -11,7 +11,7 @@ use chaos_controller::chaos::rng::SeededRng;
 use chaos_controller::chaos::run::judge::{judge, recovery_after};
 use chaos_controller::chaos::schedule::{self, Occurrence};
 use chaos_controller::chaos::select::{self, Mode, Role, Selector};
-use chaos_controller::chaos::spec::{ChaosSpec, FaultKind, Shape};
+use chaos_controller::chaos::spec::{self, ChaosSpec, FaultKind, Shape};
 use chaos_controller::plan::{NatKind, Plan, RunId};
 use chaos_controller::planner;
 use chaos_controller::scenario::Scenario;
@@ -580,4 +580,46 @@ fn slos_are_judged_and_failures_name_slo_value_and_time() {
     assert!(by["during"].pass, "{}", by["during"].message);
     assert!(by["rec"].pass, "{}", by["rec"].message);
     assert!(by["direct"].pass);
+}
+
+#[test]
+fn a_fault_from_flags_is_validated_as_a_scenarios_fault_is() {
+    let c = parse("").expect("valid");
+    let targets = select::targets(&c.plan);
+    let flags = spec::FaultFlags {
+        kind: "loss".into(),
+        sites: vec!["home".into()],
+        mode: "fixed:2".into(),
+        duration_s: Some(4.0),
+        loss_pct: Some(12.5),
+        ..spec::FaultFlags::default()
+    };
+    let from_flags = spec::single(flags.clone(), &targets).expect("valid flags");
+    let from_yaml = parse(
+        "chaos:\n  faults:\n    - {kind: loss, loss_pct: 12.5, select: {site: home}, mode: 'fixed:2', duration_s: 4}\n",
+    )
+    .expect("valid yaml")
+    .chaos;
+    let (mut a, b) = (from_flags.faults[0].clone(), from_yaml.faults[0].clone());
+    a.at = b.at;
+    assert_eq!(a, b, "the same fault either way");
+
+    let bad = |f: spec::FaultFlags| spec::single(f, &targets).expect_err("refused").message;
+    let m = bad(spec::FaultFlags {
+        sites: vec!["mars".into()],
+        ..flags.clone()
+    });
+    assert!(m.contains("matches no agent"), "{m}");
+    let m = bad(spec::FaultFlags {
+        loss_pct: None,
+        ..flags.clone()
+    });
+    assert!(m.contains("needs loss_pct"), "{m}");
+    let m = bad(spec::FaultFlags {
+        kind: "nat-swap".into(),
+        loss_pct: None,
+        to: Some("open".into()),
+        ..flags
+    });
+    assert!(m.contains("nat-swap `to` must be one of"), "{m}");
 }

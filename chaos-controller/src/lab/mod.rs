@@ -457,11 +457,9 @@ impl Lab {
     /// # Errors
     /// The tool could not run there (see [`apply::net_exec`]).
     pub fn net(&self, ns: &str, cmd: &NetCmd) -> Result<NetOutput, RuntimeError> {
-        match self.plan().namespace(ns).map(|n| &n.role) {
-            Some(NsRole::Host { agent }) if self.plan().agent(agent).is_some() => {
-                self.fleet.net(agent, cmd)
-            }
-            _ => Ok(apply::net_exec(ns, cmd)?),
+        match agent_of_ns(self.plan(), ns) {
+            Some(agent) => self.fleet.net(agent, cmd),
+            None => Ok(apply::net_exec(ns, cmd)?),
         }
     }
 
@@ -513,6 +511,15 @@ impl Lab {
         // `down` works from names anyway).
         let _ = self.save();
         down_run(&self.run_dir, &self.state)
+    }
+}
+
+/// The agent whose own namespace `ns` is, if it is one (then its runtime reaches it);
+/// routers and the internet are the local lab's.
+fn agent_of_ns<'a>(plan: &'a Plan, ns: &str) -> Option<&'a str> {
+    match plan.namespace(ns).map(|n| &n.role) {
+        Some(NsRole::Host { agent }) => plan.agent(agent).map(|a| a.name.as_str()),
+        _ => None,
     }
 }
 
@@ -575,4 +582,49 @@ pub fn down_all(runs: &Path) -> Result<DownReport, LabError> {
         containers: c.containers,
         volumes: c.volumes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_namespace_goes_to_its_runtime_the_rest_to_the_local_lab() {
+        let mut s = crate::scenario::Scenario::default_scenario();
+        s.scale_agents(s.sites.len()).expect("one agent per site");
+        let plan = crate::planner::plan(&s, &RunId("abc123".into())).expect("plan");
+        for a in &plan.agents {
+            assert_eq!(agent_of_ns(&plan, &a.ns), Some(a.name.as_str()));
+        }
+        for site in &plan.sites {
+            for r in &site.routers {
+                assert_eq!(agent_of_ns(&plan, r), None, "{r} is the lab's");
+            }
+        }
+        assert_eq!(agent_of_ns(&plan, "cnabc123-inet"), None);
+        assert_eq!(agent_of_ns(&plan, "cnabc123-h-nobody"), None);
+    }
+
+    #[test]
+    fn runs_are_found_by_id_or_as_the_current_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = run_dir_of(dir.path(), None).expect_err("no current run");
+        assert!(e.to_string().contains("run `chaosnet up`"), "{e}");
+        let plan = crate::planner::plan(
+            &crate::scenario::Scenario::default_scenario(),
+            &RunId("abc123".into()),
+        )
+        .expect("plan");
+        let run_dir = dir.path().join("abc123");
+        RunState::new(plan).save(&run_dir).expect("save");
+        assert!(run_dir_of(dir.path(), None).is_err(), "not current yet");
+        set_current(dir.path(), &RunId("abc123".into())).expect("current");
+        assert_eq!(
+            run_dir_of(dir.path(), None).expect("current"),
+            run_dir_of(dir.path(), Some("abc123")).expect("by id")
+        );
+        clear_current(dir.path());
+        assert!(run_dir_of(dir.path(), None).is_err());
+        assert!(run_dir_of(dir.path(), Some("ffffff")).is_err());
+    }
 }

@@ -134,12 +134,6 @@ fn kinds_of(plan: &Plan) -> Vec<RuntimeKind> {
 }
 
 impl Runtime for Fleet {
-    /// The runtime of the first agent (a mixed fleet answers per agent through
-    /// [`Fleet::kind_of`]).
-    fn kind(&self) -> RuntimeKind {
-        self.runtimes.keys().next().copied().unwrap_or_default()
-    }
-
     fn start(&self, agent: &AgentPlan) -> Result<InstanceId, RuntimeError> {
         self.pick(&agent.name)?.start(agent)
     }

@@ -56,16 +56,6 @@ pub enum InstanceId {
     },
 }
 
-impl InstanceId {
-    /// The runtime this instance belongs to.
-    pub fn kind(&self) -> RuntimeKind {
-        match self {
-            InstanceId::Process { .. } => RuntimeKind::Process,
-            InstanceId::Container { .. } => RuntimeKind::Docker,
-        }
-    }
-}
-
 /// What an agent is doing, as far as the runtime can tell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentState {
@@ -219,8 +209,6 @@ pub enum RuntimeError {
 /// `&self` (implementations synchronise inside) so faults and probes run from several
 /// threads.
 pub trait Runtime: Send + Sync {
-    /// Which runtime this is.
-    fn kind(&self) -> RuntimeKind;
     /// Starts `agent` (its key written first); it becomes known to the runtime.
     fn start(&self, agent: &AgentPlan) -> Result<InstanceId, RuntimeError>;
     /// Stops gracefully (TERM, then KILL after a bounded grace). No-op when not running.

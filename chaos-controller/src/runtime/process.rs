@@ -34,8 +34,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::{
-    AgentState, ExecStatus, InstanceId, Runtime, RuntimeError, RuntimeKind, exec_in_netns, lab_api,
-    lab_net, valid_name,
+    AgentState, ExecStatus, InstanceId, Runtime, RuntimeError, exec_in_netns, lab_api, lab_net,
+    valid_name,
 };
 use crate::agentapi::ApiError;
 use crate::apply::{self, NetCmd, NetOutput};
@@ -431,10 +431,6 @@ fn in_agent_ns(pid: u32, ns: &str) -> bool {
 }
 
 impl Runtime for ProcessRuntime {
-    fn kind(&self) -> RuntimeKind {
-        RuntimeKind::Process
-    }
-
     fn api(&self, name: &str, req: &Request<'_>, timeout: Duration) -> Result<Response, ApiError> {
         lab_api(&self.run_dir, &self.plan_of(name)?, req, timeout)
     }

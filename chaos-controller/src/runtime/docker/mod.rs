@@ -754,10 +754,6 @@ fn pid_of(state: &bollard::models::ContainerState) -> u32 {
 }
 
 impl Runtime for DockerRuntime {
-    fn kind(&self) -> RuntimeKind {
-        RuntimeKind::Docker
-    }
-
     /// Through the agent directory bind-mounted into the container: its socket is in the
     /// run directory, as a process's is.
     fn api(&self, name: &str, req: &Request<'_>, timeout: Duration) -> Result<Response, ApiError> {
