@@ -122,28 +122,30 @@ pub fn call(ep: &Endpoint, req: &Request<'_>, timeout: Duration) -> Result<Respo
         req.path,
         body.len()
     );
-    let mut raw = Vec::new();
-    match ep {
+    let raw = match ep {
         Endpoint::Unix(path) => {
-            let mut s = UnixStream::connect(path).map_err(io)?;
+            let s = UnixStream::connect(path).map_err(io)?;
             s.set_read_timeout(Some(timeout)).map_err(io)?;
             s.set_write_timeout(Some(timeout)).map_err(io)?;
-            s.write_all(head.as_bytes()).map_err(io)?;
-            s.take(MAX_RESPONSE as u64 + 1)
-                .read_to_end(&mut raw)
-                .map_err(io)?;
+            exchange(s, &head).map_err(io)?
         }
         Endpoint::Tcp(addr) => {
-            let mut s = TcpStream::connect_timeout(addr, timeout).map_err(io)?;
+            let s = TcpStream::connect_timeout(addr, timeout).map_err(io)?;
             s.set_read_timeout(Some(timeout)).map_err(io)?;
             s.set_write_timeout(Some(timeout)).map_err(io)?;
-            s.write_all(head.as_bytes()).map_err(io)?;
-            s.take(MAX_RESPONSE as u64 + 1)
-                .read_to_end(&mut raw)
-                .map_err(io)?;
+            exchange(s, &head).map_err(io)?
         }
-    }
+    };
     parse_response(&raw).map_err(|detail| HttpError::Protocol { endpoint, detail })
+}
+
+/// Writes the request and reads the answer until the server closes, at most one byte over
+/// [`MAX_RESPONSE`] (which [`parse_response`] then refuses).
+fn exchange(mut s: impl Read + Write, request: &str) -> std::io::Result<Vec<u8>> {
+    s.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    s.take(MAX_RESPONSE as u64 + 1).read_to_end(&mut raw)?;
+    Ok(raw)
 }
 
 /// Parses a complete answer (status line, headers, plain or chunked body).

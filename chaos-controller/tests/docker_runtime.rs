@@ -39,7 +39,7 @@ use serde_json::Value;
 use chaos_controller::lab::RunState;
 use chaos_controller::plan::{NatKind, Plan};
 use chaos_controller::scenario::Scenario;
-use common::cli::{agent_bin, namespaces_of, run, text};
+use common::cli::{agent_bin, namespaces_of, run, sh, text};
 use common::{probe, require_root, udp};
 
 /// Removes the test image however the test ends.
@@ -610,18 +610,6 @@ fn fault(runs: &Path, args: &[&str]) -> String {
     let o = run(runs, &a);
     assert!(o.status.success(), "fault {args:?}: {}", text(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn sh(args: &[&str]) -> String {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The agent's impairment, read from its API socket in the run directory.
