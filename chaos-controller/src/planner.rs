@@ -10,8 +10,9 @@
 //!
 //! What it does not do: touch the system, pick the run id, know where the agent binary is
 //! (agent args start with `run`; paths in them are relative to the run directory), or
-//! resolve a runtime choice of `auto` (that needs the Docker engine: the CLI resolves it
-//! with [`Scenario::resolve_auto`] first; an unresolved `auto` plans as `process`).
+//! resolve a runtime choice of `auto` (that needs the Docker engine:
+//! [`crate::lab::resolve_runtime`] resolves it first; an unresolved `auto` plans as
+//! `process`).
 //!
 //! # Address plan
 //!

@@ -28,6 +28,8 @@ const DEFAULT_LOG_FORMAT: &str = "text";
 
 /// `chaosnet-agent run` flags. The first seven are the stable contract used by the
 /// controller and documented in the README.
+// The field comments are the agent's `--help` text, with `<placeholders>` for people.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Clone, Debug, PartialEq, Args, Serialize, Deserialize)]
 pub struct AgentArgs {
     /// Network to join: mainnet, testnet or private:<name>. Nodes of different networks

@@ -6,7 +6,7 @@
 //!   `chaosnet_fault_heals_total{kind, fault, run}`;
 //! - `chaosnet_fault_recovery_seconds{kind, fault, run}`: seconds from the latest heal of that
 //!   fault to the first probe round at the recovery threshold, set by `chaosnet run` when it
-//!   measures that recovery (the same [`super::run::recovery_after`] the report uses). A heal
+//!   measures that recovery (the same [`super::run::judge::recovery_after`] the report uses). A heal
 //!   that never recovers leaves the previous value (or no series).
 //!
 //! Every series of a fault can be declared at zero before its first injection

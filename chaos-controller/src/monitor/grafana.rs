@@ -238,7 +238,7 @@ pub fn grafana_args(bin: &GrafanaBin, home: &Path, config: &Path) -> Vec<String>
     args
 }
 
-/// What [`spawn_grafana`] did.
+/// What [`spawn`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrafanaStart {
     /// Started, detached.

@@ -3,7 +3,7 @@
 //! It listens on 127.0.0.1 and answers `GET /agents/<name>/metrics` (and `/status`) with the
 //! agent's own answer, reached through the run's lab ([`Lab::agent`]), so it finds agents
 //! wherever their runtime keeps their API. Agent names are checked against `[a-z0-9-]`, at
-//! most [`MAX_PROXY_THREADS`] requests are served at once, and every agent call has a
+//! most 32 requests are served at once, and every agent call has a
 //! timeout. What it does not do: cache, or serve anything else.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

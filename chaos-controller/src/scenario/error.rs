@@ -111,7 +111,7 @@ pub enum Problem {
     /// `network_key_file` on a public network.
     #[error("network_key_file is only for private:<name> networks, not {0}")]
     KeyWithoutPrivate(String),
-    /// `network_key_file` cannot be read (only checked by [`Scenario::load`]).
+    /// `network_key_file` cannot be read (only checked by [`super::Scenario::load`]).
     #[error("network_key_file {path}: {reason}")]
     KeyFileUnreadable {
         /// The resolved path.

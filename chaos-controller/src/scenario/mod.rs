@@ -1,15 +1,18 @@
 //! The scenario file (YAML): what a chaosnet run builds, parsed and validated.
 //!
-//! What it does: parses a scenario with `serde-saphyr` (the only module that knows the YAML
-//! crate, so the choice can change), rejects unknown fields, validates every value, and
-//! reports each problem as `file:line:col: message`, naming the valid choices where there
-//! is a fixed set. Positions come from the parser for syntax and type errors, and from
-//! `serde_saphyr::Spanned` values (the position of the offending value) for semantic ones.
-//! It also implements `--agents N` ([`Scenario::scale_agents`]).
+//! What it does: parses a scenario with `serde-saphyr` (`raw`: the serde layer, the only one
+//! that knows the YAML crate, so the choice can change), rejects unknown fields, validates
+//! every value (`validate`), and reports each problem as `file:line:col: message` (`error`),
+//! naming the valid choices where there is a fixed set. Positions come from the parser for
+//! syntax and type errors, and from `serde_saphyr::Spanned` values (the position of the
+//! offending value) for semantic ones. It also implements `--agents N`
+//! ([`Scenario::scale_agents`]).
 //!
 //! What it does not do: touch the system (apart from [`Scenario::load`] reading the file
 //! and checking that the network key file exists), decide addresses or names (that is the
-//! planner's job). The `chaos:` section's own schema lives in `crate::chaos::spec`.
+//! planner's job, in the plan's vocabulary), or check the `chaos:` section: it keeps it as
+//! written, and [`crate::chaos::check`] checks it against the plan's agents (its schema is
+//! `crate::chaos::spec`'s).
 //!
 //! # Schema
 //!
@@ -93,7 +96,7 @@ pub const MAX_SITE_NAME_LEN: usize = 12;
 /// Longest private network name (the agent's own limit).
 pub const MAX_NETWORK_NAME_LEN: usize = 32;
 /// Site names that would clash with names the planner uses.
-pub const RESERVED_SITE_NAMES: [&str; 2] = ["seed", "internet"];
+pub const RESERVED_SITE_NAMES: [&str; 2] = [crate::plan::SEED_STEM, crate::plan::SEED_SITE];
 
 /// The runtime choices.
 pub const RUNTIME_CHOICES: &str =

@@ -3,7 +3,7 @@
 //!
 //! [`prepare`] loads a scenario and checks its `chaos:` section against the agents of its
 //! plan (before anything exists); [`run`] drives a [`Lab`] through the seeded
-//! [`Timeline`] ([`drive`]) and judges the SLOs ([`judge`]). Everything that happens is
+//! [`Timeline`] (`drive`) and judges the SLOs ([`judge`]). Everything that happens is
 //! appended to `<run dir>/events.jsonl`; the report goes to `<run dir>/report.{md,json,html}`.
 //!
 //! Exit codes (see [`Outcome::exit_code`]): 0 every SLO held, 1 an SLO failed, 2 the run could
