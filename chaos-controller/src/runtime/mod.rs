@@ -14,6 +14,15 @@
 //! kinds are listed in one place: [`build`] makes a runtime of a kind, [`cleanup`] removes
 //! what a kind leaves outside the lab's namespaces (containers, volumes) by run label.
 //!
+//! Adding a runtime (e.g. agents as pods): a [`RuntimeKind`] variant (and a
+//! [`crate::scenario::RuntimeChoice`]), an implementation of [`Runtime`] (its `api` through
+//! whatever reaches the agent, e.g. an API-server proxy; its `net` through whatever enters
+//! the agent's network, e.g. exec into a router container), and an arm in [`build`] and
+//! [`cleanup`] (removal by label). Commands do not change: they go through the lab. A
+//! runtime that also brings its own network (NAT inside the pod rather than the local
+//! namespaces) adds that to [`crate::lab::Lab::up`] and routes the plan's router
+//! namespaces in [`crate::lab::Lab::net`], the two places that assume the local lab today.
+//!
 //! This module does not create namespaces (see [`crate::apply`]) and does not decide when
 //! agents start.
 
