@@ -40,13 +40,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chaosnet_contract::api::{
+    Attempt, ConnectAnswer, ConnectFailure, ConnectRequest, ErrorBody, Impairment, LookupAnswer,
+    LookupRequest, Status,
+};
 use chaosnet_proto::{Command, NodeId, TaskOutcome};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::driver::{Input, PeerStatus, Status};
+use crate::driver::{Input, PeerStatus};
 use crate::events::{self, Events};
-use crate::socket::{Impairment, SocketHandle};
+use crate::socket::SocketHandle;
 
 /// Concurrent `/connect` calls served; more wait.
 const MAX_CONCURRENT_CONNECTS: usize = 64;
@@ -92,13 +96,6 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// An error body: `{"error": "...", "reason": "..."}`.
-#[derive(Debug, Serialize)]
-struct ApiError {
-    error: String,
-    reason: &'static str,
-}
-
 /// The JSON body, or a 400 naming what is wrong with it.
 // The error is the response a handler returns at once with `?`, never stored or passed on,
 // so its size does not matter (handlers return the same type).
@@ -119,9 +116,9 @@ fn node_id(s: &str) -> Result<NodeId, Response> {
 fn error(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response {
     (
         status,
-        Json(ApiError {
+        Json(ErrorBody {
             error: msg.into(),
-            reason,
+            reason: reason.to_string(),
         }),
     )
         .into_response()
@@ -167,54 +164,13 @@ async fn peers(State(state): State<ApiState>) -> Result<Json<Vec<PeerStatus>>, R
     ask(&state, Input::Peers).await.map(Json)
 }
 
-/// Body of `POST /connect`.
-#[derive(Debug, Deserialize)]
-struct ConnectBody {
-    node_id: String,
-    /// Open a new connection even if one exists. Default true, so the answer measures a real
-    /// connection attempt.
-    #[serde(default = "yes")]
-    fresh: bool,
-    /// Go only through this relay (hex NodeId), with a fresh connection.
-    #[serde(default)]
-    via: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Answer of `POST /connect`.
-#[derive(Debug, Serialize)]
-struct ConnectAnswer {
-    node_id: String,
-    /// direct | punched | relayed: the path the connection took.
-    mode: &'static str,
-    elapsed_ms: f64,
-    /// The relay's id (hex), for relayed connections.
-    relay: Option<String>,
-    /// Spray probes sent, when this side birthday-probed.
-    birthday_probes: Option<u32>,
-    /// Every path tried, in order.
-    attempts: Vec<AttemptAnswer>,
-}
-
-/// One path tried by a connect.
-#[derive(Debug, Serialize)]
-struct AttemptAnswer {
-    path: &'static str,
-    /// ok, or why it failed.
-    outcome: &'static str,
-    elapsed_ms: f64,
-}
-
-fn attempts(result: &chaosnet_proto::CommandResult) -> Vec<AttemptAnswer> {
+fn attempts(result: &chaosnet_proto::CommandResult) -> Vec<Attempt> {
     result
         .attempts
         .iter()
-        .map(|a| AttemptAnswer {
-            path: a.path.as_str(),
-            outcome: a.failure.map_or("ok", |f| f.as_str()),
+        .map(|a| Attempt {
+            path: a.path,
+            outcome: a.failure.map_or("ok", |f| f.as_str()).to_string(),
             elapsed_ms: a.elapsed.as_secs_f64() * 1000.0,
         })
         .collect()
@@ -222,7 +178,7 @@ fn attempts(result: &chaosnet_proto::CommandResult) -> Vec<AttemptAnswer> {
 
 async fn connect(
     State(state): State<ApiState>,
-    body: Result<Json<ConnectBody>, JsonRejection>,
+    body: Result<Json<ConnectRequest>, JsonRejection>,
 ) -> Result<Response, Response> {
     let body = json_body(body)?;
     let peer = node_id(&body.node_id)?;
@@ -261,7 +217,7 @@ async fn connect(
     Ok(match (result.outcome, result.mode) {
         (TaskOutcome::Ok, Some(mode)) => Json(ConnectAnswer {
             node_id: peer.to_hex(),
-            mode: mode.as_str(),
+            mode,
             elapsed_ms,
             relay: result.relay.map(|r| r.to_hex()),
             birthday_probes: result.birthday_probes,
@@ -275,12 +231,12 @@ async fn connect(
             };
             (
                 status,
-                Json(serde_json::json!({
-                    "error": format!("cannot connect to {}", peer.short()),
-                    "reason": outcome.as_str(),
-                    "elapsed_ms": elapsed_ms,
-                    "attempts": attempts(&result),
-                })),
+                Json(ConnectFailure {
+                    error: format!("cannot connect to {}", peer.short()),
+                    reason: outcome.as_str().to_string(),
+                    elapsed_ms,
+                    attempts: attempts(&result),
+                }),
             )
                 .into_response()
         }
@@ -354,25 +310,19 @@ async fn echo(
     .into_response())
 }
 
-/// Body of `POST /lookup`.
-#[derive(Debug, Deserialize)]
-struct LookupBody {
-    node_id: String,
-}
-
 async fn lookup(
     State(state): State<ApiState>,
-    body: Result<Json<LookupBody>, JsonRejection>,
+    body: Result<Json<LookupRequest>, JsonRejection>,
 ) -> Result<Response, Response> {
     let body = json_body(body)?;
     let target = node_id(&body.node_id)?;
     let command = Command::Lookup { target };
     let r = ask(&state, |reply| Input::Command { command, reply }).await?;
-    Ok(Json(serde_json::json!({
-        "found": r.outcome == TaskOutcome::Ok,
-        "elapsed_ms": r.elapsed.as_secs_f64() * 1000.0,
-        "closest": r.closest.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
-    }))
+    Ok(Json(LookupAnswer {
+        found: r.outcome == TaskOutcome::Ok,
+        elapsed_ms: r.elapsed.as_secs_f64() * 1000.0,
+        closest: r.closest.iter().map(|id| id.to_hex()).collect(),
+    })
     .into_response())
 }
 

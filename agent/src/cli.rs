@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use chaosnet_proto::TaskWeights;
+use chaosnet_contract::AgentArgs;
 use chaosnet_proto::{Node, NodeConfig, NodeId};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 use crate::api::{self, ApiState};
@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the agent until SIGINT or SIGTERM.
-    Run(Box<RunArgs>),
+    Run(Box<AgentArgs>),
     /// Create the node key in the data dir and print its NodeId.
     Keygen {
         /// Directory holding node.key.
@@ -61,77 +61,11 @@ enum Cmd {
     },
 }
 
-/// `chaosnet-agent run` flags. The first seven are the stable contract used by the
-/// controller and documented in the README.
-#[derive(Debug, Args)]
-struct RunArgs {
-    /// Network to join: mainnet, testnet or private:<name>. Nodes of different networks
-    /// refuse each other during the handshake.
-    #[arg(long, value_name = "ID")]
-    network: String,
-    /// Pre-shared key file of a private network (64 hex chars; optional "not-after: <unix
-    /// seconds>"). Repeat for key rotation: the first is current, all unexpired are accepted.
-    #[arg(long = "network-key-file", value_name = "FILE")]
-    network_key_files: Vec<PathBuf>,
-    /// UDP address of the P2P socket.
-    #[arg(long, value_name = "IP:PORT")]
-    listen: SocketAddr,
-    /// Bootstrap node, as <node_id>@<ip:port>. Repeatable.
-    #[arg(long = "seed", value_name = "ID@IP:PORT")]
-    seeds: Vec<String>,
-    /// Directory for node.key and the node graph (created if missing).
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
-    /// Control API address: <ip:port> or unix:<path>. Never the P2P socket.
-    #[arg(long, value_name = "ADDR")]
-    api: String,
-    /// Autonomous tasks per second (Poisson). 0 disables the loop.
-    #[arg(long, default_value_t = 1.0, value_name = "R")]
-    task_rate: f64,
-    /// Seed of the core's random choices; random if not given (and logged).
-    #[arg(long, value_name = "N")]
-    rng_seed: Option<u64>,
-    /// Task weights as ping,lookup,connect,echo[,claim] (claim is 0 when left out).
-    #[arg(long, default_value = "4,3,2,1,1", value_name = "P,L,C,E[,CL]")]
-    task_weights: String,
-    /// Payload of the echo task in bytes.
-    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
-    echo_bytes: usize,
-    /// Mean idle-bucket refresh period (±50% jitter).
-    #[arg(long, default_value_t = 3_600_000, value_name = "MS")]
-    bucket_refresh_ms: u64,
-    /// Interval of node-graph GC (pinging the oldest contacts of full buckets).
-    #[arg(long, default_value_t = 30_000, value_name = "MS")]
-    gc_interval_ms: u64,
-    /// Connections kept open; the lowest-scoring idle ones are closed beyond it.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    max_connections: usize,
-    /// Log format.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-    /// Announce this node and find others on the LAN with mDNS (DNS-SD
-    /// `_chaosnet._udp.local.`), so same-LAN nodes connect without any seed. Off by
-    /// default; the lab turns it on.
-    #[arg(long)]
-    mdns: bool,
-    /// Export trace spans (connects, requests) over OTLP/HTTP to this URL, e.g.
-    /// http://127.0.0.1:4318/v1/traces. Off by default.
-    #[arg(long, value_name = "URL")]
-    otlp_endpoint: Option<String>,
-}
-
 /// Parses the command line and runs; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match chaosnet_contract::parse_command_line() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Cmd::Keygen { data_dir, force } => report(keygen(&data_dir, force), 2),
@@ -211,28 +145,6 @@ fn parse_seed(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
     Ok((id, addr))
 }
 
-fn parse_weights(s: &str) -> anyhow::Result<TaskWeights> {
-    let parts: Vec<u32> = s
-        .split(',')
-        .map(|p| p.trim().parse::<u32>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--task-weights {s:?}: expected whole numbers"))?;
-    let (ping, lookup, connect, echo, claim) = match parts[..] {
-        [p, l, c, e] => (p, l, c, e, 0),
-        [p, l, c, e, cl] => (p, l, c, e, cl),
-        _ => bail!(
-            "--task-weights {s:?}: expected four or five numbers: ping,lookup,connect,echo[,claim]"
-        ),
-    };
-    Ok(TaskWeights {
-        ping,
-        lookup,
-        connect,
-        echo,
-        claim,
-    })
-}
-
 /// Where the API listens.
 enum ApiAddr {
     Tcp(SocketAddr),
@@ -252,13 +164,13 @@ fn parse_api(s: &str) -> anyhow::Result<ApiAddr> {
     Ok(ApiAddr::Tcp(addr))
 }
 
-async fn run(args: RunArgs) -> ExitCode {
+async fn run(args: AgentArgs) -> ExitCode {
     // Everything that can fail happens during setup (configuration, key, store, sockets),
     // so failures are configuration or environment errors: exit code 2.
     report(setup_and_run(args).await, 2)
 }
 
-async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
+async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = |e: anyhow::Error| e;
     let network: NetworkId = args
         .network
@@ -293,7 +205,6 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
         .map(|s| parse_seed(s))
         .collect::<anyhow::Result<_>>()
         .map_err(cfg)?;
-    let weights = parse_weights(&args.task_weights).map_err(cfg)?;
     if !(args.task_rate >= 0.0 && args.task_rate.is_finite()) {
         return Err(cfg(anyhow::anyhow!("--task-rate must be a number >= 0")));
     }
@@ -351,7 +262,7 @@ async fn setup_and_run(args: RunArgs) -> anyhow::Result<()> {
     node_cfg.seeds = seeds;
     node_cfg.rng_seed = rng_seed;
     node_cfg.task_rate_per_s = args.task_rate;
-    node_cfg.task_weights = weights;
+    node_cfg.task_weights = args.task_weights;
     node_cfg.echo_bytes = args.echo_bytes;
     node_cfg.bucket_refresh_ms = args.bucket_refresh_ms;
     node_cfg.gc_interval_ms = args.gc_interval_ms;

@@ -13,11 +13,12 @@
 //! carried one. The transport's `request` and `connect_attempt` spans hang under them. With
 //! spans off (no `--otlp-endpoint`, quiet log filter) none of this is kept.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chaosnet_contract::api::{ConnStatus, Status};
 use chaosnet_proto::{Activity, ActivityKind, InboundId};
 use chaosnet_proto::{
     Command, CommandId, CommandResult, ConnMode, Connected, Event, Failure, GraphChange, Node,
@@ -30,7 +31,7 @@ use tracing::field::Empty;
 
 use crate::events::Events;
 use crate::metrics::Metrics;
-use crate::socket::{SocketHandle, SocketStats};
+use crate::socket::SocketHandle;
 use crate::store::GraphStore;
 use crate::transport::{Transport, adopt_remote_parent};
 
@@ -128,61 +129,6 @@ pub enum Input {
         /// Where it says it listens.
         addrs: Vec<SocketAddr>,
     },
-}
-
-/// One connection in [`Status`].
-#[derive(Clone, Debug, Serialize)]
-pub struct ConnStatus {
-    /// Peer id (hex).
-    pub node_id: String,
-    /// direct | punched | relayed
-    pub mode: &'static str,
-    /// Smoothed RTT, if measured.
-    pub rtt_ms: Option<f64>,
-    /// The peer's address on the connection.
-    pub remote: String,
-}
-
-/// What `GET /status` returns.
-#[derive(Clone, Debug, Serialize)]
-pub struct Status {
-    /// This node's id (hex).
-    pub node_id: String,
-    /// The network id.
-    pub network: String,
-    /// Addresses the P2P socket listens on.
-    pub listen_addrs: Vec<String>,
-    /// Addresses peers see us at.
-    pub observed_addrs: Vec<String>,
-    /// Self-classified NAT type: none, cone (filtering not measured yet), full-cone,
-    /// restricted-cone, port-restricted-cone, symmetric or unknown.
-    pub nat_type: &'static str,
-    /// The filtering a dial-back test measured (eif, adf, apdf), if any.
-    pub filtering: Option<&'static str>,
-    /// Whether peers can reach this node unaided (no NAT, or a full cone).
-    pub reachable: bool,
-    /// Relay circuits open through this node.
-    pub relay_circuits: u32,
-    /// Whether bootstrap completed.
-    pub joined: bool,
-    /// Contacts in buckets.
-    pub contacts: usize,
-    /// Contacts waiting for a bucket slot.
-    pub pending: usize,
-    /// Open connections.
-    pub connections: Vec<ConnStatus>,
-    /// Contacts per non-empty bucket.
-    pub buckets: BTreeMap<usize, usize>,
-    /// Whether the task loop is paused.
-    pub tasks_paused: bool,
-    /// Requests and connects in flight.
-    pub inflight: usize,
-    /// Seconds since start.
-    pub uptime_s: u64,
-    /// Agent version.
-    pub version: &'static str,
-    /// UDP socket counters.
-    pub socket: SocketStats,
 }
 
 /// One contact in `GET /peers`.
@@ -537,7 +483,7 @@ impl Driver {
             .connections()
             .map(|(id, c)| ConnStatus {
                 node_id: id.to_hex(),
-                mode: c.mode.as_str(),
+                mode: c.mode,
                 rtt_ms: self
                     .node
                     .graph()
@@ -572,8 +518,11 @@ impl Driver {
                 .iter()
                 .map(|a| a.to_string())
                 .collect(),
-            nat_type: self.node.nat_type().as_str(),
-            filtering: self.node.measured_filtering().map(|f| f.as_str()),
+            nat_type: self.node.nat_type().as_str().to_string(),
+            filtering: self
+                .node
+                .measured_filtering()
+                .map(|f| f.as_str().to_string()),
             reachable: self.node.reachable(),
             relay_circuits: self.node.relay_circuits(),
             joined: self.node.joined(),
@@ -586,7 +535,7 @@ impl Driver {
             uptime_s: now
                 .since(self.clock.now() - self.clock.start.elapsed())
                 .as_secs(),
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             socket: self.socket.stats(),
         }
     }

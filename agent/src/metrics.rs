@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::socket::SocketStats;
+use chaosnet_contract::api::SocketStats;
 
 /// Label set with one `mode` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -924,7 +924,7 @@ mod tests {
         assert!(text.contains(r#"chaosnet_handshake_refusals_total{reason="wrong_network"} 1"#));
         assert!(text.contains(r#"chaosnet_decode_errors_total{reason="oversize"} 1"#));
         assert!(text.contains(r#"chaosnet_agent_info{network="mainnet""#));
-        m.observe_socket(crate::socket::SocketStats {
+        m.observe_socket(SocketStats {
             rx_bytes: 10,
             tx_bytes: 20,
             ..Default::default()

@@ -76,6 +76,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use chaosnet_contract::api::{Impairment, ImpairmentError, SocketStats};
 use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
 use rand::rngs::StdRng;
@@ -98,10 +99,6 @@ pub const DELAY_QUEUE_CAPACITY: usize = 4096;
 
 /// Capacity of the channel returned by [`SocketHandle::subscribe_probes`].
 pub const PROBE_CHANNEL_CAPACITY: usize = 256;
-
-/// Largest accepted `delay_ms` (one minute). Bounding it keeps `Instant + delay` from
-/// overflowing and a typo from parking the queue for days.
-pub const MAX_DELAY_MS: u64 = 60_000;
 
 /// Most routes a socket keeps (birthday sockets and relay circuits together).
 pub const MAX_ROUTES: usize = 256;
@@ -137,102 +134,6 @@ const QUIC_LONG_HEADER: u8 = 0x80;
 /// How many inner receive batches `poll_recv` may read and discard in one call before it
 /// yields: a flood of garbage or probes must not keep the endpoint driver from other work.
 const MAX_FILTERED_BATCHES_PER_POLL: usize = 16;
-
-/// Link impairments applied by a [`ChaosSocket`]. `Default` is no impairment.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Impairment {
-    /// Percentage of datagrams dropped, 0..=100, applied independently to each direction.
-    pub loss_pct: f64,
-    /// Delay added to every outbound datagram, in milliseconds (at most [`MAX_DELAY_MS`]).
-    pub delay_ms: u64,
-    /// Each outbound datagram's delay varies uniformly within `delay_ms ± jitter_ms`; must not
-    /// exceed `delay_ms`. Non-zero jitter reorders datagrams.
-    pub jitter_ms: u64,
-}
-
-impl Impairment {
-    /// Checks that the values are in range; [`SocketHandle::set_impairment`] calls this.
-    pub fn validate(&self) -> Result<(), ImpairmentError> {
-        // `contains` is false for NaN, so NaN is rejected here too.
-        if !(0.0..=100.0).contains(&self.loss_pct) {
-            return Err(ImpairmentError::LossOutOfRange(self.loss_pct));
-        }
-        if self.delay_ms > MAX_DELAY_MS {
-            return Err(ImpairmentError::DelayTooLarge(self.delay_ms));
-        }
-        if self.jitter_ms > self.delay_ms {
-            return Err(ImpairmentError::JitterExceedsDelay {
-                jitter_ms: self.jitter_ms,
-                delay_ms: self.delay_ms,
-            });
-        }
-        Ok(())
-    }
-
-    /// Whether this impairs nothing (no loss, no delay).
-    pub fn is_none(&self) -> bool {
-        self.loss_pct == 0.0 && self.delay_ms == 0
-    }
-}
-
-/// Why an [`Impairment`] was rejected.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ImpairmentError {
-    /// `loss_pct` is negative, above 100 or not a number.
-    #[error("loss_pct must be a percentage between 0 and 100, got {0}")]
-    LossOutOfRange(f64),
-    /// `delay_ms` is above [`MAX_DELAY_MS`].
-    #[error("delay_ms must be at most {MAX_DELAY_MS} ms, got {0} ms")]
-    DelayTooLarge(u64),
-    /// `jitter_ms` is larger than `delay_ms`, which would schedule datagrams in the past.
-    #[error(
-        "jitter_ms ({jitter_ms} ms) must not exceed delay_ms ({delay_ms} ms): \
-         delay ± jitter would go below zero"
-    )]
-    JitterExceedsDelay {
-        /// The requested jitter.
-        jitter_ms: u64,
-        /// The requested delay.
-        delay_ms: u64,
-    },
-}
-
-/// A snapshot of a [`ChaosSocket`]'s counters.
-///
-/// `rx_*`/`tx_*` count what really came off / went onto the wire, after impairment
-/// decisions: every datagram (QUIC, probe or garbage) read and not dropped by `loss_pct`,
-/// and every datagram (QUIC or probe) the kernel accepted. The other counters break those
-/// down or count what never reached the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct SocketStats {
-    /// Datagrams received (after receive loss), including probes and garbage.
-    pub rx_datagrams: u64,
-    /// Bytes of `rx_datagrams`.
-    pub rx_bytes: u64,
-    /// Datagrams sent (after send loss and delay), including probes.
-    pub tx_datagrams: u64,
-    /// Bytes of `tx_datagrams`.
-    pub tx_bytes: u64,
-    /// Received datagrams that were neither QUIC nor probes, dropped.
-    pub rx_garbage: u64,
-    /// Probe datagrams received (delivered or not, see `dropped_probes`).
-    pub rx_probes: u64,
-    /// Probe datagrams sent.
-    pub tx_probes: u64,
-    /// Inbound datagrams dropped by `loss_pct`.
-    pub dropped_loss_rx: u64,
-    /// Outbound datagrams dropped by `loss_pct` (QUIC and probes).
-    pub dropped_loss_tx: u64,
-    /// Outbound datagrams dropped because the delay queue was full.
-    pub dropped_queue_full: u64,
-    /// Received probes dropped because nobody subscribed or the subscriber's channel was full.
-    pub dropped_probes: u64,
-    /// Delayed datagrams the kernel refused when their time came (the error cannot be
-    /// returned to quinn any more, so it is counted and logged at debug level).
-    pub tx_errors: u64,
-}
 
 /// The live counters behind [`SocketStats`]. Relaxed ordering: they are statistics, not
 /// synchronisation.
@@ -399,7 +300,7 @@ impl State {
             (now + delay).max(self.last_due)
         } else {
             // Uniform in [delay - jitter, delay + jitter], at microsecond resolution.
-            // `validate` guarantees jitter ≤ delay ≤ MAX_DELAY_MS, so this cannot underflow
+            // `validate` guarantees jitter ≤ delay ≤ its MAX_DELAY_MS, so this cannot underflow
             // or overflow; saturating_sub is belt and braces.
             let jitter_us = self.impairment.jitter_ms.saturating_mul(1000);
             let offset_us = self.rng.random_range(0..=jitter_us.saturating_mul(2));
@@ -1118,6 +1019,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use chaosnet_contract::api::MAX_DELAY_MS;
     use quinn::{ClientConfig, Endpoint, ServerConfig, TransportConfig};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     use std::net::{Ipv4Addr, UdpSocket};

@@ -21,7 +21,8 @@
 //! - [`in_netns`] runs a closure on a thread inside a namespace (tests open sockets there).
 //! - [`attach_host`] hands a host namespace's link and name over to a container's network
 //!   namespace (the docker runtime).
-//! - [`RunState`] is the run's state file.
+//! - [`net_exec`] runs one network tool ([`NetCmd`]: `nft`, `tc`, `ip`, `conntrack`) inside a
+//!   namespace, with a timeout: what faults and the matrix's cold mode do in a local lab.
 //!
 //! What it does not do: plan (see `planner`), render nft text (see `nat`), start agents
 //! (see [`crate::runtime`]), or touch the root namespace: every link, address, route, rule
@@ -32,7 +33,6 @@ mod attach;
 pub(crate) mod cmd;
 mod netns;
 mod script;
-mod state;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -44,7 +44,6 @@ use crate::plan::{Plan, RunId};
 
 pub use attach::{HostWiring, attach_host};
 pub use netns::in_netns;
-pub use state::{RunState, STATE_VERSION};
 
 pub(crate) use cmd::{package_of, which};
 pub(crate) use netns::{alive, ns_inode, pid_ns_inode, proc_state};
@@ -143,14 +142,6 @@ pub enum ApplyError {
         /// The OS error.
         #[source]
         source: std::io::Error,
-    },
-    /// The state file could not be read or written.
-    #[error("run state file {}: {what}", path.display())]
-    State {
-        /// Its path.
-        path: PathBuf,
-        /// What went wrong.
-        what: String,
     },
     /// Links did not come up after configuration.
     #[error("links in netns {ns} did not come up within {after:?}: {detail}")]
@@ -618,28 +609,98 @@ fn raise_neighbour_limits() {
     }
 }
 
-/// Forgets the NAT mappings and filter state the router namespace `ns` holds for traffic
-/// to or from `peer` (`conntrack -D -s/-d` inside it), as if the two had never talked.
-/// Other flows keep their state.
-pub fn forget_conntrack_of(ns: &str, peer: std::net::Ipv4Addr) -> Result<(), ApplyError> {
-    let conntrack = cmd::require("conntrack")?;
-    let ip = peer.to_string();
-    in_netns(ns, || -> Result<(), ApplyError> {
-        for dir in ["-d", "-s"] {
-            // conntrack exits 1 when no entry matched, which is fine here; only a failure to
-            // run it at all is an error.
-            std::process::Command::new(&conntrack)
-                .args(["-D", dir, &ip])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .map_err(|source| ApplyError::Spawn {
-                    command: format!("conntrack -D {dir} {ip} (in netns {ns})"),
-                    source,
-                })?;
+/// A network tool to run inside a namespace: `nft`, `tc`, `ip` or `conntrack`, its
+/// arguments, what it reads on stdin, and how long it may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetCmd {
+    /// The tool (located with the usual sbin fallbacks).
+    pub tool: &'static str,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Text fed on stdin (e.g. an nft script).
+    pub stdin: Option<String>,
+    /// Longest it may run before it is killed.
+    pub timeout: Duration,
+}
+
+impl NetCmd {
+    /// `tool args...` with a 10 s timeout and no stdin.
+    pub fn new(tool: &'static str, args: &[&str]) -> NetCmd {
+        NetCmd {
+            tool,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            stdin: None,
+            timeout: Duration::from_secs(10),
         }
-        Ok(())
-    })?
+    }
+
+    /// Feeds `text` on stdin.
+    pub fn stdin(mut self, text: impl Into<String>) -> NetCmd {
+        self.stdin = Some(text.into());
+        self
+    }
+
+    /// The command line, for messages.
+    pub fn display(&self) -> String {
+        std::iter::once(self.tool.to_string())
+            .chain(self.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// How a [`NetCmd`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetOutput {
+    /// The command line and where it ran, for messages.
+    pub command: String,
+    /// Exit code 0.
+    pub success: bool,
+    /// The exit status, as shown.
+    pub status: String,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr, trimmed.
+    pub stderr: String,
+}
+
+impl NetOutput {
+    /// Its stdout, or an [`ApplyError::Command`] when it failed.
+    pub fn ok(self) -> Result<String, ApplyError> {
+        if self.success {
+            Ok(self.stdout)
+        } else {
+            Err(ApplyError::Command {
+                command: self.command,
+                status: self.status,
+                stderr: self.stderr,
+            })
+        }
+    }
+}
+
+/// Runs `cmd` inside network namespace `ns` (from a thread that entered it, so the tool
+/// inherits it) and returns how it ended; only a tool that cannot run or runs past its
+/// timeout is an error.
+///
+/// # Errors
+/// A missing tool (naming its package), no such namespace, a spawn failure or a timeout.
+pub fn net_exec(ns: &str, cmd: &NetCmd) -> Result<NetOutput, ApplyError> {
+    let program = cmd::require(cmd.tool)?;
+    let mut c = Cmd::new(&program)
+        .args(cmd.args.iter().cloned())
+        .timeout(cmd.timeout);
+    if let Some(text) = &cmd.stdin {
+        c = c.stdin(text.as_bytes());
+    }
+    let (status, stdout, stderr) = in_netns(ns, || c.run_raw())?.map_err(|e| in_ns(e, ns))?;
+    Ok(NetOutput {
+        command: format!("{} (in netns {ns})", cmd.display()),
+        success: status.success(),
+        status: status.to_string(),
+        stdout,
+        stderr: stderr.trim().to_string(),
+    })
 }
 
 /// Adds "in netns X" to a command error run from inside a namespace.

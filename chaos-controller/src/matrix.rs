@@ -1,10 +1,10 @@
 //! The NAT-pair matrix: which path each pair of sites achieved, against the best path
 //! theory allows.
 //!
-//! The pure half ([`theory`], [`pairs`], [`judge`], [`render`]) decides what to measure and
-//! how to judge it, and is tested without root. [`measure`] asks the running agents (through
-//! their control sockets) to open fresh connections, one `POST /connect` per ordered pair,
-//! a few pairs at a time.
+//! The pure half ([`theory`], [`pairs`], [`judge`], [`outcome`], [`render`]) decides what to
+//! measure and how to judge it, and is tested without root. [`measure`] asks the running
+//! agents (through the lab, so wherever their runtime keeps them) to open fresh connections,
+//! one `POST /connect` per ordered pair, a few pairs at a time.
 //!
 //! Theory (RFC 4787 terms): a target without NAT or behind a full cone (EIF) can be dialed
 //! directly; two agents on one LAN reach each other directly; endpoint-independent mapping
@@ -14,47 +14,15 @@
 //! behaves as the combination of its layers (the carrier layer is EIM + APDF).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
+/// A connection's path, best first (the contract's, as the agents report it).
+use chaosnet_contract::api::{ConnMode as Mode, ConnectRequest};
 use serde::{Deserialize, Serialize};
 
-use crate::agentapi;
-use crate::plan::{AgentPlan, NatKind, Plan};
-use crate::planner::SEED_SITE;
-
-/// A connection's path, best first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// A plain dial.
-    Direct,
-    /// A hole punch.
-    Punched,
-    /// Through a relay.
-    Relayed,
-}
-
-impl Mode {
-    /// As the agent API spells it.
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "direct" => Some(Mode::Direct),
-            "punched" => Some(Mode::Punched),
-            "relayed" => Some(Mode::Relayed),
-            _ => None,
-        }
-    }
-
-    /// As the agent API spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Direct => "direct",
-            Mode::Punched => "punched",
-            Mode::Relayed => "relayed",
-        }
-    }
-}
+use crate::agentapi::{ApiError, Connect};
+use crate::lab::Lab;
+use crate::plan::{AgentPlan, NatKind, Plan, SEED_SITE};
 
 /// A site's effective NAT behaviour (a cgnat site's layers combined).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -249,53 +217,39 @@ pub fn judge(expected: Expected, outcome: &Outcome) -> bool {
     outcome.mode.is_some_and(|m| m <= expected.best)
 }
 
-/// Parses the agent's `/connect` answer (success or error body).
-pub fn parse_outcome(status: u16, body: &str) -> Outcome {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    let attempts = v["attempts"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    format!(
-                        "{}:{}",
-                        x["path"].as_str().unwrap_or("?"),
-                        x["outcome"].as_str().unwrap_or("?")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mode = if status == 200 {
-        v["mode"].as_str().and_then(Mode::parse)
-    } else {
-        None
+/// What a `/connect` gave, as the matrix records it: the path, or why it failed.
+pub fn outcome(r: Result<Connect, ApiError>) -> Outcome {
+    let attempts = |a: &[chaosnet_contract::api::Attempt]| {
+        a.iter()
+            .map(|x| format!("{}:{}", x.path.as_str(), x.outcome))
+            .collect()
     };
-    let error = match (mode, status) {
-        (Some(_), _) => None,
-        (None, 200) => Some(format!("unexpected answer: {}", truncate(body))),
-        (None, s) => Some(format!(
-            "HTTP {s}: {}",
-            v["reason"]
-                .as_str()
-                .or(v["error"].as_str())
-                .map_or_else(|| truncate(body), str::to_string)
-        )),
-    };
-    Outcome {
-        mode,
-        elapsed_ms: v["elapsed_ms"].as_f64().unwrap_or(0.0),
-        relay: v["relay"].as_str().map(str::to_string),
-        birthday_probes: v["birthday_probes"]
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok()),
-        attempts,
-        error,
+    match r {
+        Ok(Connect::Connected(a)) => Outcome {
+            mode: Some(a.mode),
+            elapsed_ms: a.elapsed_ms,
+            relay: a.relay,
+            birthday_probes: a.birthday_probes,
+            attempts: attempts(&a.attempts),
+            error: None,
+        },
+        Ok(Connect::Failed { status, failure }) => Outcome {
+            mode: None,
+            elapsed_ms: failure.elapsed_ms,
+            relay: None,
+            birthday_probes: None,
+            attempts: attempts(&failure.attempts),
+            error: Some(format!("HTTP {status}: {}", failure.reason)),
+        },
+        Err(e) => Outcome {
+            mode: None,
+            elapsed_ms: 0.0,
+            relay: None,
+            birthday_probes: None,
+            attempts: Vec::new(),
+            error: Some(e.to_string()),
+        },
     }
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(200).collect()
 }
 
 /// Keeps the pairs whose dialing site is `from` and target site is `to` (when given), and
@@ -331,7 +285,7 @@ pub fn routers_of<'a>(plan: &'a Plan, site: &str) -> Vec<&'a str> {
 /// `before` runs before each pair (the cold mode flushes NAT state there); an error from it
 /// fails the pair. `progress` is called after each pair.
 pub fn measure(
-    run_dir: &Path,
+    lab: &Lab,
     pairs: Vec<(Endpoint, Endpoint)>,
     parallel: usize,
     timeout: Duration,
@@ -349,7 +303,7 @@ pub fn measure(
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
                     let Some((i, (from, to))) = next else { break };
                     let row = match before(&from, &to) {
-                        Ok(()) => measure_one(run_dir, from, to, timeout),
+                        Ok(()) => measure_one(lab, from, to, timeout),
                         Err(e) => failed_row(from, to, e),
                     };
                     progress(&row);
@@ -385,27 +339,13 @@ fn failed_row(from: Endpoint, to: Endpoint, error: String) -> Row {
     }
 }
 
-fn measure_one(run_dir: &Path, from: Endpoint, to: Endpoint, timeout: Duration) -> Row {
+fn measure_one(lab: &Lab, from: Endpoint, to: Endpoint, timeout: Duration) -> Row {
     let same_lan = from.site == to.site && from.site != SEED_SITE;
     let expected = theory(from.behaviour, to.behaviour, same_lan);
-    let body = serde_json::json!({ "node_id": to.node_id, "fresh": true }).to_string();
-    let outcome = match agentapi::call(
-        &run_dir.join(&from.api_socket),
-        "POST",
-        "/connect",
-        Some(&body),
-        timeout,
-    ) {
-        Ok(r) => parse_outcome(r.status, &r.body),
-        Err(e) => Outcome {
-            mode: None,
-            elapsed_ms: 0.0,
-            relay: None,
-            birthday_probes: None,
-            attempts: Vec::new(),
-            error: Some(e.to_string()),
-        },
-    };
+    let outcome = outcome(
+        lab.agent(&from.agent)
+            .connect(&ConnectRequest::fresh(&to.node_id), timeout),
+    );
     let pass = judge(expected, &outcome);
     Row {
         from,
@@ -600,6 +540,12 @@ mod tests {
 
     #[test]
     fn agent_answers_parse() {
+        let parse_outcome = |status, body: &str| {
+            outcome(crate::agentapi::parse_connect(crate::http::Response {
+                status,
+                body: body.to_string(),
+            }))
+        };
         let ok = parse_outcome(
             200,
             r#"{"node_id":"ab","mode":"relayed","elapsed_ms":12.5,"relay":"cd","birthday_probes":null,

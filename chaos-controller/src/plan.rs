@@ -10,7 +10,12 @@
 //! `cn` prefix plus a 6-hex-char run id). Interface names are short and fixed per namespace
 //! (`wan`, `lan`, `br0`, `eth0`), which is possible because each namespace has its own
 //! interface name space, and keeps names under the kernel's 15-character limit.
+//!
+//! The plan is also where the run's vocabulary lives, so the planner, fault targeting and
+//! reports agree on it: agent names ([`agent_name`]), the seeds' site ([`SEED_SITE`]), and
+//! the NAT type names ([`NatKind::name`], [`SitePlan::nat_label`], [`NAT_CHOICES`]).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -18,6 +23,22 @@ use serde::{Deserialize, Serialize};
 
 /// Prefix of every namespace chaosnet creates.
 pub const NS_PREFIX: &str = "cn";
+/// Site name of public seeds in [`AgentPlan::site`].
+pub const SEED_SITE: &str = "internet";
+/// Name stem of the public seeds: `seed-<i>`.
+pub const SEED_STEM: &str = "seed";
+/// The NAT label of a site behind a carrier-grade NAT.
+pub const CGNAT: &str = "cgnat";
+/// Every site NAT label, as scenarios and fault selectors spell them.
+pub const NAT_CHOICES: &str =
+    "none, full-cone, restricted-cone, port-restricted-cone, symmetric, cgnat";
+/// The NAT types a home router can have (behind a carrier, or swapped to).
+pub const INNER_CHOICES: &str = "full-cone, restricted-cone, port-restricted-cone, symmetric";
+
+/// The name of agent `index` of a site (`seed-<i>` for the seeds: `agent_name(SEED_STEM, i)`).
+pub fn agent_name(site: &str, index: usize) -> String {
+    format!("{site}-{index}")
+}
 
 /// A run id: 6 lowercase hex characters, unique per `up`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,7 +155,7 @@ pub struct Ruleset {
 }
 
 /// NAT behaviour of a site, in the scenario file's spelling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NatKind {
     /// No NAT: hosts sit on the internet with public addresses.
@@ -147,6 +168,33 @@ pub enum NatKind {
     PortRestrictedCone,
     /// EDM + APDF.
     Symmetric,
+}
+
+impl NatKind {
+    /// The scenario's spelling: `none`, `full-cone`, `restricted-cone`,
+    /// `port-restricted-cone`, `symmetric`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatKind::None => "none",
+            NatKind::FullCone => "full-cone",
+            NatKind::RestrictedCone => "restricted-cone",
+            NatKind::PortRestrictedCone => "port-restricted-cone",
+            NatKind::Symmetric => "symmetric",
+        }
+    }
+
+    /// The inverse of [`NatKind::name`].
+    pub fn parse(s: &str) -> Option<NatKind> {
+        [
+            NatKind::None,
+            NatKind::FullCone,
+            NatKind::RestrictedCone,
+            NatKind::PortRestrictedCone,
+            NatKind::Symmetric,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
 }
 
 /// One site as planned.
@@ -167,10 +215,23 @@ pub struct SitePlan {
     pub lan: IfAddr,
     /// Whether the router hairpins (LAN host to the site's own public address).
     pub hairpin: bool,
+    /// The site's labels from the scenario, for fault selectors. Omitted from JSON when
+    /// empty, so older plans and state files read the same.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl SitePlan {
+    /// The site's NAT as a scenario names it: [`CGNAT`] for a carrier site, else its kind.
+    pub fn nat_label(&self) -> &'static str {
+        if self.cgnat { CGNAT } else { self.nat.name() }
+    }
 }
 
 /// How an agent runs (see [`crate::runtime`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeKind {
     /// A plain process inside its host namespace.
@@ -251,4 +312,27 @@ pub struct Plan {
     pub sites: Vec<SitePlan>,
     /// Agents, seeds first.
     pub agents: Vec<AgentPlan>,
+}
+
+impl Plan {
+    /// The agent named `name`.
+    pub fn agent(&self, name: &str) -> Option<&AgentPlan> {
+        self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// The site named `name` (none for the seeds' [`SEED_SITE`]).
+    pub fn site(&self, name: &str) -> Option<&SitePlan> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+
+    /// The NAT label of `agent`'s site ([`SitePlan::nat_label`]; `none` for seeds).
+    pub fn nat_label_of(&self, agent: &AgentPlan) -> &'static str {
+        self.site(&agent.site)
+            .map_or(NatKind::None.name(), SitePlan::nat_label)
+    }
+
+    /// The namespace named `ns`.
+    pub fn namespace(&self, ns: &str) -> Option<&Namespace> {
+        self.namespaces.iter().find(|n| n.name == ns)
+    }
 }

@@ -10,8 +10,9 @@
 //!
 //! What it does not do: touch the system, pick the run id, know where the agent binary is
 //! (agent args start with `run`; paths in them are relative to the run directory), or
-//! resolve a runtime choice of `auto` (that needs the Docker engine: the CLI resolves it
-//! with [`Scenario::resolve_auto`] first; an unresolved `auto` plans as `process`).
+//! resolve a runtime choice of `auto` (that needs the Docker engine:
+//! [`crate::lab::resolve_runtime`] resolves it first; an unresolved `auto` plans as
+//! `process`).
 //!
 //! # Address plan
 //!
@@ -68,9 +69,11 @@ use std::path::PathBuf;
 use ed25519_dalek::SigningKey;
 
 use crate::nat::{self, RouterParams};
+use chaosnet_contract::AgentArgs;
+
 use crate::plan::{
     AgentPlan, Bridge, IfAddr, Namespace, NatKind, NsRole, Plan, Route, Ruleset, RunId,
-    RuntimeKind, SitePlan, Sysctl, Veth, VethEnd,
+    RuntimeKind, SEED_SITE, SEED_STEM, SitePlan, Sysctl, Veth, VethEnd, agent_name,
 };
 use crate::scenario::{MAX_HOSTS_PER_LAN, MAX_SITES, MAX_TOTAL_AGENTS, Network, Scenario, Site};
 
@@ -83,8 +86,6 @@ pub const INTERNET_ADDR: IfAddr = IfAddr {
 };
 /// Last octet of the first host on every LAN (and of the first seed).
 pub const FIRST_HOST: u8 = 10;
-/// Site name of public seeds in [`AgentPlan::site`].
-pub const SEED_SITE: &str = "internet";
 /// Name of bridges (one per namespace that has one).
 pub const BRIDGE: &str = "br0";
 /// A router's WAN interface.
@@ -165,11 +166,6 @@ fn digest(domain: &[u8], run_seed: u64, agent: &str) -> ring::digest::Digest {
     ctx.finish()
 }
 
-/// The name of agent `index` of a site.
-pub fn agent_name(site: &str, index: usize) -> String {
-    format!("{site}-{index}")
-}
-
 /// Makes the plan of `scenario` for run `run_id`. Pure and deterministic.
 pub fn plan(scenario: &Scenario, run_id: &RunId) -> Result<Plan, PlanError> {
     pre_check(scenario, run_id)?;
@@ -206,7 +202,7 @@ pub fn plan(scenario: &Scenario, run_id: &RunId) -> Result<Plan, PlanError> {
 
     // Seeds: public hosts on the internet bridge.
     for i in 0..scenario.seeds {
-        let name = agent_name("seed", i);
+        let name = agent_name(SEED_STEM, i);
         let ip = Ipv4Addr::new(198, 18, 0, host_octet(i));
         b.host(
             &name,
@@ -470,6 +466,7 @@ impl Builder {
                 public_ip: None,
                 lan: nat::network_of(INTERNET_ADDR),
                 hairpin: false,
+                labels: site.labels.clone(),
             });
             return;
         }
@@ -569,56 +566,44 @@ impl Builder {
             public_ip: Some(public.ip),
             lan: nat::network_of(lan),
             hairpin: site.hairpin,
+            labels: site.labels.clone(),
         });
     }
 }
 
+/// The agent's command line, rendered by the contract ([`AgentArgs::command_line`]) so the
+/// agent parses exactly these flags.
 fn agent_args(
     scenario: &Scenario,
     a: &AgentPlan,
     seeds: &[(String, String, String)],
 ) -> Result<Vec<String>, PlanError> {
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        "--network".into(),
+    let mut args = AgentArgs::new(
         scenario.network.to_string(),
-    ];
-    if let Some(key) = &scenario.network_key_file {
-        let key = key
-            .to_str()
-            .ok_or_else(|| PlanError::KeyFilePath(key.clone()))?;
-        args.extend(["--network-key-file".into(), key.to_string()]);
-    }
-    args.extend(["--listen".into(), format!("{}:{}", a.lan_ip, a.port)]);
-    for (name, id, addr) in seeds {
-        if *name != a.name {
-            args.extend(["--seed".into(), format!("{id}@{addr}")]);
-        }
-    }
-    let st = &scenario.agent;
-    args.extend([
-        "--data-dir".into(),
-        a.data_dir.display().to_string(),
-        "--api".into(),
+        std::net::SocketAddr::from((a.lan_ip, a.port)),
+        a.data_dir.clone(),
         format!("unix:{}", a.api_socket.display()),
-        "--task-rate".into(),
-        st.task_rate.to_string(),
-        "--rng-seed".into(),
-        rng_seed(scenario.seed, &a.name).to_string(),
-        "--task-weights".into(),
-        st.task_weights.to_arg(),
-        "--bucket-refresh-ms".into(),
-        st.bucket_refresh_ms.to_string(),
-        "--gc-interval-ms".into(),
-        st.gc_interval_ms.to_string(),
-    ]);
-    if let Some(endpoint) = &st.otlp_endpoint {
-        args.extend(["--otlp-endpoint".into(), endpoint.clone()]);
+    );
+    if let Some(key) = &scenario.network_key_file {
+        if key.to_str().is_none() {
+            return Err(PlanError::KeyFilePath(key.clone()));
+        }
+        args.network_key_files.push(key.clone());
     }
-    if st.mdns {
-        args.push("--mdns".into());
-    }
-    Ok(args)
+    args.seeds = seeds
+        .iter()
+        .filter(|(name, _, _)| *name != a.name)
+        .map(|(_, id, addr)| format!("{id}@{addr}"))
+        .collect();
+    let st = &scenario.agent;
+    args.task_rate = st.task_rate;
+    args.rng_seed = Some(rng_seed(scenario.seed, &a.name));
+    args.task_weights = st.task_weights;
+    args.bucket_refresh_ms = st.bucket_refresh_ms;
+    args.gc_interval_ms = st.gc_interval_ms;
+    args.otlp_endpoint.clone_from(&st.otlp_endpoint);
+    args.mdns = st.mdns;
+    Ok(args.command_line())
 }
 
 /// Verifies a plan's invariants: unique namespace names; unique bridge and interface names

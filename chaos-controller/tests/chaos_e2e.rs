@@ -20,7 +20,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use common::cli::{agent_bin, namespaces_of, run, text};
+use common::cli::{agent_bin, namespaces_of, run, sh, text};
 use common::require_root;
 
 const LAB: &str = "seeds: 2
@@ -41,18 +41,6 @@ fn write(dir: &Path, name: &str, chaos: &str) -> String {
     )
     .expect("write scenario");
     p.display().to_string()
-}
-
-fn sh(args: &[&str]) -> String {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn current(runs: &Path) -> (String, std::path::PathBuf) {

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 
 use chaos_controller::chaos::fault::{self, Action, ProcessOp};
 use chaos_controller::chaos::probe::{PairResult, Round};
+use chaos_controller::chaos::report::FaultRecord;
 use chaos_controller::chaos::rng::SeededRng;
-use chaos_controller::chaos::run::{FaultRecord, judge, recovery_after};
+use chaos_controller::chaos::run::judge::{judge, recovery_after};
 use chaos_controller::chaos::schedule::{self, Occurrence};
 use chaos_controller::chaos::select::{self, Mode, Role, Selector};
-use chaos_controller::chaos::spec::{FaultKind, Shape};
-use chaos_controller::plan::{NatKind, RunId};
+use chaos_controller::chaos::spec::{self, ChaosSpec, FaultKind, Shape};
+use chaos_controller::plan::{NatKind, Plan, RunId};
 use chaos_controller::planner;
 use chaos_controller::scenario::Scenario;
 
@@ -23,8 +24,18 @@ sites:
   - {name: mob, nat: cgnat, agents: 1}
 ";
 
-fn parse(chaos: &str) -> Result<Scenario, String> {
-    Scenario::from_str(&format!("{SITES}{chaos}"), "t.yaml").map_err(|e| e.to_string())
+/// A scenario's plan and its `chaos:` section checked against it, as `up` and `run` check
+/// it before anything is created.
+struct Checked {
+    plan: Plan,
+    chaos: ChaosSpec,
+}
+
+fn parse(chaos: &str) -> Result<Checked, String> {
+    let s = Scenario::from_str(&format!("{SITES}{chaos}"), "t.yaml").map_err(|e| e.to_string())?;
+    let plan = planner::plan(&s, &RunId("abc123".into())).map_err(|e| e.to_string())?;
+    let (chaos, _) = chaos_controller::chaos::check(&s, &plan).map_err(|e| e.to_string())?;
+    Ok(Checked { plan, chaos })
 }
 
 fn err(chaos: &str) -> String {
@@ -154,7 +165,7 @@ fn overlapping_contradictory_faults_name_both_lines() {
 #[test]
 fn selectors_and_modes() {
     let s = parse("").expect("valid");
-    let t = select::targets_of(s.seeds, &s.sites);
+    let t = select::targets(&s.plan);
     assert_eq!(t.len(), 12);
     assert_eq!(t[0].name, "seed-0");
     assert_eq!(t[0].role, Role::Seed);
@@ -236,7 +247,7 @@ const CHURN: &str = "chaos:
 #[test]
 fn same_seed_same_timeline_different_seed_different() {
     let s = parse(CHURN).expect("valid");
-    let t = select::targets_of(s.seeds, &s.sites);
+    let t = select::targets(&s.plan);
     let a = schedule::timeline(&s.chaos, &t, 42).expect("timeline");
     let b = schedule::timeline(&s.chaos, &t, 42).expect("timeline");
     assert_eq!(a, b);
@@ -325,9 +336,8 @@ fn partition_shapes_block_the_right_pairs() {
     );
 }
 
-fn plan() -> chaos_controller::plan::Plan {
-    let s = parse("").expect("valid");
-    planner::plan(&s, &RunId("abc123".into())).expect("plan")
+fn plan() -> Plan {
+    parse("").expect("valid").plan
 }
 
 #[test]
@@ -570,4 +580,46 @@ fn slos_are_judged_and_failures_name_slo_value_and_time() {
     assert!(by["during"].pass, "{}", by["during"].message);
     assert!(by["rec"].pass, "{}", by["rec"].message);
     assert!(by["direct"].pass);
+}
+
+#[test]
+fn a_fault_from_flags_is_validated_as_a_scenarios_fault_is() {
+    let c = parse("").expect("valid");
+    let targets = select::targets(&c.plan);
+    let flags = spec::FaultFlags {
+        kind: "loss".into(),
+        sites: vec!["home".into()],
+        mode: "fixed:2".into(),
+        duration_s: Some(4.0),
+        loss_pct: Some(12.5),
+        ..spec::FaultFlags::default()
+    };
+    let from_flags = spec::single(flags.clone(), &targets).expect("valid flags");
+    let from_yaml = parse(
+        "chaos:\n  faults:\n    - {kind: loss, loss_pct: 12.5, select: {site: home}, mode: 'fixed:2', duration_s: 4}\n",
+    )
+    .expect("valid yaml")
+    .chaos;
+    let (mut a, b) = (from_flags.faults[0].clone(), from_yaml.faults[0].clone());
+    a.at = b.at;
+    assert_eq!(a, b, "the same fault either way");
+
+    let bad = |f: spec::FaultFlags| spec::single(f, &targets).expect_err("refused").message;
+    let m = bad(spec::FaultFlags {
+        sites: vec!["mars".into()],
+        ..flags.clone()
+    });
+    assert!(m.contains("matches no agent"), "{m}");
+    let m = bad(spec::FaultFlags {
+        loss_pct: None,
+        ..flags.clone()
+    });
+    assert!(m.contains("needs loss_pct"), "{m}");
+    let m = bad(spec::FaultFlags {
+        kind: "nat-swap".into(),
+        loss_pct: None,
+        to: Some("open".into()),
+        ..flags
+    });
+    assert!(m.contains("nat-swap `to` must be one of"), "{m}");
 }

@@ -167,11 +167,14 @@ fn every_pair_reaches_its_best_path_warm_cold_and_without_seeds() {
         )
     };
     let post = |from: &str, path: &str, body: Value| -> (u16, Value) {
-        let r = chaos_controller::agentapi::call(
-            &agent(from).1,
-            "POST",
-            path,
-            Some(&body.to_string()),
+        let body = body.to_string();
+        let r = chaos_controller::http::call(
+            &chaos_controller::http::Endpoint::Unix(agent(from).1),
+            &chaos_controller::http::Request {
+                method: "POST",
+                path,
+                body: Some(&body),
+            },
             Duration::from_secs(60),
         )
         .expect("agent API");

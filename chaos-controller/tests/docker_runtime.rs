@@ -13,7 +13,15 @@
 //!    path, `exec` and `logs` work, a restarted container rejoins with the contacts it
 //!    persisted in its volume, and `down` leaves no container, volume, namespace or
 //!    root-namespace link;
-//! 3. mixed runtimes: seeds as processes and site agents as containers, then the reverse.
+//! 3. mixed runtimes: seeds as processes and site agents as containers, then the reverse;
+//! 4. chaos on containers: `chaosnet run` on a scenario whose sites run as containers (seeds
+//!    as processes), with a partition, a kill and a loss fault, exits 0 with the same report
+//!    (timeline, faults and their mechanisms, verdicts) as the same scenario under
+//!    `--runtime process`; by hand on the kept lab, `chaosnet fault kill --site S` stops
+//!    the site's container and `heal` starts it again (it rejoins), `pause` freezes the
+//!    container, partition and loss tables land in the container's namespace, `delay` sets
+//!    the agent's impairment (or netem), `restart` restarts the same container, and
+//!    `heal --all` leaves no fault state.
 //!
 //! Skipped with a printed reason when not root or when no engine answers, unless
 //! `CHAOSNET_REQUIRE_ROOT=1` / `CHAOSNET_REQUIRE_DOCKER=1` turn the skip into a failure.
@@ -28,10 +36,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use chaos_controller::apply::RunState;
+use chaos_controller::lab::RunState;
 use chaos_controller::plan::{NatKind, Plan};
 use chaos_controller::scenario::Scenario;
-use common::cli::{agent_bin, namespaces_of, run, text};
+use common::cli::{agent_bin, namespaces_of, run, sh, text};
 use common::{probe, require_root, udp};
 
 /// Removes the test image however the test ends.
@@ -199,6 +207,7 @@ fn docker_runtime_end_to_end() {
     clear_errors(dir.path());
     docker_fleet(dir.path(), &image);
     mixed_runtimes(dir.path(), &image);
+    chaos_on_containers(dir.path(), &image);
     println!("docker runtime test took {:.1?}", started.elapsed());
 }
 
@@ -514,4 +523,260 @@ fn mixed_runtimes(dir: &Path, image: &str) {
         assert_eq!(labelled("containers", &run_id).len(), containers);
         assert_gone(&runs, &run_id, &links_before);
     }
+}
+
+/// The chaos scenario of [`chaos_on_containers`]: seeds as processes, every site's agents as
+/// containers; a partition, a kill and a loss fault, one after another.
+const CHAOS: &str = "name: docker-chaos
+seed: 5
+seeds: 2
+agent: {task_rate: 0.5}
+runtime: {seeds: process, sites: docker}
+sites:
+  - {name: pub, nat: none, agents: 2}
+  - {name: cone, nat: full-cone, agents: 1}
+  - {name: home, nat: port-restricted-cone, agents: 1}
+chaos:
+  warmup_s: 3
+  duration_s: 22
+  settle_s: 8
+  probe_interval_s: 2
+  sample_pairs: 12
+  connect_timeout_ms: 2000
+  faults:
+    - {name: cut, kind: partition, shape: isolate, select: {site: cone}, at_s: 1, duration_s: 5}
+    - {name: crash, kind: kill, mode: 'fixed:1', select: {site: pub}, at_s: 8, duration_s: 5}
+    - {name: lossy, kind: loss, loss_pct: 30, select: {site: home}, at_s: 15, duration_s: 5}
+  slos:
+    - {name: recovered, probe: recovery, max: 30}
+    - {name: reach-at-end, probe: reachability, when: end, min: 0.99}
+    - {name: all-back, probe: alive, when: end, min: 1.0}
+";
+
+fn report_of(runs: &Path) -> (String, std::path::PathBuf, Value) {
+    let id = std::fs::read_link(runs.join("current"))
+        .expect("current run")
+        .display()
+        .to_string();
+    let dir = runs.join(&id);
+    let r =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).expect("report"))
+            .expect("report json");
+    (id, dir, r)
+}
+
+/// What a report must say the same under every runtime: the timeline, each fault's
+/// occurrence, kind, targets and mechanism, and each verdict.
+fn comparable(r: &Value) -> Value {
+    let faults: Vec<Value> = r["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .map(|f| {
+            serde_json::json!([
+                f["id"],
+                f["fault"],
+                f["kind"],
+                f["targets"],
+                f["mechanism"],
+                f["heal_at_ms"].is_number()
+            ])
+        })
+        .collect();
+    let verdicts: Vec<Value> = r["verdicts"]
+        .as_array()
+        .expect("verdicts")
+        .iter()
+        .map(|v| serde_json::json!([v["slo"], v["pass"]]))
+        .collect();
+    serde_json::json!({"timeline": r["timeline"], "faults": faults, "verdicts": verdicts,
+        "pass": r["pass"], "agents": r["agents"]})
+}
+
+fn container_state(cname: &str) -> (bool, bool) {
+    let s = docker_lines(&[
+        "inspect",
+        "--format",
+        "{{.State.Running}} {{.State.Paused}}",
+        cname,
+    ]);
+    let f: Vec<&str> = s[0].split_whitespace().collect();
+    (f[0] == "true", f[1] == "true")
+}
+
+fn fault(runs: &Path, args: &[&str]) -> String {
+    let mut a = vec!["fault"];
+    a.extend_from_slice(args);
+    let o = run(runs, &a);
+    assert!(o.status.success(), "fault {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The agent's impairment, read from its API socket in the run directory.
+fn impairment(run_dir: &Path, agent: &str) -> Value {
+    use chaos_controller::http::{self, Endpoint, Request};
+    let r = http::call(
+        &Endpoint::Unix(run_dir.join("agents").join(agent).join("api.sock")),
+        &Request::get("/impairment"),
+        Duration::from_secs(5),
+    )
+    .expect("agent API");
+    serde_json::from_str(&r.body).expect("impairment JSON")
+}
+
+fn chaos_on_containers(dir: &Path, image: &str) {
+    let scenario = dir.join("docker-chaos.yaml");
+    std::fs::write(&scenario, CHAOS).expect("write scenario");
+    let scenario = scenario.to_str().expect("utf-8");
+    let bin = agent_bin().display().to_string();
+
+    // --- the run, sites as containers, kept for the faults by hand
+    let runs = dir.join("runs-chaos-docker");
+    let links_before = root_links();
+    let _cleanup = RunCleanup(runs.clone());
+    let o = run(
+        &runs,
+        &[
+            "run",
+            scenario,
+            "--image",
+            image,
+            "--agent-bin",
+            &bin,
+            "--keep",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "run on containers:\n{}", text(&o));
+    let (run_id, run_dir, on_docker) = report_of(&runs);
+    let plan = plan_of(&runs, &run_id);
+    for a in &plan.agents {
+        let want = if a.seed { "process" } else { "docker" };
+        assert_eq!(a.runtime.name(), want, "{}", a.name);
+    }
+    // The killed agent was a container, and came back in the same container: its log (the
+    // engine's) shows two starts.
+    let killed = on_docker["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .find(|f| f["kind"] == "kill")
+        .and_then(|f| f["targets"][0].as_str())
+        .expect("a kill")
+        .to_string();
+    let o = run(&runs, &["logs", &killed]);
+    assert!(o.status.success(), "logs: {}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .matches("starting")
+            .count(),
+        2,
+        "{killed} was killed and started again as its container: {}",
+        text(&o)
+    );
+    assert_eq!(
+        labelled("containers", &run_id).len(),
+        4,
+        "one per site agent"
+    );
+
+    // --- faults by hand on the kept lab's containers
+    let cname = |agent: &str| format!("chaosnet-{run_id}-{agent}");
+    let ns = |agent: &str| format!("cn{run_id}-h-{agent}");
+    fault(&runs, &["kill", "--site", "cone"]);
+    assert_eq!(
+        container_state(&cname("cone-0")),
+        (false, false),
+        "kill stops the site's container"
+    );
+    let o = run(&runs, &["heal"]);
+    assert!(o.status.success(), "heal: {}", text(&o));
+    assert_eq!(
+        container_state(&cname("cone-0")),
+        (true, false),
+        "heal starts it again"
+    );
+    assert!(
+        wait_joined(&runs, "cone-0", Duration::from_secs(30)),
+        "cone-0 rejoined after the heal"
+    );
+    fault(&runs, &["pause", "--name", "home-0"]);
+    assert_eq!(container_state(&cname("home-0")), (true, true), "paused");
+    fault(
+        &runs,
+        &["partition", "--shape", "isolate", "--name", "cone-0"],
+    );
+    assert!(
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns("cone-0"),
+            "nft",
+            "list",
+            "tables"
+        ])
+        .contains("chaos_"),
+        "the partition's table is in the container's namespace"
+    );
+    fault(&runs, &["loss", "--name", "pub-0", "--loss-pct", "20"]);
+    assert!(
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns("pub-0"),
+            "nft",
+            "list",
+            "ruleset"
+        ])
+        .contains("numgen random mod 10000 < 2000")
+    );
+    let out = fault(
+        &runs,
+        &[
+            "delay",
+            "--name",
+            "pub-1",
+            "--delay-ms",
+            "40",
+            "--jitter-ms",
+            "5",
+        ],
+    );
+    if out.contains("userspace") {
+        assert_eq!(impairment(&run_dir, "pub-1")["delay_ms"], 40, "{out}");
+    } else {
+        assert!(
+            sh(&["tc", "-n", &ns("pub-1"), "qdisc", "show"]).contains("netem"),
+            "{out}"
+        );
+    }
+    let id_before = docker_lines(&["inspect", "--format", "{{.Id}}", &cname("pub-1")]);
+    fault(&runs, &["restart", "--name", "pub-1"]);
+    assert_eq!(
+        docker_lines(&["inspect", "--format", "{{.Id}}", &cname("pub-1")]),
+        id_before,
+        "a restart keeps the container"
+    );
+    let o = run(&runs, &["heal", "--all"]);
+    assert!(o.status.success(), "heal --all: {}", text(&o));
+    assert_eq!(container_state(&cname("home-0")), (true, false), "resumed");
+    for a in ["cone-0", "pub-0", "pub-1"] {
+        let tables = sh(&["ip", "netns", "exec", &ns(a), "nft", "list", "tables"]);
+        assert!(!tables.contains("chaos_"), "{a}: {tables}");
+    }
+    assert_eq!(impairment(&run_dir, "pub-1")["delay_ms"], 0);
+    assert_gone(&runs, &run_id, &links_before);
+
+    // --- the same scenario under processes: the same report
+    let runs = dir.join("runs-chaos-process");
+    let _cleanup = RunCleanup(runs.clone());
+    let o = run(
+        &runs,
+        &["run", scenario, "--runtime", "process", "--agent-bin", &bin],
+    );
+    assert_eq!(o.status.code(), Some(0), "run on processes:\n{}", text(&o));
+    let (process_id, _, on_processes) = report_of(&runs);
+    assert!(namespaces_of(&process_id).is_empty(), "down after the run");
+    assert_eq!(comparable(&on_docker), comparable(&on_processes));
 }

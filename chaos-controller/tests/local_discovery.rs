@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos_controller::agentapi;
 use chaos_controller::apply::{self, Step};
+use chaos_controller::http::{self, Endpoint, Request};
 use chaos_controller::plan::NatKind;
 use common::cli::agent_bin;
 use common::{HOME, Lab, RunGuard, random_run_id, require_root, shared};
@@ -74,8 +74,24 @@ fn start(ns: &str, ip: Ipv4Addr, dir: &Path, name: &str) -> Running {
     }
 }
 
+/// An answer of `a`'s API.
+fn call(
+    a: &Running,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<http::Response, String> {
+    let req = Request { method, path, body };
+    http::call(
+        &Endpoint::Unix(a.api.clone()),
+        &req,
+        Duration::from_secs(30),
+    )
+    .map_err(|e| e.to_string())
+}
+
 fn get(a: &Running, path: &str) -> Result<Value, String> {
-    let r = agentapi::get(&a.api, path, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let r = call(a, "GET", path, None)?;
     serde_json::from_str(&r.body).map_err(|e| e.to_string())
 }
 
@@ -116,7 +132,7 @@ fn seedless_agents_on_one_lan_find_each_other_by_mdns_and_connect() {
         }
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default();
-            let m = agentapi::get(&a.api, "/metrics", Duration::from_secs(5))
+            let m = call(&a, "GET", "/metrics", None)
                 .map(|r| r.body)
                 .unwrap_or_default();
             let counted: Vec<&str> = m.lines().filter(|l| l.contains("mdns")).collect();
@@ -125,14 +141,7 @@ fn seedless_agents_on_one_lan_find_each_other_by_mdns_and_connect() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let body = format!(r#"{{"node_id": "{}"}}"#, b.node_id);
-    let r = agentapi::call(
-        &a.api,
-        "POST",
-        "/connect",
-        Some(&body),
-        Duration::from_secs(30),
-    )
-    .expect("POST /connect");
+    let r = call(&a, "POST", "/connect", Some(&body)).expect("POST /connect");
     assert_eq!(r.status, 200, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).expect("json");
     assert_eq!(v["mode"], "direct", "same LAN: a plain dial: {v}");
@@ -140,7 +149,7 @@ fn seedless_agents_on_one_lan_find_each_other_by_mdns_and_connect() {
     let new: f64 = [&a, &b]
         .iter()
         .map(|x| {
-            let m = agentapi::get(&x.api, "/metrics", Duration::from_secs(5)).expect("metrics");
+            let m = call(x, "GET", "/metrics", None).expect("metrics");
             m.body
                 .lines()
                 .find(|l| l.starts_with("chaosnet_mdns_discoveries_total{kind=\"new\"}"))

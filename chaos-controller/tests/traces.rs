@@ -14,7 +14,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chaos_controller::apply::{RunState, in_netns};
+use chaos_controller::apply::in_netns;
+use chaos_controller::lab::RunState;
 use chaos_controller::plan::NsRole;
 
 use common::cli::{agent_bin, run, text};

@@ -6,27 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How a connection to a peer was established.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ConnMode {
-    /// A plain dial that reached the peer.
-    Direct,
-    /// A dial that needed a simultaneous open through NATs.
-    Punched,
-    /// Through a relay node.
-    Relayed,
-}
-
-impl ConnMode {
-    /// Bounded label for metrics and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnMode::Direct => "direct",
-            ConnMode::Punched => "punched",
-            ConnMode::Relayed => "relayed",
-        }
-    }
-}
+/// How a connection to a peer was established: direct, punched or relayed (defined in the
+/// controller-agent contract, whose `/status` and `/connect` bodies carry it; on the wire it
+/// is its variant index, as before).
+pub use chaosnet_contract::api::ConnMode;
 
 /// How a NAT filters inbound packets to a mapping (RFC 4787 section 5), as a dial-back test
 /// measured it.

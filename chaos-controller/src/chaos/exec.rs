@@ -8,18 +8,21 @@
 //! `chaosnet down` deletes the namespaces (and with them every nft table, qdisc and process
 //! of the run), so nothing a fault created outlives `down`, even after a crash.
 //!
-//! What it does not do: decide what to apply (see `fault`) or when (see `run`).
+//! Every action goes through the run's [`Lab`]: network tools through [`Lab::net`] (an
+//! agent's namespace through its runtime), process actions through the agent's runtime
+//! (signals for a process, the engine for a container), impairments through the agent's
+//! API. What it does not do: decide what to apply (see `fault`) or when (see `run`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use chaosnet_contract::api::Impairment;
+
 use super::fault::{Action, FaultPlan, ProcessOp};
-use crate::agentapi;
-use crate::apply::cmd::{Cmd, require};
-use crate::apply::{ApplyError, in_netns};
-use crate::plan::Plan;
+use crate::apply::{ApplyError, NetCmd};
+use crate::lab::Lab;
 use crate::runtime::{AgentState, Runtime, RuntimeError};
 
 /// File name of the fault state, in the run directory.
@@ -102,18 +105,21 @@ impl FaultState {
 /// Runs actions of one run.
 pub struct Executor<'a> {
     run_dir: PathBuf,
-    plan: &'a Plan,
-    runtime: &'a dyn Runtime,
+    lab: &'a Lab,
 }
 
 impl<'a> Executor<'a> {
-    /// An executor for the run in `run_dir`.
-    pub fn new(run_dir: &Path, plan: &'a Plan, runtime: &'a dyn Runtime) -> Executor<'a> {
+    /// An executor for the run of `lab`.
+    pub fn new(lab: &'a Lab) -> Executor<'a> {
         Executor {
-            run_dir: run_dir.to_path_buf(),
-            plan,
-            runtime,
+            run_dir: lab.run_dir().to_path_buf(),
+            lab,
         }
+    }
+
+    /// Runs `cmd` in `ns`; a failed exit is an error unless `tolerate`.
+    fn net(&self, ns: &str, cmd: &NetCmd) -> Result<String, ExecError> {
+        Ok(self.lab.net(ns, cmd)?.ok()?)
     }
 
     /// Records `f` as active, then injects it. On failure the partial inject is healed
@@ -213,7 +219,7 @@ impl<'a> Executor<'a> {
         for f in &st.active {
             errors.extend(self.heal(f).1);
         }
-        for a in super::fault::sweep(self.plan) {
+        for a in super::fault::sweep(self.lab.plan()) {
             // The sweep is best effort by nature: most of it finds nothing to undo.
             let _ = self.action(&a);
         }
@@ -222,65 +228,39 @@ impl<'a> Executor<'a> {
 
     /// Runs one action.
     pub fn action(&self, a: &Action) -> Result<(), ExecError> {
+        let timed = |tool: &'static str, args: &[&str]| {
+            let mut c = NetCmd::new(tool, args);
+            c.timeout = CMD_TIMEOUT;
+            c
+        };
         match a {
             Action::Nft { ns, script } => {
-                let nft = require("nft")?;
-                in_netns(ns, || {
-                    Cmd::new(&nft)
-                        .args(["-f", "-"])
-                        .stdin(script.as_bytes())
-                        .timeout(CMD_TIMEOUT)
-                        .run()
-                })??;
+                self.net(ns, &timed("nft", &["-f", "-"]).stdin(script.as_str()))?;
                 Ok(())
             }
             Action::NftSweep { ns, prefix } => {
-                let nft = require("nft")?;
-                let listing = in_netns(ns, || {
-                    Cmd::new(&nft)
-                        .args(["list", "tables"])
-                        .timeout(CMD_TIMEOUT)
-                        .run()
-                })??;
+                let listing = self.net(ns, &timed("nft", &["list", "tables"]))?;
                 for table in fault_tables(&listing, prefix) {
-                    in_netns(ns, || {
-                        Cmd::new(&nft)
-                            .args(["delete", "table", "ip", &table])
-                            .timeout(CMD_TIMEOUT)
-                            .run()
-                    })??;
+                    self.net(ns, &timed("nft", &["delete", "table", "ip", &table]))?;
                 }
                 Ok(())
             }
             Action::Tc { ns, args, tolerate } => {
-                let tc = require("tc")?;
-                let r = Cmd::new(&tc)
-                    .args(["-n", ns])
-                    .args(args.iter().cloned())
-                    .timeout(CMD_TIMEOUT)
-                    .run();
-                tolerated(r.map(drop), *tolerate)
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                tolerated(self.net(ns, &timed("tc", &args)).map(drop), *tolerate)
             }
             Action::Ip { ns, args, tolerate } => {
-                let ip = require("ip")?;
-                let r = Cmd::new(&ip)
-                    .args(["-n", ns])
-                    .args(args.iter().cloned())
-                    .timeout(CMD_TIMEOUT)
-                    .run();
-                tolerated(r.map(drop), *tolerate)
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                tolerated(self.net(ns, &timed("ip", &args)).map(drop), *tolerate)
             }
             Action::ConntrackFlush { ns } => {
-                let ct = require("conntrack")?;
-                let (status, _, stderr) = in_netns(ns, || {
-                    Cmd::new(&ct).args(["-F"]).timeout(CMD_TIMEOUT).run_raw()
-                })??;
+                let out = self.lab.net(ns, &timed("conntrack", &["-F"]))?;
                 // `conntrack -F` exits 1 on an empty table on some versions.
-                if !status.success() && !stderr.contains("0 flow entries") {
+                if !out.success && !out.stderr.contains("0 flow entries") {
                     return Err(ApplyError::Command {
                         command: "conntrack -F".into(),
-                        status: status.to_string(),
-                        stderr,
+                        status: out.status,
+                        stderr: out.stderr,
                     }
                     .into());
                 }
@@ -293,40 +273,27 @@ impl<'a> Executor<'a> {
                 delay_ms,
                 jitter_ms,
             } => {
-                let a = self
-                    .plan
-                    .agents
-                    .iter()
-                    .find(|x| &x.name == agent)
-                    .ok_or_else(|| ExecError::UnknownAgent(agent.clone()))?;
-                let body = serde_json::json!({
-                    "loss_pct": loss_pct, "delay_ms": delay_ms, "jitter_ms": jitter_ms,
-                })
-                .to_string();
-                let r = agentapi::call(
-                    &self.run_dir.join(&a.api_socket),
-                    "PUT",
-                    "/impairment",
-                    Some(&body),
-                    API_TIMEOUT,
-                )
-                .map_err(|e| ExecError::Api {
-                    agent: agent.clone(),
-                    detail: e.to_string(),
-                })?;
-                if r.status != 200 {
-                    return Err(ExecError::Api {
-                        agent: agent.clone(),
-                        detail: format!("HTTP {}: {}", r.status, r.body.trim()),
-                    });
+                if self.lab.plan().agent(agent).is_none() {
+                    return Err(ExecError::UnknownAgent(agent.clone()));
                 }
-                Ok(())
+                let imp = Impairment {
+                    loss_pct: *loss_pct,
+                    delay_ms: *delay_ms,
+                    jitter_ms: *jitter_ms,
+                };
+                self.lab
+                    .agent(agent)
+                    .set_impairment(&imp, API_TIMEOUT)
+                    .map_err(|e| ExecError::Api {
+                        agent: agent.clone(),
+                        detail: e.to_string(),
+                    })
             }
         }
     }
 
     fn process(&self, agent: &str, op: ProcessOp) -> Result<(), ExecError> {
-        let rt = self.runtime;
+        let rt = self.lab.fleet();
         match op {
             ProcessOp::Kill => rt.kill(agent)?,
             ProcessOp::Restart => {
@@ -343,10 +310,9 @@ impl<'a> Executor<'a> {
                 AgentState::Paused { .. } => rt.resume(agent)?,
                 _ => {
                     let plan = self
-                        .plan
-                        .agents
-                        .iter()
-                        .find(|a| a.name == agent)
+                        .lab
+                        .plan()
+                        .agent(agent)
                         .ok_or_else(|| ExecError::UnknownAgent(agent.to_string()))?;
                     rt.start(plan)?;
                 }
@@ -355,36 +321,31 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    /// Whether `tc netem` works here: adds and removes a netem qdisc on `lo` of `ns`.
+    /// Whether `tc netem` works in `ns`: adds and removes a netem qdisc on its `lo`.
     /// Returns the answer and, when it does not, the kernel's reason.
     pub fn netem_available(&self, ns: &str) -> (bool, String) {
-        let Ok(tc) = require("tc") else {
-            return (false, "tc (iproute2) is not installed".into());
-        };
-        let add = Cmd::new(&tc)
-            .args([
-                "-n", ns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
-            ])
-            .timeout(CMD_TIMEOUT)
-            .run();
-        match add {
-            Ok(_) => {
-                let _ = Cmd::new(&tc)
-                    .args(["-n", ns, "qdisc", "del", "dev", "lo", "root"])
-                    .timeout(CMD_TIMEOUT)
-                    .run();
+        let add = NetCmd::new(
+            "tc",
+            &["qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+        );
+        match self.lab.net(ns, &add).map(|o| o.ok()) {
+            Ok(Ok(_)) => {
+                let _ = self.lab.net(
+                    ns,
+                    &NetCmd::new("tc", &["qdisc", "del", "dev", "lo", "root"]),
+                );
                 (true, String::new())
             }
+            Ok(Err(e)) => (false, e.to_string()),
             Err(e) => (false, e.to_string()),
         }
     }
 }
 
-fn tolerated(r: Result<(), ApplyError>, tolerate: bool) -> Result<(), ExecError> {
+fn tolerated(r: Result<(), ExecError>, tolerate: bool) -> Result<(), ExecError> {
     match r {
         Err(_) if tolerate => Ok(()),
-        Err(e) => Err(e.into()),
-        Ok(()) => Ok(()),
+        r => r,
     }
 }
 

@@ -6,20 +6,19 @@
 //!   `chaosnet_fault_heals_total{kind, fault, run}`;
 //! - `chaosnet_fault_recovery_seconds{kind, fault, run}`: seconds from the latest heal of that
 //!   fault to the first probe round at the recovery threshold, set by `chaosnet run` when it
-//!   measures that recovery (the same [`super::run::recovery_after`] the report uses). A heal
+//!   measures that recovery (the same [`super::run::judge::recovery_after`] the report uses). A heal
 //!   that never recovers leaves the previous value (or no series).
 //!
 //! Every series of a fault can be declared at zero before its first injection
 //! ([`ChaosMetrics::declare`]), so `increase()` over the counters sees the first injection
 //! (a counter that springs into existence at 1 shows no increase).
 //!
-//! Served by a small std HTTP listener on 127.0.0.1 (any path answers the metrics text; one
-//! request per connection, bounded read), which counts the scrapes it answered so a caller
+//! Served by a small std listener on 127.0.0.1 with [`crate::http`]'s server halves (any
+//! path answers the metrics text; one request per connection, bounded read), which counts the scrapes it answered so a caller
 //! can wait until Prometheus has seen a state ([`ChaosMetrics::wait_scrape_after`]).
 //! `chaosnet run --monitor` and `chaosnet fault --duration` on a monitored lab add it to the
 //! run's Prometheus targets. What it does not do: know about agents, or probe anything.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +29,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::http;
 
 /// Labels of every fault metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,20 +165,21 @@ impl ChaosMetrics {
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut s, _)) => {
+                    Ok((s, _)) => {
                         let _ = s.set_nonblocking(false);
                         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 2048];
-                        let _ = s.read(&mut buf);
+                        // Any path answers the metrics; a request that is not HTTP still
+                        // gets them (the scraper sees what it sees).
+                        if let Ok(reader) = s.try_clone() {
+                            let _ = http::read_request(&mut std::io::BufReader::new(reader));
+                        }
                         me.begun.fetch_add(1, Ordering::AcqRel);
                         let body = me.encode();
                         // A failed write still counts: the scraper got what it got, and the
                         // next scrape must not wait for this one.
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
+                        let mut w = s;
+                        let _ =
+                            http::write_response(&mut w, 200, "text/plain; version=0.0.4", &body);
                         me.answered.fetch_add(1, Ordering::AcqRel);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -202,7 +204,8 @@ pub struct Exporter {
 impl Exporter {
     /// How long to wait for a scrape: the targets file is re-read every 5 s, then scraped
     /// every 5 s, so a new target is scraped within about 10 s.
-    pub const SCRAPE_WAIT: Duration = Duration::from_secs(3 * crate::monitor::SCRAPE_INTERVAL_S);
+    pub const SCRAPE_WAIT: Duration =
+        Duration::from_secs(3 * crate::monitor::prometheus::SCRAPE_INTERVAL_S);
 
     /// Serves fresh metrics and adds them to the run's Prometheus targets. `None` (with a
     /// warning on stderr when something failed) when the run has no Prometheus running:
@@ -221,7 +224,7 @@ impl Exporter {
                 return None;
             }
         };
-        match crate::monitor::add_controller_target(run_dir, run_id, addr) {
+        match crate::monitor::prometheus::add_controller_target(run_dir, run_id, addr) {
             Ok(true) => Some(Exporter {
                 metrics,
                 addr,
@@ -244,7 +247,9 @@ impl Exporter {
 impl Drop for Exporter {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Err(e) = crate::monitor::remove_controller_target(&self.run_dir, self.addr) {
+        if let Err(e) =
+            crate::monitor::prometheus::remove_controller_target(&self.run_dir, self.addr)
+        {
             eprintln!("chaosnet: warning: {e}");
         }
     }
@@ -320,6 +325,7 @@ mod tests {
 
     #[test]
     fn serve_answers_the_metrics_and_counts_scrapes() {
+        use std::io::{Read, Write};
         let m = ChaosMetrics::new();
         m.declare(&FaultLabels {
             kind: "loss".into(),

@@ -12,23 +12,22 @@
 //! round samples at most `sample_pairs` pairs. What it does not do: judge SLOs (see `run`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use chaosnet_contract::api::ConnectRequest;
 use serde::Serialize;
 
 use super::rng::SeededRng;
-use crate::agentapi;
-use crate::plan::{AgentPlan, Plan};
+use crate::agentapi::{ApiError, Connect};
+use crate::http::{self, Endpoint, Request};
+use crate::lab::Lab;
+use crate::plan::AgentPlan;
 
 /// Agent calls in flight at once during a round.
 pub const PARALLEL: usize = 16;
 /// Timeout of an alive check.
 const ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Largest Prometheus answer read.
-const MAX_PROM_ANSWER: u64 = 1 << 20;
 
 /// One attempted connection.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -137,24 +136,18 @@ fn parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R>
 }
 
 /// Whether each agent's API answers `/status`.
-pub fn alive(run_dir: &Path, plan: &Plan) -> Vec<bool> {
-    parallel(&plan.agents, |a: &AgentPlan| {
-        agentapi::get(&run_dir.join(&a.api_socket), "/status", ALIVE_TIMEOUT)
-            .is_ok_and(|r| r.status == 200)
+pub fn alive(lab: &Lab) -> Vec<bool> {
+    parallel(&lab.plan().agents, |a: &AgentPlan| {
+        lab.agent(&a.name).status(ALIVE_TIMEOUT).is_ok()
     })
 }
 
 /// Tries one fresh connection from `from` to `to`.
-pub fn connect(run_dir: &Path, from: &AgentPlan, to: &AgentPlan, timeout: Duration) -> PairResult {
+pub fn connect(lab: &Lab, from: &AgentPlan, to: &AgentPlan, timeout: Duration) -> PairResult {
     let t0 = Instant::now();
-    let body = serde_json::json!({ "node_id": to.node_id, "fresh": true }).to_string();
-    let r = agentapi::call(
-        &run_dir.join(&from.api_socket),
-        "POST",
-        "/connect",
-        Some(&body),
-        timeout,
-    );
+    let r = lab
+        .agent(&from.name)
+        .connect(&ConnectRequest::fresh(&to.node_id), timeout);
     let mut res = PairResult {
         from: from.name.clone(),
         to: to.name.clone(),
@@ -164,50 +157,27 @@ pub fn connect(run_dir: &Path, from: &AgentPlan, to: &AgentPlan, timeout: Durati
         error: None,
     };
     match r {
-        Ok(resp) => {
-            let v: serde_json::Value = serde_json::from_str(&resp.body).unwrap_or_default();
-            if resp.status == 200 {
-                res.ok = true;
-                res.mode = v["mode"].as_str().map(str::to_string);
-                res.elapsed_ms = v["elapsed_ms"].as_f64().unwrap_or(res.elapsed_ms);
-            } else {
-                res.error = Some(
-                    v["reason"]
-                        .as_str()
-                        .map_or(format!("HTTP {}", resp.status), str::to_string),
-                );
-            }
+        Ok(Connect::Connected(a)) => {
+            res.ok = true;
+            res.mode = Some(a.mode.as_str().to_string());
+            res.elapsed_ms = a.elapsed_ms;
         }
-        Err(e) => {
-            res.error = Some(match &e {
-                agentapi::ApiError::Io { source, .. }
-                    if matches!(
-                        source.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    "timeout".to_string()
-                }
-                _ => "agent API unreachable".to_string(),
-            });
+        Ok(Connect::Failed { failure, .. }) => res.error = Some(failure.reason),
+        Err(ApiError::Refused { status, .. } | ApiError::BadAnswer { status, .. }) => {
+            res.error = Some(format!("HTTP {status}"));
         }
+        Err(e) if e.is_timeout() => res.error = Some("timeout".to_string()),
+        Err(_) => res.error = Some("agent API unreachable".to_string()),
     }
     res
 }
 
 /// Tries every pair (by agent name) with fresh connections.
-pub fn connect_pairs(
-    run_dir: &Path,
-    plan: &Plan,
-    pairs: &[(String, String)],
-    timeout: Duration,
-) -> Vec<PairResult> {
+pub fn connect_pairs(lab: &Lab, pairs: &[(String, String)], timeout: Duration) -> Vec<PairResult> {
+    let plan = lab.plan();
     parallel(pairs, |(a, b): &(String, String)| {
-        match (
-            plan.agents.iter().find(|x| &x.name == a),
-            plan.agents.iter().find(|x| &x.name == b),
-        ) {
-            (Some(x), Some(y)) => connect(run_dir, x, y, timeout),
+        match (plan.agent(a), plan.agent(b)) {
+            (Some(x), Some(y)) => connect(lab, x, y, timeout),
             _ => PairResult {
                 from: a.clone(),
                 to: b.clone(),
@@ -229,11 +199,11 @@ pub enum PromError {
     BadUrl(String),
     /// Transport.
     #[error("Prometheus at {url}: {source}")]
-    Io {
+    Http {
         /// The URL.
         url: String,
         /// The cause.
-        source: std::io::Error,
+        source: http::HttpError,
     },
     /// The answer is not a successful query result with a number.
     #[error("Prometheus query {query:?}: {detail}")]
@@ -243,19 +213,6 @@ pub enum PromError {
         /// What was wrong.
         detail: String,
     },
-}
-
-/// Percent-encodes a query parameter (RFC 3986 unreserved characters stay).
-pub fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The first sample of an instant query's answer (vector or scalar); `None` for an empty
@@ -288,27 +245,14 @@ pub fn promql(url: &str, query: &str, timeout: Duration) -> Result<Option<f64>, 
         .map(|r| r.trim_end_matches('/'))
         .and_then(|r| r.parse().ok())
         .ok_or_else(|| PromError::BadUrl(url.to_string()))?;
-    let io = |source| PromError::Io {
-        url: url.to_string(),
-        source,
-    };
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-    s.set_read_timeout(Some(timeout)).map_err(io)?;
-    s.set_write_timeout(Some(timeout)).map_err(io)?;
-    let req = format!(
-        "GET /api/v1/query?query={} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
-        url_encode(query)
-    );
-    s.write_all(req.as_bytes()).map_err(io)?;
-    let mut raw = Vec::new();
-    s.take(MAX_PROM_ANSWER).read_to_end(&mut raw).map_err(io)?;
-    let text = String::from_utf8_lossy(&raw);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    // Prometheus answers small queries with Content-Length; a chunked body would start with
-    // a hex size line, which we skip to the JSON.
-    let json = body.find('{').map_or(body, |i| &body[i..]);
-    let json = json.rfind('}').map_or(json, |i| &json[..=i]);
-    parse_prom_answer(json).map_err(|detail| PromError::Answer {
+    let path = format!("/api/v1/query?query={}", http::url_encode(query));
+    let r = http::call(&Endpoint::Tcp(addr), &Request::get(&path), timeout).map_err(|e| {
+        PromError::Http {
+            url: url.to_string(),
+            source: e,
+        }
+    })?;
+    parse_prom_answer(&r.body).map_err(|detail| PromError::Answer {
         query: query.to_string(),
         detail,
     })
@@ -342,6 +286,5 @@ mod tests {
         let s = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"3"]}}"#;
         assert_eq!(parse_prom_answer(s), Ok(Some(3.0)));
         assert!(parse_prom_answer(r#"{"status":"error","error":"bad"}"#).is_err());
-        assert_eq!(url_encode("a b{c}"), "a%20b%7Bc%7D");
     }
 }

@@ -1,4 +1,6 @@
-//! Run reports: `report.md`, `report.json` and a self-contained `report.html` with SVG charts.
+//! Run reports: what a finished run found ([`RunReport`], with its [`FaultRecord`]s and
+//! [`Verdict`]s), written as `report.md`, `report.json` and a self-contained `report.html`
+//! with SVG charts.
 //!
 //! Charts are drawn with `plotters` (SVG backend only, no fonts: the browser renders the
 //! text): reachability and agents alive over time with fault windows shaded, connection mode
@@ -13,8 +15,85 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use plotters::prelude::*;
+use serde::Serialize;
 
-use super::run::RunReport;
+use super::probe::Round;
+use super::schedule::Timeline;
+use super::spec::{ChaosSpec, When};
+use crate::plan::SEED_SITE;
+
+/// The verdict of one SLO.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    /// SLO name.
+    pub slo: String,
+    /// Probe kind.
+    pub probe: String,
+    /// When it was judged.
+    pub when: When,
+    /// Its bound, e.g. `>= 0.99`.
+    pub bound: String,
+    /// Held.
+    pub pass: bool,
+    /// The deciding value (the failing one, or the worst one when it held).
+    pub value: Option<f64>,
+    /// When the deciding value was measured, ms into the fault phase.
+    pub at_ms: Option<i64>,
+    /// One line for people.
+    pub message: String,
+}
+
+/// One injected occurrence, as it happened.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultRecord {
+    /// Occurrence id.
+    pub id: u32,
+    /// Fault name.
+    pub fault: String,
+    /// Kind.
+    pub kind: String,
+    /// Targets.
+    pub targets: Vec<String>,
+    /// Mechanism used.
+    pub mechanism: String,
+    /// Inject time, ms into the fault phase.
+    pub inject_at_ms: i64,
+    /// Heal time, ms into the fault phase (`None` for a restart).
+    pub heal_at_ms: Option<i64>,
+    /// Controller time spent injecting, ms.
+    pub inject_cost_ms: f64,
+    /// Controller time spent healing, ms.
+    pub heal_cost_ms: Option<f64>,
+    /// Seconds from the heal to the first round at the recovery threshold.
+    pub recovery_s: Option<f64>,
+}
+
+/// Everything a report shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// Run id.
+    pub run_id: String,
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed used.
+    pub seed: u64,
+    /// The chaos settings.
+    pub chaos: ChaosSpec,
+    /// The timeline.
+    pub timeline: Timeline,
+    /// Probe rounds.
+    pub rounds: Vec<Round>,
+    /// Faults as they happened.
+    pub faults: Vec<FaultRecord>,
+    /// Verdicts.
+    pub verdicts: Vec<Verdict>,
+    /// Every SLO held.
+    pub pass: bool,
+    /// Whether netem was available, and why not.
+    pub netem: (bool, String),
+    /// Agent name -> (site, NAT label).
+    pub agents: BTreeMap<String, (String, String)>,
+}
 
 /// One cell of the NAT-pair matrix.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,7 +113,7 @@ pub fn nat_matrix(r: &RunReport) -> BTreeMap<(String, String), Cell> {
     let mut m: BTreeMap<(String, String), Cell> = BTreeMap::new();
     let nat = |a: &str| {
         r.agents.get(a).map_or("?".to_string(), |(site, nat)| {
-            if site == crate::planner::SEED_SITE {
+            if site == SEED_SITE {
                 "seed".to_string()
             } else {
                 nat.clone()

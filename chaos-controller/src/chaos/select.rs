@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::rng::SeededRng;
-use crate::scenario::Site;
+use crate::plan::Plan;
 
 /// What kind of agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -43,56 +43,20 @@ pub struct Target {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The agents of a scenario, in plan order (seeds first, then sites in file order). The
-/// names are those the planner gives (`seed-<i>`, `<site>-<j>`).
-pub fn targets_of(seeds: usize, sites: &[Site]) -> Vec<Target> {
-    let mut out = Vec::new();
-    for i in 0..seeds {
-        out.push(Target {
-            name: crate::planner::agent_name("seed", i),
-            site: crate::planner::SEED_SITE.to_string(),
-            nat: "none".into(),
-            role: Role::Seed,
-            labels: BTreeMap::new(),
-        });
-    }
-    for s in sites {
-        for j in 0..s.agents {
-            out.push(Target {
-                name: crate::planner::agent_name(&s.name, j),
-                site: s.name.clone(),
-                nat: s.nat_label().to_string(),
-                role: Role::Peer,
-                labels: s.labels.clone(),
-            });
-        }
-    }
-    out
-}
-
-/// The agents of a running plan (site labels are not in a plan, so they are empty).
-pub fn targets_of_plan(plan: &crate::plan::Plan) -> Vec<Target> {
+/// The agents of a plan as selectors see them, in plan order (seeds first, then sites in
+/// file order), with their sites' NAT labels and labels.
+pub fn targets(plan: &Plan) -> Vec<Target> {
     plan.agents
         .iter()
-        .map(|a| {
-            let nat =
-                plan.sites
-                    .iter()
-                    .find(|s| s.name == a.site)
-                    .map_or("none".to_string(), |s| {
-                        if s.cgnat {
-                            "cgnat".to_string()
-                        } else {
-                            crate::scenario::nat_name(s.nat).to_string()
-                        }
-                    });
-            Target {
-                name: a.name.clone(),
-                site: a.site.clone(),
-                nat,
-                role: if a.seed { Role::Seed } else { Role::Peer },
-                labels: BTreeMap::new(),
-            }
+        .map(|a| Target {
+            name: a.name.clone(),
+            site: a.site.clone(),
+            nat: plan.nat_label_of(a).to_string(),
+            role: if a.seed { Role::Seed } else { Role::Peer },
+            labels: plan
+                .site(&a.site)
+                .map(|s| s.labels.clone())
+                .unwrap_or_default(),
         })
         .collect()
 }

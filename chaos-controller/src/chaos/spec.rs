@@ -1,7 +1,9 @@
 //! The `chaos:` section of a scenario: faults, their targets and schedules, probe settings
-//! and SLOs. Parsed as part of the scenario (see [`crate::scenario`]) and validated here
-//! against the scenario's agents, so a bad fault is refused with `file:line:col` before
-//! anything is created.
+//! and SLOs. Parsed as part of the scenario (see [`crate::scenario`], which keeps it as
+//! written) and validated here against the agents of the scenario's plan
+//! ([`super::check`]), so a bad fault is refused with `file:line:col` before anything is
+//! created. [`single`] validates one fault given as values (`chaosnet fault`'s flags) the
+//! same way.
 //!
 //! # Schema
 //!
@@ -56,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::{Location, Spanned};
 
 use super::select::{self, Mode, Role, Selector, Target};
-use crate::plan::NatKind;
+use crate::plan::{INNER_CHOICES, NAT_CHOICES, NatKind};
 
 /// The fault kinds as written.
 pub const FAULT_KINDS: &str =
@@ -330,7 +332,7 @@ impl SloSpec {
 // ---------------------------------------------------------------------------------------------
 
 /// The `chaos:` section as written.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawChaos {
     #[serde(default)]
@@ -351,7 +353,7 @@ pub(crate) struct RawChaos {
     slos: Vec<Spanned<RawSlo>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFault {
     #[serde(default)]
@@ -389,7 +391,7 @@ struct RawFault {
     scope: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSelector {
     #[serde(default)]
@@ -404,7 +406,7 @@ struct RawSelector {
     label: OneOrMany,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSlo {
     #[serde(default)]
@@ -425,7 +427,7 @@ struct RawSlo {
 }
 
 /// A string or a list of strings.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 struct OneOrMany(Vec<String>);
 
 impl<'de> Deserialize<'de> for OneOrMany {
@@ -567,24 +569,87 @@ pub(crate) fn validate(raw: RawChaos, targets: &[Target]) -> Result<ChaosSpec, S
     })
 }
 
-/// Parses and validates a `chaos:` section given on its own (the body, without the
-/// `chaos:` key), e.g. the single fault `chaosnet fault` builds from its flags.
-pub fn parse_section(text: &str, targets: &[Target]) -> Result<ChaosSpec, SpecError> {
-    let raw: RawChaos = serde_saphyr::from_str(text).map_err(|e| SpecError {
-        at: e.location().map_or(At { line: 0, column: 0 }, At::of),
-        message: e.without_snippet().to_string(),
-    })?;
-    validate(raw, targets)
+/// One fault given as values rather than YAML: `chaosnet fault`'s flags. Empty lists and
+/// `None` are left out, as an absent field is in a scenario.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaultFlags {
+    /// The kind (`kill`, `partition`, ...).
+    pub kind: String,
+    /// `select.site`.
+    pub sites: Vec<String>,
+    /// `select.nat`.
+    pub nats: Vec<String>,
+    /// `select.role`.
+    pub role: Option<String>,
+    /// `select.name` (globs).
+    pub names: Vec<String>,
+    /// `mode`.
+    pub mode: String,
+    /// `duration_s`.
+    pub duration_s: Option<f64>,
+    /// `shape` (partition).
+    pub shape: Option<String>,
+    /// `oneway` (partition).
+    pub oneway: bool,
+    /// `loss_pct` (loss).
+    pub loss_pct: Option<f64>,
+    /// `delay_ms` (delay).
+    pub delay_ms: Option<u64>,
+    /// `jitter_ms` (delay).
+    pub jitter_ms: Option<u64>,
+    /// `rate_kbit` (bandwidth).
+    pub rate_kbit: Option<u64>,
+    /// `to` (nat-swap).
+    pub to: Option<String>,
+    /// `scope` (link-down).
+    pub scope: Option<String>,
 }
 
+/// A value without a position (it came from a flag, not a file).
+fn here<T>(value: T) -> Spanned<T> {
+    Spanned::new(value, Location::UNKNOWN, Location::UNKNOWN)
+}
+
+/// Validates one fault given as values (`chaosnet fault`) against `targets`, exactly as a
+/// scenario's fault is validated; the errors carry no position.
+pub fn single(f: FaultFlags, targets: &[Target]) -> Result<ChaosSpec, SpecError> {
+    let fault = RawFault {
+        name: None,
+        kind: here(f.kind),
+        mode: Some(here(f.mode)),
+        select: Some(here(RawSelector {
+            site: OneOrMany(f.sites),
+            nat: OneOrMany(f.nats),
+            role: f.role,
+            name: OneOrMany(f.names),
+            label: OneOrMany::default(),
+        })),
+        duration_s: f.duration_s.map(here),
+        shape: f.shape.map(here),
+        oneway: f.oneway.then(|| here(true)),
+        loss_pct: f.loss_pct.map(here),
+        delay_ms: f.delay_ms.map(here),
+        jitter_ms: f.jitter_ms.map(here),
+        rate_kbit: f.rate_kbit.map(here),
+        to: f.to.map(here),
+        scope: f.scope.map(here),
+        at_s: None,
+        every_s: None,
+        until_s: None,
+        probability: None,
+    };
+    validate(
+        RawChaos {
+            faults: vec![here(fault)],
+            ..RawChaos::default()
+        },
+        targets,
+    )
+}
+
+/// A NAT type a router can be swapped to (any but `none`).
 fn nat_kind(s: &str) -> Option<NatKind> {
-    Some(match s {
-        "full-cone" => NatKind::FullCone,
-        "restricted-cone" => NatKind::RestrictedCone,
-        "port-restricted-cone" => NatKind::PortRestrictedCone,
-        "symmetric" => NatKind::Symmetric,
-        _ => return None,
-    })
+    NatKind::parse(s).filter(|k| *k != NatKind::None)
 }
 
 /// Refuses a kind-specific field on another kind.
@@ -682,8 +747,7 @@ fn fault(
                         t.referenced,
                         format!(
                             "nat-swap `to` must be one of {}, not {:?}",
-                            crate::scenario::INNER_CHOICES,
-                            t.value
+                            INNER_CHOICES, t.value
                         ),
                     );
                 }
@@ -904,7 +968,7 @@ fn selector(r: RawSelector, at: Location) -> Result<Selector, SpecError> {
                 at,
                 format!(
                     "unknown NAT type {n:?} in select.nat, expected one of {}",
-                    crate::scenario::NAT_CHOICES
+                    NAT_CHOICES
                 ),
             );
         }

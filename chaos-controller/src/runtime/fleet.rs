@@ -1,43 +1,90 @@
-//! A run's agents under their own runtimes: [`Fleet`] sends each call to the process or the
-//! docker runtime, by the agent's [`RuntimeKind`] in the plan. Mixed runs (seeds as
-//! processes and site agents as containers, or the reverse) go through it, and so do runs
-//! with a single runtime.
+//! A run's agents under their own runtimes: [`Fleet`] sends each call to the runtime of
+//! the agent's [`RuntimeKind`] in the plan. Mixed runs (seeds as processes and site agents
+//! as containers, or the reverse) go through it, and so do runs with a single runtime.
 //!
 //! It owns no agents itself and does not decide which runtime an agent gets (the scenario
-//! and `--runtime` do, resolved by the CLI before planning).
+//! and `--runtime` do, resolved before planning). A runtime that could not be set up for an
+//! existing run (engine down, no agent binary) only fails the calls for its agents, with
+//! the reason.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use super::docker::DockerRuntime;
-use super::{AgentState, ExecStatus, InstanceId, ProcessRuntime, Runtime, RuntimeError};
-use crate::plan::{Plan, RuntimeKind};
+use super::{
+    AgentState, ExecStatus, InstanceId, Runtime, RuntimeContext, RuntimeError, RuntimeKind,
+};
+use crate::agentapi::{AgentApi, ApiError};
+use crate::apply::{NetCmd, NetOutput};
+use crate::http::{Request, Response};
+use crate::plan::{AgentPlan, Plan};
 
 /// The runtimes of one run. See the module docs.
-#[derive(Debug)]
 pub struct Fleet {
-    process: Option<ProcessRuntime>,
-    docker: Option<DockerRuntime>,
-    /// Why the docker runtime is missing, when the plan has docker agents.
-    docker_missing: Option<String>,
+    /// Each runtime kind the plan uses, or why it is not available.
+    runtimes: BTreeMap<RuntimeKind, Result<Box<dyn Runtime>, String>>,
     kinds: BTreeMap<String, RuntimeKind>,
 }
 
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("kinds", &self.kinds)
+            .field(
+                "runtimes",
+                &self
+                    .runtimes
+                    .iter()
+                    .map(|(k, r)| (k.name(), r.as_ref().err().cloned()))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 impl Fleet {
-    /// A fleet for `plan`. `process` serves the plan's process agents and `docker` its
-    /// docker agents; a missing one makes calls for its agents fail with
-    /// [`RuntimeError::Unavailable`] carrying `docker_missing` (or a generic reason).
+    /// The runtimes of a new run: every kind the plan uses must set up.
+    ///
+    /// # Errors
+    /// The first runtime that cannot be set up.
     pub fn new(
+        ctx: &RuntimeContext<'_>,
+        mut engine: Option<super::docker::Engine>,
+    ) -> Result<Fleet, RuntimeError> {
+        let mut runtimes = BTreeMap::new();
+        for kind in kinds_of(ctx.plan) {
+            let e = if kind == RuntimeKind::Docker {
+                engine.take()
+            } else {
+                None
+            };
+            runtimes.insert(kind, Ok(super::build(kind, ctx, e, &BTreeMap::new())?));
+        }
+        Ok(Fleet::with(ctx.plan, runtimes))
+    }
+
+    /// The runtimes of an existing run, with the agents of the state file adopted. A
+    /// runtime that cannot be set up only fails the calls for its agents.
+    pub fn adopt(ctx: &RuntimeContext<'_>, instances: &BTreeMap<String, InstanceId>) -> Fleet {
+        let runtimes = kinds_of(ctx.plan)
+            .into_iter()
+            .map(|k| {
+                (
+                    k,
+                    super::build(k, ctx, None, instances).map_err(|e| e.to_string()),
+                )
+            })
+            .collect();
+        Fleet::with(ctx.plan, runtimes)
+    }
+
+    fn with(
         plan: &Plan,
-        process: Option<ProcessRuntime>,
-        docker: Option<DockerRuntime>,
-        docker_missing: Option<String>,
+        runtimes: BTreeMap<RuntimeKind, Result<Box<dyn Runtime>, String>>,
     ) -> Fleet {
         Fleet {
-            process,
-            docker,
-            docker_missing,
+            runtimes,
             kinds: plan
                 .agents
                 .iter()
@@ -51,9 +98,9 @@ impl Fleet {
         self.kinds.get(name).copied()
     }
 
-    /// The docker runtime, when the run has one.
-    pub fn docker(&self) -> Option<&DockerRuntime> {
-        self.docker.as_ref()
+    /// The typed control API of agent `name`.
+    pub fn agent<'a>(&'a self, name: &'a str) -> AgentApi<'a> {
+        AgentApi::new(self, name)
     }
 
     fn pick(&self, name: &str) -> Result<&dyn Runtime, RuntimeError> {
@@ -62,43 +109,32 @@ impl Fleet {
             .ok_or_else(|| RuntimeError::UnknownAgent {
                 name: name.to_string(),
             })?;
-        let unavailable = |why: String| RuntimeError::Unavailable {
-            name: name.to_string(),
-            kind: kind.name(),
-            why,
-        };
-        match kind {
-            RuntimeKind::Process => self
-                .process
-                .as_ref()
-                .map(|r| r as &dyn Runtime)
-                .ok_or_else(|| unavailable("no agent binary was given".into())),
-            RuntimeKind::Docker => {
-                self.docker
-                    .as_ref()
-                    .map(|r| r as &dyn Runtime)
-                    .ok_or_else(|| {
-                        unavailable(
-                            self.docker_missing
-                                .clone()
-                                .unwrap_or_else(|| "no Docker engine connection".into()),
-                        )
-                    })
-            }
+        match self.runtimes.get(&kind) {
+            Some(Ok(rt)) => Ok(rt.as_ref()),
+            Some(Err(why)) => Err(RuntimeError::Unavailable {
+                name: name.to_string(),
+                kind: kind.name(),
+                why: why.clone(),
+            }),
+            None => Err(RuntimeError::Unavailable {
+                name: name.to_string(),
+                kind: kind.name(),
+                why: "not set up for this run".into(),
+            }),
         }
     }
 }
 
-impl Runtime for Fleet {
-    fn kind(&self) -> &'static str {
-        match (&self.process, &self.docker) {
-            (Some(_), Some(_)) => "mixed",
-            (None, Some(_)) => "docker",
-            _ => "process",
-        }
-    }
+/// The runtime kinds a plan's agents use.
+fn kinds_of(plan: &Plan) -> Vec<RuntimeKind> {
+    let mut v: Vec<RuntimeKind> = plan.agents.iter().map(|a| a.runtime).collect();
+    v.sort();
+    v.dedup();
+    v
+}
 
-    fn start(&self, agent: &crate::plan::AgentPlan) -> Result<InstanceId, RuntimeError> {
+impl Runtime for Fleet {
+    fn start(&self, agent: &AgentPlan) -> Result<InstanceId, RuntimeError> {
         self.pick(&agent.name)?.start(agent)
     }
 
@@ -135,14 +171,19 @@ impl Runtime for Fleet {
     }
 
     fn instances(&self) -> BTreeMap<String, InstanceId> {
-        let mut all = BTreeMap::new();
-        if let Some(p) = &self.process {
-            all.extend(p.instances());
-        }
-        if let Some(d) = &self.docker {
-            all.extend(d.instances());
-        }
-        all
+        self.runtimes
+            .values()
+            .flatten()
+            .flat_map(|rt| rt.instances())
+            .collect()
+    }
+
+    fn api(&self, name: &str, req: &Request<'_>, timeout: Duration) -> Result<Response, ApiError> {
+        self.pick(name)?.api(name, req, timeout)
+    }
+
+    fn net(&self, name: &str, cmd: &NetCmd) -> Result<NetOutput, RuntimeError> {
+        self.pick(name)?.net(name, cmd)
     }
 
     fn logs(&self, name: &str, follow: bool, out: &mut dyn Write) -> Result<(), RuntimeError> {

@@ -34,6 +34,19 @@ pub fn run(runs: &Path, args: &[&str]) -> Output {
         .expect("run chaosnet")
 }
 
+/// Runs a command and returns its stdout and stderr together (whatever its exit status).
+pub fn sh(args: &[&str]) -> String {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Exit code, stdout and stderr, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(

@@ -362,6 +362,7 @@ impl Lab {
                 prefix: 24,
             },
             hairpin,
+            labels: Default::default(),
         });
         Site {
             routers,

@@ -5,32 +5,9 @@ use std::net::SocketAddr;
 use crate::id::NodeId;
 use crate::signal::SecretKey;
 
-/// Relative weights of the autonomous tasks. A zero weight disables that task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskWeights {
-    /// Ping a random known node. Default 4.
-    pub ping: u32,
-    /// Look up a random id. Default 3.
-    pub lookup: u32,
-    /// Connect to a random known node. Default 2.
-    pub connect: u32,
-    /// Echo `echo_bytes` bytes off a random known node. Default 1.
-    pub echo: u32,
-    /// Claim a random known node (cross-signed claims). Default 1.
-    pub claim: u32,
-}
-
-impl Default for TaskWeights {
-    fn default() -> Self {
-        TaskWeights {
-            ping: 4,
-            lookup: 3,
-            connect: 2,
-            echo: 1,
-            claim: 1,
-        }
-    }
-}
+/// Relative weights of the autonomous tasks (defined in the controller-agent contract, so
+/// `--task-weights` and a scenario's weights are this type). A zero weight disables a task.
+pub use chaosnet_contract::TaskWeights;
 
 /// Configuration of a [`Node`](super::Node). Every field has a documented default (see [`Default`]).
 #[derive(Clone, Debug)]

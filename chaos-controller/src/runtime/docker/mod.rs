@@ -18,7 +18,9 @@
 //!   restart (stop, start the same container: same volume, so the node graph survives; the
 //!   link is moved again into the new namespace), state, logs (streamed from the engine,
 //!   with follow), and exec (`ip netns exec` into the container's network namespace from
-//!   the host: the image has no shell, and the host's tools are what `exec` is for).
+//!   the host: the image has no shell, and the host's tools are what `exec` is for). The
+//!   agent's API is its unix socket in the bind-mounted agent directory, and fault tools run
+//!   in the container's network namespace under the host namespace's name.
 //! - [`Engine::remove_run`] removes every container and volume labelled with a run id, or
 //!   with any run id, which also cleans up after a controller that was killed.
 //!
@@ -54,8 +56,14 @@ pub use spec::{
     labels,
 };
 
-use super::{AgentState, ExecStatus, InstanceId, Runtime, RuntimeError, exec_in_netns};
+use super::{
+    AgentState, CleanupReport, ExecStatus, InstanceId, Runtime, RuntimeError, exec_in_netns,
+    lab_api, lab_net,
+};
+use crate::agentapi::ApiError;
 use crate::apply::{self, HostWiring};
+use crate::apply::{NetCmd, NetOutput};
+use crate::http::{Request, Response};
 use crate::plan::{AgentPlan, Plan, RunId, RuntimeKind};
 
 /// The engine socket used when `DOCKER_HOST` does not name a unix socket.
@@ -207,15 +215,6 @@ fn classify(e: BollardError, socket: &str, what: &str) -> DockerError {
         what: what.to_string(),
         detail,
     }
-}
-
-/// What [`Engine::remove_run`] removed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CleanupReport {
-    /// Containers removed.
-    pub containers: usize,
-    /// Volumes removed.
-    pub volumes: usize,
 }
 
 /// A connection to the engine, with the version negotiated and checked.
@@ -755,8 +754,14 @@ fn pid_of(state: &bollard::models::ContainerState) -> u32 {
 }
 
 impl Runtime for DockerRuntime {
-    fn kind(&self) -> &'static str {
-        "docker"
+    /// Through the agent directory bind-mounted into the container: its socket is in the
+    /// run directory, as a process's is.
+    fn api(&self, name: &str, req: &Request<'_>, timeout: Duration) -> Result<Response, ApiError> {
+        lab_api(&self.run_dir, &self.slot_plan(name)?, req, timeout)
+    }
+
+    fn net(&self, name: &str, cmd: &NetCmd) -> Result<NetOutput, RuntimeError> {
+        lab_net(&self.slot_plan(name)?, cmd)
     }
 
     fn start(&self, agent: &AgentPlan) -> Result<InstanceId, RuntimeError> {

@@ -17,7 +17,15 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{Plan, RunId};
 use crate::runtime::InstanceId;
 
-use super::ApplyError;
+/// The state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("run state file {}: {what}", path.display())]
+pub struct StateError {
+    /// Its path.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub what: String,
+}
 
 /// Version of the state file format written by this build.
 pub const STATE_VERSION: u32 = 1;
@@ -76,10 +84,10 @@ impl RunState {
     /// Writes the state to `<run_dir>/state.json` atomically (creating `run_dir`).
     ///
     /// # Errors
-    /// [`ApplyError::State`] naming the path on any I/O or encoding failure.
-    pub fn save(&self, run_dir: &Path) -> Result<(), ApplyError> {
+    /// [`StateError`] naming the path on any I/O or encoding failure.
+    pub fn save(&self, run_dir: &Path) -> Result<(), StateError> {
         let path = Self::path(run_dir);
-        let err = |what: String| ApplyError::State {
+        let err = |what: String| StateError {
             path: path.clone(),
             what,
         };
@@ -99,11 +107,11 @@ impl RunState {
     /// Reads `<run_dir>/state.json`.
     ///
     /// # Errors
-    /// [`ApplyError::State`] naming the path when it is missing, unreadable, malformed or of
+    /// [`StateError`] naming the path when it is missing, unreadable, malformed or of
     /// another format version.
-    pub fn load(run_dir: &Path) -> Result<RunState, ApplyError> {
+    pub fn load(run_dir: &Path) -> Result<RunState, StateError> {
         let path = Self::path(run_dir);
-        let err = |what: String| ApplyError::State {
+        let err = |what: String| StateError {
             path: path.clone(),
             what,
         };

@@ -1,11 +1,5 @@
-//! Agent runtimes: how an agent of a plan is started, stopped, paused and reached.
+//! The process runtime: each agent a plain process inside its host network namespace.
 //!
-//! [`Runtime`] is the interface the controller drives (bring-up, faults, `exec`, `logs`,
-//! `down`). It is synchronous and object-safe: the docker runtime (bollard) and the later kube
-//! (kube-rs) runtime are async underneath and own a small tokio runtime to block on, and
-//! their [`InstanceId`]s are containers (or pods) instead of pids.
-//!
-//! [`ProcessRuntime`] runs each agent as a plain process inside its host network namespace:
 //! - the data dir is created (0700) and `node.key` written first (0600, the plan's 64 hex
 //!   chars and a newline), so node ids are those the planner computed;
 //! - the process starts with current dir = the run dir, stdin from /dev/null and
@@ -20,22 +14,17 @@
 //! - `stop` is SIGTERM (plus SIGCONT, in case it is paused), then SIGKILL after a bounded
 //!   grace; `kill` is SIGKILL; `pause`/`resume` are SIGSTOP/SIGCONT; `restart` is stop+start
 //!   with the same data dir; `exec` runs a command via `ip netns exec` in the agent's
-//!   namespace with the caller's stdio and waits for it (no timeout: it is interactive).
-//!
-//! [`docker::DockerRuntime`] runs agents as Docker containers wired into the same host
-//! namespaces, and [`fleet::Fleet`] drives a run whose agents use either runtime (see their
-//! module docs).
+//!   namespace with the caller's stdio and waits for it (no timeout: it is interactive);
+//!   the API is the unix socket the plan names in the run directory.
 //!
 //! Pids recorded by an earlier controller process can be adopted ([`ProcessRuntime::adopt`]);
 //! before signalling such a pid, the runtime checks that the process still lives in the
-//! agent's namespace, so a recycled pid is never signalled. This module does not create
-//! namespaces (see [`crate::apply`]) and does not decide when agents start.
+//! agent's namespace, so a recycled pid is never signalled. It does not create namespaces.
 
 use std::collections::BTreeMap;
 use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -43,317 +32,20 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
-use crate::apply::{self, ApplyError};
+use super::{
+    AgentState, ExecStatus, InstanceId, Runtime, RuntimeError, exec_in_netns, lab_api, lab_net,
+    valid_name,
+};
+use crate::agentapi::ApiError;
+use crate::apply::{self, NetCmd, NetOutput};
+use crate::http::{Request, Response};
 use crate::plan::AgentPlan;
 
-pub mod docker;
-pub mod fleet;
-
-pub use crate::plan::RuntimeKind;
-
 /// Default time `stop` waits after SIGTERM before SIGKILL.
-pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Time waited for a process to die after SIGKILL, or to change state after SIGSTOP/CONT.
 const SIGNAL_WAIT: Duration = Duration::from_secs(2);
-
-/// Where a runtime placed an agent; stored in the run state file.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum InstanceId {
-    /// A process (the process runtime).
-    Process {
-        /// Its pid.
-        pid: u32,
-    },
-    /// A Docker container (the docker runtime); it exists (running or not) until `down`.
-    Container {
-        /// The container id.
-        id: String,
-        /// The container name, `chaosnet-<run>-<agent>`.
-        name: String,
-    },
-}
-
-impl InstanceId {
-    /// The runtime this instance belongs to.
-    pub fn kind(&self) -> RuntimeKind {
-        match self {
-            InstanceId::Process { .. } => RuntimeKind::Process,
-            InstanceId::Container { .. } => RuntimeKind::Docker,
-        }
-    }
-}
-
-/// What an agent is doing, as far as the runtime can tell.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AgentState {
-    /// Known (adopted) but never started, and no live process recorded for it.
-    NotStarted,
-    /// Running.
-    Running {
-        /// Its pid.
-        pid: u32,
-    },
-    /// Stopped with SIGSTOP (paused).
-    Paused {
-        /// Its pid.
-        pid: u32,
-    },
-    /// Exited on its own, or was stopped or killed, and not restarted.
-    Exited {
-        /// How it ended, when known (only for processes this runtime spawned).
-        status: Option<ExecStatus>,
-    },
-}
-
-/// How a command or agent ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExecStatus {
-    /// Exit code, if it exited.
-    pub code: Option<i32>,
-    /// Signal number, if a signal ended it.
-    pub signal: Option<i32>,
-}
-
-impl ExecStatus {
-    /// True for exit code 0.
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-impl From<std::process::ExitStatus> for ExecStatus {
-    fn from(s: std::process::ExitStatus) -> Self {
-        ExecStatus {
-            code: s.code(),
-            signal: s.signal(),
-        }
-    }
-}
-
-/// Errors of a runtime.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    /// The runtime does not know this agent.
-    #[error("no agent named {name:?} in this run")]
-    UnknownAgent {
-        /// The name.
-        name: String,
-    },
-    /// `start` on an agent that is running.
-    #[error("agent {name} is already running (pid {pid})")]
-    AlreadyRunning {
-        /// The agent.
-        name: String,
-        /// Its pid.
-        pid: u32,
-    },
-    /// An operation that needs a running agent.
-    #[error("agent {name} is not running")]
-    NotRunning {
-        /// The agent.
-        name: String,
-    },
-    /// The agent plan cannot be carried out (bad name, bad key).
-    #[error("agent {name}: {reason}")]
-    InvalidAgent {
-        /// The agent.
-        name: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A required tool or the agent binary is missing.
-    #[error("`{binary}` not found: install the Debian package `{package}`")]
-    MissingBinary {
-        /// The binary.
-        binary: String,
-        /// Its Debian package.
-        package: &'static str,
-    },
-    /// The agent binary given by the caller is not an executable file.
-    #[error("agent binary {} is not an executable file (build it with `cargo build -p chaosnet-agent`)", path.display())]
-    NoAgentBinary {
-        /// The path given.
-        path: PathBuf,
-    },
-    /// File system work for an agent failed.
-    #[error("agent {name}: {what}: {source}")]
-    Io {
-        /// The agent.
-        name: String,
-        /// What was being done.
-        what: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Sending a signal failed.
-    #[error("agent {name}: cannot send {signal} to pid {pid}: {errno}")]
-    Signal {
-        /// The agent.
-        name: String,
-        /// The pid.
-        pid: u32,
-        /// The signal.
-        signal: &'static str,
-        /// The error.
-        errno: nix::errno::Errno,
-    },
-    /// The process did not exit (or change state) in time.
-    #[error("agent {name} (pid {pid}) did not {what} within {after:?}")]
-    Timeout {
-        /// The agent.
-        name: String,
-        /// The pid.
-        pid: u32,
-        /// What was expected (`exit`, `stop`, `continue`).
-        what: &'static str,
-        /// How long we waited.
-        after: Duration,
-    },
-    /// Entering the agent's namespace failed.
-    #[error(transparent)]
-    Netns(#[from] ApplyError),
-    /// The Docker engine refused or failed (docker runtime).
-    #[error(transparent)]
-    Docker(#[from] docker::DockerError),
-    /// The agent is run by a runtime this controller did not set up (e.g. a docker agent
-    /// while the engine is not reachable).
-    #[error("agent {name} runs under the {kind} runtime, which is not available: {why}")]
-    Unavailable {
-        /// The agent.
-        name: String,
-        /// Its runtime.
-        kind: &'static str,
-        /// Why.
-        why: String,
-    },
-}
-
-/// How agents are run. Object-safe, so the controller holds a `Box<dyn Runtime>`; all
-/// methods take `&self` (implementations synchronise inside) so faults can be driven
-/// from several threads.
-pub trait Runtime: Send + Sync {
-    /// Short name, e.g. `process`, `docker`.
-    fn kind(&self) -> &'static str;
-    /// Starts `agent` (its key written first); it becomes known to the runtime.
-    fn start(&self, agent: &AgentPlan) -> Result<InstanceId, RuntimeError>;
-    /// Stops gracefully (TERM, then KILL after a bounded grace). No-op when not running.
-    fn stop(&self, name: &str) -> Result<(), RuntimeError>;
-    /// Kills at once. No-op when not running.
-    fn kill(&self, name: &str) -> Result<(), RuntimeError>;
-    /// Stops (if running) and starts again with the same data dir.
-    fn restart(&self, name: &str) -> Result<InstanceId, RuntimeError>;
-    /// Freezes the agent.
-    fn pause(&self, name: &str) -> Result<(), RuntimeError>;
-    /// Unfreezes the agent.
-    fn resume(&self, name: &str) -> Result<(), RuntimeError>;
-    /// What the agent is doing.
-    fn state(&self, name: &str) -> Result<AgentState, RuntimeError>;
-    /// Where the agent's combined stdout/stderr log is.
-    fn log_path(&self, name: &str) -> Result<PathBuf, RuntimeError>;
-    /// Runs `argv` inside the agent's network namespace with the caller's stdio, and waits.
-    fn exec(&self, name: &str, argv: &[String]) -> Result<ExecStatus, RuntimeError>;
-    /// Every running agent's instance, for the state file.
-    fn instances(&self) -> BTreeMap<String, InstanceId>;
-    /// Copies the agent's log to `out`; with `follow`, keeps copying as it grows until the
-    /// writer fails (e.g. a closed pipe) or the caller is interrupted. The default reads
-    /// [`Runtime::log_path`].
-    fn logs(&self, name: &str, follow: bool, out: &mut dyn Write) -> Result<(), RuntimeError> {
-        let path = self.log_path(name)?;
-        copy_file_log(name, &path, follow, out)
-    }
-}
-
-/// The last `n` lines of an agent's log (empty when it cannot be read), for error reports.
-pub fn log_tail(rt: &dyn Runtime, name: &str, n: usize) -> Vec<String> {
-    let mut buf = Vec::new();
-    let _ = rt.logs(name, false, &mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
-}
-
-/// Copies a log file to `out`, then (with `follow`) polls it every 250 ms for more; a
-/// truncated file is read again from the start.
-fn copy_file_log(
-    name: &str,
-    path: &Path,
-    follow: bool,
-    out: &mut dyn Write,
-) -> Result<(), RuntimeError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let io = |what: String| {
-        let name = name.to_string();
-        move |source| RuntimeError::Io { name, what, source }
-    };
-    let mut f = std::fs::File::open(path).map_err(io(format!("cannot open {}", path.display())))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)
-        .and_then(|_| out.write_all(&buf))
-        .and_then(|()| out.flush())
-        .map_err(io(format!("cannot copy {}", path.display())))?;
-    if !follow {
-        return Ok(());
-    }
-    let mut pos = f
-        .stream_position()
-        .map_err(io(format!("cannot read {}", path.display())))?;
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        let step = (|| -> std::io::Result<()> {
-            let len = f.metadata()?.len();
-            if len < pos {
-                pos = 0;
-            }
-            if len > pos {
-                f.seek(SeekFrom::Start(pos))?;
-                buf.clear();
-                f.read_to_end(&mut buf)?;
-                out.write_all(&buf)?;
-                out.flush()?;
-                pos = f.stream_position()?;
-            }
-            Ok(())
-        })();
-        step.map_err(io(format!("cannot follow {}", path.display())))?;
-    }
-}
-
-/// Runs `argv` in the named network namespace `ns` with `ip netns exec` and the caller's
-/// stdio, and waits (both runtimes: a container's network namespace carries the host
-/// namespace's name, see [`docker`]).
-pub(crate) fn exec_in_netns(
-    name: &str,
-    ns: &str,
-    argv: &[String],
-) -> Result<ExecStatus, RuntimeError> {
-    if argv.is_empty() {
-        return Err(RuntimeError::InvalidAgent {
-            name: name.to_string(),
-            reason: "exec needs a command".into(),
-        });
-    }
-    let ip = apply::which("ip").ok_or_else(|| RuntimeError::MissingBinary {
-        binary: "ip".into(),
-        package: apply::package_of("ip"),
-    })?;
-    let status = Command::new(ip)
-        .args(["netns", "exec", ns])
-        .args(argv)
-        .status()
-        .map_err(|source| RuntimeError::Io {
-            name: name.to_string(),
-            what: format!("cannot run `ip netns exec {ns} {}`", argv.join(" ")),
-            source,
-        })?;
-    Ok(status.into())
-}
 
 #[derive(Debug)]
 struct Slot {
@@ -375,15 +67,6 @@ pub struct ProcessRuntime {
     setsid: PathBuf,
     stop_grace: Duration,
     slots: Mutex<BTreeMap<String, Slot>>,
-}
-
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 impl ProcessRuntime {
@@ -467,6 +150,15 @@ impl ProcessRuntime {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Slot>> {
         // A panic while holding the lock leaves plain data behind; keep going.
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn plan_of(&self, name: &str) -> Result<AgentPlan, RuntimeError> {
+        self.lock()
+            .get(name)
+            .map(|s| s.plan.clone())
+            .ok_or_else(|| RuntimeError::UnknownAgent {
+                name: name.to_string(),
+            })
     }
 
     fn agent_dir(&self, name: &str) -> PathBuf {
@@ -739,8 +431,12 @@ fn in_agent_ns(pid: u32, ns: &str) -> bool {
 }
 
 impl Runtime for ProcessRuntime {
-    fn kind(&self) -> &'static str {
-        "process"
+    fn api(&self, name: &str, req: &Request<'_>, timeout: Duration) -> Result<Response, ApiError> {
+        lab_api(&self.run_dir, &self.plan_of(name)?, req, timeout)
+    }
+
+    fn net(&self, name: &str, cmd: &NetCmd) -> Result<NetOutput, RuntimeError> {
+        lab_net(&self.plan_of(name)?, cmd)
     }
 
     fn start(&self, agent: &AgentPlan) -> Result<InstanceId, RuntimeError> {
