@@ -5,7 +5,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: chaosnet up down status build release test lint fmt bench deps clean image
+.PHONY: chaosnet up down status build release test lint fmt bench deps clean image fuzz fuzz-seeds
 
 # Options for `make chaosnet up`: SCENARIO=path.yaml, AGENTS=N, MONITOR=1.
 # The lab runs release binaries: a debug agent costs several times the CPU, and 100 of them
@@ -44,6 +44,19 @@ bench: release
 	bash scripts/bench-connect.sh
 	bash scripts/bench-chaos.sh
 	@if docker info >/dev/null 2>&1; then bash scripts/bench-docker.sh; else echo "bench-docker: skipped, no Docker engine"; fi
+
+## Fuzzing (cargo-fuzz, libFuzzer; fuzz/ is outside the workspace, so CI never builds it).
+## Each target runs FUZZ_RUNS executions (default 10M) or FUZZ_SECONDS (default 1800) per
+## target, whichever comes first; results go to BENCHMARKS.md by hand. cargo-fuzz needs a
+## nightly compiler's flags and no nightly can be fetched here: scripts/fuzz.sh sets
+## RUSTC_BOOTSTRAP=1 so the stable toolchain builds it (FUZZ_CARGO="cargo +nightly" for a
+## real nightly). Installs cargo-fuzz from crates.io when missing.
+fuzz:
+	nice -n 19 bash scripts/fuzz.sh
+
+## Regenerates the seed corpus (valid frames of every kind) after a wire change.
+fuzz-seeds:
+	$(CARGO) run --manifest-path fuzz/Cargo.toml --bin seeds -- fuzz/seeds
 
 ## The agent container image chaosnet-agent:<version>, FROM scratch (no registry needed).
 image: release

@@ -27,9 +27,14 @@
 //!   connection_upgraded, relay_circuit_opened, relay_circuit_closed, fault_observed. A
 //!   subscriber more than [`EVENT_BUFFER`](crate::events::EVENT_BUFFER) events behind loses
 //!   the oldest and gets `event: lagged` with `{"missed": n}`.
+//! - `POST /network-keys/reload`: re-reads the private network's key files, as SIGHUP does;
+//!   `{keys, valid}`, or 400 naming the bad file (the keys in use stay), or 409 off a
+//!   private network.
 //!
 //! Every handler talks to the driver through its bounded channel; the API holds no state of
 //! its own beyond a limit on concurrent connects.
+//!
+//! Who may reach it (a token, the unix socket's mode) is [`crate::api_access`]'s business.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +55,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::driver::{Input, PeerStatus};
 use crate::events::{self, Events};
+use crate::network::KeyReloader;
 use crate::socket::SocketHandle;
 
 /// Concurrent `/connect` calls served; more wait.
@@ -64,6 +70,7 @@ pub struct ApiState {
     socket: SocketHandle,
     events: Events,
     connects: Arc<Semaphore>,
+    keys: Option<KeyReloader>,
 }
 
 impl ApiState {
@@ -74,7 +81,14 @@ impl ApiState {
             socket,
             events,
             connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)),
+            keys: None,
         }
+    }
+
+    /// The same, able to reload a private network's keys.
+    pub fn with_key_reloader(mut self, keys: KeyReloader) -> ApiState {
+        self.keys = Some(keys);
+        self
     }
 }
 
@@ -93,6 +107,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/claim", post(claim))
         .route("/claims", get(local_claims))
         .route("/claims/{node_id}", get(peer_claims))
+        .route("/network-keys/reload", post(reload_keys))
         .with_state(state)
 }
 
@@ -113,7 +128,7 @@ fn node_id(s: &str) -> Result<NodeId, Response> {
     })
 }
 
-fn error(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response {
     (
         status,
         Json(ErrorBody {
@@ -474,6 +489,24 @@ async fn put_impairment(
             StatusCode::BAD_REQUEST,
             "bad_impairment",
             e.to_string(),
+        )),
+    }
+}
+
+async fn reload_keys(State(state): State<ApiState>) -> Result<Response, Response> {
+    let Some(keys) = &state.keys else {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "not_private",
+            "not a private network: there are no network keys to reload",
+        ));
+    };
+    match keys.reload() {
+        Ok(loaded) => Ok(Json(loaded).into_response()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_key_file",
+            format!("{e}; the keys in use are unchanged"),
         )),
     }
 }

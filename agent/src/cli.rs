@@ -16,13 +16,15 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 use crate::api::{self, ApiState};
+use crate::api_access;
 use crate::driver::{Clock, Driver, INPUT_CAPACITY};
 use crate::events::Events;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::network::{self, KeyFiles, KeyReloader};
 use crate::socket::{self, ChaosSocket};
 use crate::store::GraphStore;
-use crate::tls::{self, NetworkId, NetworkKey};
+use crate::tls::{self, NetworkId};
 use crate::transport::{Transport, TransportTimeouts};
 
 /// The chaosnet P2P agent: a peer and a relay over QUIC.
@@ -176,29 +178,10 @@ async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
         .network
         .parse()
         .map_err(|e| cfg(anyhow::Error::new(e).context("--network")))?;
-    let mut keys = Vec::new();
-    for f in &args.network_key_files {
-        keys.push(NetworkKey::load(f).map_err(|e| cfg(e.into()))?);
-    }
-    if network.is_private() && keys.is_empty() {
-        return Err(cfg(anyhow::anyhow!(
-            "--network {network} is private: give at least one --network-key-file"
-        )));
-    }
-    let now_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    if network.is_private() && !keys.iter().any(|k| k.is_valid_at(now_unix)) {
-        return Err(cfg(anyhow::anyhow!(
-            "every --network-key-file has expired (not-after is in the past): give a current key"
-        )));
-    }
-    if !network.is_private() && !keys.is_empty() {
-        return Err(cfg(anyhow::anyhow!(
-            "--network-key-file is only for private:<name> networks"
-        )));
-    }
+    let key_files = KeyFiles::new(network.clone(), args.network_key_files.clone());
+    let keys = key_files
+        .load(crate::transport::unix_now())
+        .map_err(|e| cfg(e.into()))?;
     let seeds: Vec<(NodeId, SocketAddr)> = args
         .seeds
         .iter()
@@ -209,6 +192,17 @@ async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
         return Err(cfg(anyhow::anyhow!("--task-rate must be a number >= 0")));
     }
     let api_addr = parse_api(&args.api).map_err(cfg)?;
+    let token = api_access::token(args.api_token.as_deref(), args.api_token_file.as_deref())
+        .map_err(|e| cfg(e.into()))?;
+    if let ApiAddr::Tcp(a) = &api_addr
+        && !a.ip().is_loopback()
+        && token.is_none()
+    {
+        return Err(cfg(anyhow::anyhow!(
+            "--api {a} is reachable from other hosts: give --api-token-file (or --api-token), \
+             or use a loopback address or unix:<path>"
+        )));
+    }
     if let ApiAddr::Tcp(a) = &api_addr
         && (*a == args.listen || (a.port() == args.listen.port() && a.ip().is_unspecified()))
     {
@@ -221,6 +215,7 @@ async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
     let (identity, created) =
         Identity::load_or_create(&args.data_dir).map_err(|e| cfg(e.into()))?;
     let me = identity.node_id();
+    network::bind_data_dir(&args.data_dir, &network).map_err(|e| cfg(e.into()))?;
     let store = GraphStore::open(&args.data_dir.join("graph"), me).map_err(|e| cfg(e.into()))?;
     let report = store.load().map_err(|e| cfg(e.into()))?;
     if report.skipped_corrupt > 0 {
@@ -271,12 +266,20 @@ async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
     let mut node = Node::new(node_cfg, report.contacts);
     node.restore_claims(claims);
 
+    let reloader = network
+        .is_private()
+        .then(|| KeyReloader::new(key_files, transport.clone()));
+    tokio::spawn(reload_on_sighup(reloader.clone()).map_err(cfg)?);
+    tokio::spawn(transport.clone().watch_keys());
     let events = Events::default();
-    let app = api::router(ApiState::new(
-        tx.clone(),
-        socket_handle.clone(),
-        events.clone(),
-    ));
+    let mut state = ApiState::new(tx.clone(), socket_handle.clone(), events.clone());
+    if let Some(r) = reloader {
+        state = state.with_key_reloader(r);
+    }
+    let mut app = api::router(state);
+    if let Some(t) = &token {
+        app = api_access::require_token(app, t);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api_task = match api_addr {
         ApiAddr::Tcp(addr) => {
@@ -295,10 +298,8 @@ async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
         }
         ApiAddr::Unix(path) => {
             // A stale socket file from a killed agent would make bind fail.
-            let _ = std::fs::remove_file(&path);
-            let l = tokio::net::UnixListener::bind(&path)
-                .with_context(|| format!("cannot listen on --api unix:{}", path.display()))
-                .map_err(cfg)?;
+            api_access::clear_stale_socket(&path).map_err(|e| cfg(e.into()))?;
+            let l = api_access::bind_private_socket(&path).map_err(|e| cfg(e.into()))?;
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 let _ = axum::serve(l, app)
@@ -337,6 +338,32 @@ async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
     let _ = api_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Re-reads the network key files on every SIGHUP (which, handled, no longer ends the
+/// agent). Installing the handler can fail, which is a setup error.
+fn reload_on_sighup(
+    reloader: Option<KeyReloader>,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    Ok(async move {
+        while hup.recv().await.is_some() {
+            match &reloader {
+                None => tracing::info!("SIGHUP: not a private network, no keys to reload"),
+                Some(r) => match r.reload() {
+                    Ok(k) => tracing::info!(
+                        keys = k.keys,
+                        valid = k.valid,
+                        "SIGHUP: network keys reloaded"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: network keys not reloaded; keeping the current ones")
+                    }
+                },
+            }
+        }
+    })
 }
 
 async fn shutdown_signal() {

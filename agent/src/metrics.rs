@@ -495,12 +495,19 @@ impl Metrics {
             "bad_key",
             "identity_mismatch",
             "missing_proof",
+            "no_valid_key",
         ] {
             let _ = refusals.get_or_create(&ReasonLabels {
                 reason: reason.into(),
             });
         }
-        for reason in ["truncated", "oversize", "unknown_version", "malformed"] {
+        for reason in [
+            "truncated",
+            "oversize",
+            "unknown_version",
+            "malformed",
+            "stalled",
+        ] {
             let _ = decode_errors.get_or_create(&ReasonLabels {
                 reason: reason.into(),
             });

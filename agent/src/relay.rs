@@ -3,33 +3,48 @@
 //! A circuit is one bidirectional QUIC stream from the requester A to the relay R, and one
 //! from R to the target T. After the open handshake (a [`Request::RelayOpen`] /
 //! [`Request::RelayIncoming`] frame answered by [`Response::RelayAccepted`]), each stream
-//! carries A's and T's QUIC datagrams, each prefixed with its length (u16, big-endian). R
+//! carries A's and T's QUIC datagrams, each prefixed with its length (u16, big-endian; the
+//! framing is [`chaosnet_proto::CircuitDecoder`]'s). R
 //! copies bytes between the two streams within the advertised limits and cannot read or
 //! forge anything: A and T run their own QUIC handshake end to end through the circuit,
 //! with the same certificate checks as a direct connection (the NodeId is the key).
 //!
 //! At each end, [`attach`] gives the circuit a stand-in address on the socket
 //! ([`SocketHandle::circuit_addr`]) and routes datagrams for it into the stream, so quinn
-//! sees an ordinary path. Admission and counting are the core's decision; this module only
-//! moves bytes and enforces the byte and time limits it is given.
+//! sees an ordinary path. A circuit end that stays silent, or stops inside a datagram, is
+//! closed after a bounded time, and [`IncomingCircuits`] bounds how many circuits relays may
+//! bring us at once, so circuits that are opened and never used cannot hold the socket's
+//! routes. Admission of a circuit through us as a relay, and its counting, are the core's
+//! decision; this module only moves bytes and enforces the byte and time limits it is given.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chaosnet_proto::Response;
+use chaosnet_proto::{CircuitDecoder, MAX_CIRCUIT_DATAGRAM, NodeId, Response, frame_datagram};
 use tokio::sync::mpsc;
 
-use crate::socket::{Route, SocketHandle};
+use crate::socket::{MAX_ROUTES, Route, SocketHandle};
 
 /// Datagrams queued towards a circuit's stream; beyond this they are dropped (QUIC copes).
 const CIRCUIT_QUEUE: usize = 512;
 /// A circuit end that carried nothing for this long is closed. QUIC keepalives (5 s) keep a
 /// live connection's circuit busy.
 const CIRCUIT_IDLE: Duration = Duration::from_secs(60);
-/// Largest datagram a circuit carries.
-const MAX_DATAGRAM: usize = u16::MAX as usize;
+/// A circuit end that has carried nothing since it opened is closed after this long: the
+/// requester starts its handshake as soon as the circuit is accepted (and gives up on it
+/// after the core's relay timeout, 8 s), so a circuit silent for longer is not in use.
+const CIRCUIT_FIRST_DATAGRAM: Duration = Duration::from_secs(10);
+/// Once a datagram has begun, all of it must arrive within this long (a datagram is at most
+/// 64 KiB); a circuit that stops, or drips, inside one is closed.
+const CIRCUIT_DATAGRAM_BODY: Duration = Duration::from_secs(5);
+/// Circuits one relay may bring us (as their target) at once.
+pub const MAX_INCOMING_PER_RELAY: usize = 8;
+/// Circuits all relays together may bring us at once: a quarter of the socket's routes, so
+/// circuits alone never leave birthday punching or our own relayed dials without one.
+pub const MAX_INCOMING: usize = MAX_ROUTES / 4;
 
 /// Why a circuit ended at the relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,24 +57,80 @@ pub enum SpliceEnd {
     TimeLimit,
 }
 
+/// The incoming circuits (this node their target) open now, per relay that brought them;
+/// at most [`MAX_INCOMING_PER_RELAY`] per relay and [`MAX_INCOMING`] in all.
+#[derive(Debug, Default)]
+pub struct IncomingCircuits {
+    held: Mutex<HashMap<NodeId, usize>>,
+}
+
+/// One incoming circuit's place in [`IncomingCircuits`], given back when dropped.
+#[derive(Debug)]
+pub struct CircuitSlot {
+    owner: Arc<IncomingCircuits>,
+    relay: NodeId,
+}
+
+impl IncomingCircuits {
+    /// A place for one more circuit from `relay`, or `None` when that relay or all relays
+    /// together are at their limit.
+    pub fn try_take(self: &Arc<Self>, relay: NodeId) -> Option<CircuitSlot> {
+        let mut held = self.lock();
+        let total: usize = held.values().sum();
+        let mine = held.get(&relay).copied().unwrap_or(0);
+        if total >= MAX_INCOMING || mine >= MAX_INCOMING_PER_RELAY {
+            return None;
+        }
+        held.insert(relay, mine + 1);
+        Some(CircuitSlot {
+            owner: self.clone(),
+            relay,
+        })
+    }
+
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.lock().values().sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, usize>> {
+        // A poisoned lock only means a panic elsewhere mid-update of a counter; still usable.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for CircuitSlot {
+    fn drop(&mut self) {
+        let mut held = self.owner.lock();
+        if let Some(n) = held.get_mut(&self.relay) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.relay);
+            }
+        }
+    }
+}
+
 /// Makes the circuit carried by `send`/`recv` a path of `socket`: returns its stand-in
 /// address. Datagrams quinn sends there go into `send`; datagrams read from `recv` come
-/// back from that address. Errors when the socket has no route left.
+/// back from that address. `slot`, for a circuit a relay brought us, is held until the
+/// circuit ends. Errors when the socket has no route left.
 pub fn attach(
     socket: &SocketHandle,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    slot: Option<CircuitSlot>,
 ) -> Result<SocketAddr, crate::socket::RouteError> {
     let addr = socket.circuit_addr();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CIRCUIT_QUEUE);
     socket.add_route(addr, Route::Circuit(tx))?;
     tokio::spawn(async move {
         while let Some(d) = rx.recv().await {
-            // Every datagram quinn sends fits a u16 length (it never exceeds 64 KiB).
-            let len = u16::try_from(d.len()).unwrap_or(u16::MAX);
-            let mut frame = Vec::with_capacity(2 + d.len());
-            frame.extend_from_slice(&len.to_be_bytes());
-            frame.extend_from_slice(&d[..usize::from(len)]);
+            // quinn never sends a datagram over 64 KiB; one would be dropped, as on a path
+            // with a smaller MTU.
+            let Some(frame) = frame_datagram(&d) else {
+                continue;
+            };
             if send.write_all(&frame).await.is_err() {
                 break;
             }
@@ -68,20 +139,39 @@ pub fn attach(
     });
     let handle = socket.clone();
     tokio::spawn(async move {
-        let mut len = [0u8; 2];
+        let _slot = slot;
+        let mut decoder = CircuitDecoder::new();
+        let mut idle = CIRCUIT_FIRST_DATAGRAM;
+        // When the datagram we are inside began, if we are inside one.
+        let mut begun: Option<tokio::time::Instant> = None;
         loop {
-            match tokio::time::timeout(CIRCUIT_IDLE, recv.read_exact(&mut len)).await {
-                Ok(Ok(())) => {}
-                _ => break,
+            let wait = match begun {
+                Some(t) => (t + CIRCUIT_DATAGRAM_BODY)
+                    .saturating_duration_since(tokio::time::Instant::now()),
+                None => idle,
+            };
+            let chunk =
+                match tokio::time::timeout(wait, recv.read_chunk(MAX_CIRCUIT_DATAGRAM, true)).await
+                {
+                    Ok(Ok(Some(c))) => c,
+                    _ => break,
+                };
+            decoder.push(&chunk.bytes);
+            let mut completed = false;
+            while let Some(d) = decoder.next_datagram() {
+                completed = true;
+                handle.inject(addr, d);
             }
-            let n = usize::from(u16::from_be_bytes(len));
-            let mut d = vec![0u8; n.min(MAX_DATAGRAM)];
-            if recv.read_exact(&mut d).await.is_err() {
-                break;
+            if completed {
+                idle = CIRCUIT_IDLE;
+                begun = None;
             }
-            handle.inject(addr, d);
+            if decoder.inside_datagram() {
+                begun = begun.or(Some(tokio::time::Instant::now()));
+            }
         }
-        // Dropping the route drops the sender, which ends the writer task.
+        // Dropping the route drops the sender, which ends the writer task; dropping `recv`
+        // stops the other side's sending.
         handle.remove_route(&addr);
     });
     Ok(addr)
@@ -168,5 +258,43 @@ pub fn accepted(r: &Response) -> Option<(u64, Duration)> {
             max_duration_ms,
         } => Some((*max_bytes, Duration::from_millis(*max_duration_ms))),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId([n; 32])
+    }
+
+    #[test]
+    fn incoming_circuits_are_bounded_per_relay_and_in_all_and_given_back() {
+        let c = Arc::new(IncomingCircuits::default());
+        let mut slots: Vec<CircuitSlot> = (0..MAX_INCOMING_PER_RELAY)
+            .map(|_| c.try_take(id(1)).unwrap())
+            .collect();
+        assert!(c.try_take(id(1)).is_none(), "one relay over its limit");
+        let mut relay = 2u8;
+        while c.open() < MAX_INCOMING {
+            match c.try_take(id(relay)) {
+                Some(s) => slots.push(s),
+                None => relay += 1,
+            }
+        }
+        assert!(
+            c.try_take(id(250)).is_none(),
+            "a fresh relay over the total"
+        );
+        slots.remove(0);
+        assert!(
+            c.try_take(id(250)).is_some(),
+            "a dropped slot is given back"
+        );
+        drop(slots);
+        assert_eq!(c.open(), 0, "every slot is given back");
     }
 }

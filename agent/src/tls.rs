@@ -72,6 +72,21 @@ pub const MAX_BIDI_STREAMS: u32 = 64;
 /// them, so a small bound suffices.
 pub const MAX_UNI_STREAMS: u32 = 8;
 
+/// Bytes a peer may send on one stream ahead of what we have read: 128 KiB, two of the
+/// largest frames ([`chaosnet_proto::MAX_FRAME_LEN`]). quinn's default (1.25 MB) would
+/// let 64 stalled streams pin 80 MB per connection.
+pub const STREAM_RECEIVE_WINDOW: u32 = 128 * 1024;
+
+/// Bytes a peer may send on all streams of a connection together ahead of what we have
+/// read: 1 MiB (quinn's default is unlimited). This is what a connection that opens every
+/// stream and then stalls can pin in quinn's buffers; it still carries a relay circuit at
+/// 1 MiB per round trip (≈ 20 MB/s at 50 ms).
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
+
+/// Bytes we keep buffered for sending on one connection (unsent or unacknowledged): 1 MiB
+/// (quinn's default is 10 MB), so a peer that never reads its responses pins no more.
+pub const SEND_WINDOW: u64 = 1024 * 1024;
+
 /// Longest private network name.
 pub const MAX_NETWORK_NAME_LEN: usize = 32;
 
@@ -256,6 +271,10 @@ pub enum Refusal {
     /// A private-network peer sent no membership proof.
     #[error("peer sent no membership proof")]
     MissingProof,
+    /// An established connection's proofs no longer match a key we hold unexpired: the key
+    /// it was accepted with expired or was removed from the key files.
+    #[error("peer's network key expired or was removed")]
+    NoValidKey,
 }
 
 /// QUIC application close codes for refusals made after the handshake (membership checks).
@@ -264,6 +283,7 @@ const CLOSE_WRONG_NETWORK: u32 = 0x4e01;
 const CLOSE_BAD_KEY: u32 = 0x4e02;
 const CLOSE_IDENTITY_MISMATCH: u32 = 0x4e03;
 const CLOSE_MISSING_PROOF: u32 = 0x4e04;
+const CLOSE_NO_VALID_KEY: u32 = 0x4e05;
 
 impl Refusal {
     /// The Prometheus label value.
@@ -273,6 +293,7 @@ impl Refusal {
             Refusal::BadKey => "bad_key",
             Refusal::IdentityMismatch => "identity_mismatch",
             Refusal::MissingProof => "missing_proof",
+            Refusal::NoValidKey => "no_valid_key",
         }
     }
 
@@ -285,6 +306,7 @@ impl Refusal {
             Refusal::BadKey => CLOSE_BAD_KEY,
             Refusal::IdentityMismatch => CLOSE_IDENTITY_MISMATCH,
             Refusal::MissingProof => CLOSE_MISSING_PROOF,
+            Refusal::NoValidKey => CLOSE_NO_VALID_KEY,
         })
     }
 
@@ -295,6 +317,7 @@ impl Refusal {
             CLOSE_BAD_KEY => Some(Refusal::BadKey),
             CLOSE_IDENTITY_MISMATCH => Some(Refusal::IdentityMismatch),
             CLOSE_MISSING_PROOF => Some(Refusal::MissingProof),
+            CLOSE_NO_VALID_KEY => Some(Refusal::NoValidKey),
             _ => None,
         }
     }
@@ -364,8 +387,10 @@ pub fn server_name(id: &NodeId) -> String {
 }
 
 /// The QUIC transport parameters for every chaosnet connection; see [`KEEP_ALIVE_INTERVAL`],
-/// [`MAX_IDLE_TIMEOUT_MS`], [`MAX_BIDI_STREAMS`] and [`MAX_UNI_STREAMS`] for the values and
-/// why. Everything else keeps quinn's defaults (datagrams on, default flow-control windows).
+/// [`MAX_IDLE_TIMEOUT_MS`], [`MAX_BIDI_STREAMS`], [`MAX_UNI_STREAMS`],
+/// [`STREAM_RECEIVE_WINDOW`], [`CONNECTION_RECEIVE_WINDOW`] and [`SEND_WINDOW`] for the values
+/// and why. QUIC datagrams are off: nothing reads them, so a peer's would only fill a buffer
+/// (a peer that sends one anyway breaks the protocol and is closed by quinn).
 pub fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
@@ -374,6 +399,10 @@ pub fn transport_config() -> TransportConfig {
     ))));
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
     t.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
+    t.send_window(SEND_WINDOW);
+    t.datagram_receive_buffer_size(None);
     t
 }
 
@@ -741,17 +770,20 @@ impl NetworkKey {
         self.not_after_unix.is_none_or(|t| now_unix <= t)
     }
 
-    /// Reads a key file:
+    /// Reads a key file: one or more keys (at most [`MAX_PROOFS`]), each optionally followed
+    /// by its expiry, so a file can be rotated in place (new key first, the old one with a
+    /// `not-after`) and re-read while running:
     ///
     /// ```text
     /// # comments and blank lines are ignored; a comment may also end a line
-    /// 0123...cdef              <- first line: the key, 64 hex characters
-    /// not-after: 1767225600    <- optional: accept this key until then (Unix seconds)
+    /// 0123...cdef              <- a key, 64 hex characters
+    /// not-after: 1767225600    <- optional: accept the key above until then (Unix seconds)
+    /// 4567...89ab              <- optional: another key, with its own optional not-after
     /// ```
     ///
     /// Errors name the file and line, never the line's content. Warns if the file is
     /// readable by group or others.
-    pub fn load(path: &Path) -> Result<NetworkKey, TlsError> {
+    pub fn load(path: &Path) -> Result<Vec<NetworkKey>, TlsError> {
         let read_err = |source| TlsError::KeyFileRead {
             path: path.to_path_buf(),
             source,
@@ -806,6 +838,25 @@ enum KeyFileProblem {
     TooLarge,
 }
 
+fn hex_key(content: &str) -> Result<[u8; 32], String> {
+    if content.len() != 64 {
+        return Err(format!(
+            "expected a key as 64 hex characters, found {} characters",
+            content.chars().count()
+        ));
+    }
+    if let Some(pos) = content.bytes().position(|b| !b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "expected a key as 64 hex characters, found a non-hex character at column {}",
+            pos + 1
+        ));
+    }
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(content, &mut key)
+        .map_err(|_| "expected a key as 64 hex characters".to_string())?;
+    Ok(key)
+}
+
 fn line_of_offset(buf: &[u8], offset: usize) -> usize {
     1 + buf[..offset.min(buf.len())]
         .iter()
@@ -813,9 +864,10 @@ fn line_of_offset(buf: &[u8], offset: usize) -> usize {
         .count()
 }
 
-fn parse_key_file(text: &str) -> Result<NetworkKey, KeyFileProblem> {
-    let mut secret: Option<[u8; 32]> = None;
-    let mut not_after: Option<u64> = None;
+fn parse_key_file(text: &str) -> Result<Vec<NetworkKey>, KeyFileProblem> {
+    let mut keys: Vec<NetworkKey> = Vec::new();
+    // Whether the last key already has its not-after.
+    let mut dated = false;
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let bad = |reason: String| KeyFileProblem::Line { line, reason };
@@ -823,30 +875,16 @@ fn parse_key_file(text: &str) -> Result<NetworkKey, KeyFileProblem> {
         if content.is_empty() {
             continue;
         }
-        if secret.is_none() {
-            if content.len() != 64 {
-                return Err(bad(format!(
-                    "expected the key as 64 hex characters, found {} characters",
-                    content.chars().count()
-                )));
-            }
-            if let Some(pos) = content.bytes().position(|b| !b.is_ascii_hexdigit()) {
-                return Err(bad(format!(
-                    "expected the key as 64 hex characters, found a non-hex character at column {}",
-                    pos + 1
-                )));
-            }
-            let mut key = [0u8; 32];
-            hex::decode_to_slice(content, &mut key)
-                .map_err(|_| bad("expected the key as 64 hex characters".to_string()))?;
-            secret = Some(key);
-            continue;
-        }
         let Some((field, value)) = content.split_once(':') else {
-            return Err(bad(
-                "unexpected line; after the key only \"not-after: <unix seconds>\" is allowed"
-                    .to_string(),
-            ));
+            if keys.len() == MAX_PROOFS {
+                return Err(bad(format!("more than {MAX_PROOFS} keys in one file")));
+            }
+            keys.push(NetworkKey {
+                secret: hex_key(content).map_err(bad)?,
+                not_after_unix: None,
+            });
+            dated = false;
+            continue;
         };
         if field.trim() != "not-after" {
             return Err(bad(format!(
@@ -854,8 +892,11 @@ fn parse_key_file(text: &str) -> Result<NetworkKey, KeyFileProblem> {
                 field.trim().chars().take(32).collect::<String>()
             )));
         }
-        if not_after.is_some() {
-            return Err(bad("not-after is given twice".to_string()));
+        let Some(key) = keys.last_mut() else {
+            return Err(bad("not-after comes before any key".to_string()));
+        };
+        if dated {
+            return Err(bad("not-after is given twice for one key".to_string()));
         }
         let value = value.trim();
         let seconds = value.parse::<u64>().map_err(|_| {
@@ -864,13 +905,13 @@ fn parse_key_file(text: &str) -> Result<NetworkKey, KeyFileProblem> {
                 value.chars().take(32).collect::<String>()
             ))
         })?;
-        not_after = Some(seconds);
+        key.not_after_unix = Some(seconds);
+        dated = true;
     }
-    let secret = secret.ok_or(KeyFileProblem::NoKey)?;
-    Ok(NetworkKey {
-        secret,
-        not_after_unix: not_after,
-    })
+    if keys.is_empty() {
+        return Err(KeyFileProblem::NoKey);
+    }
+    Ok(keys)
 }
 
 /// The message every proof authenticates: 32 bytes of TLS exporter output (label
@@ -901,15 +942,19 @@ pub fn membership_proof(
     Ok(hmac_tag(key, &msg))
 }
 
-/// One proof per held key, current key first, at most [`MAX_PROOFS`]: what a node sends.
+/// One proof per held key still valid at `now_unix`, current key first, at most
+/// [`MAX_PROOFS`]: what a node sends. An expired key is never proven: the peer would refuse
+/// it anyway, and the proof would only tell it which keys we once held.
 pub fn membership_proofs(
     conn: &quinn::Connection,
     keys: &[NetworkKey],
     prover: &NodeId,
+    now_unix: u64,
 ) -> Result<Vec<[u8; 32]>, TlsError> {
     let msg = proof_message(conn, prover)?;
     Ok(keys
         .iter()
+        .filter(|k| k.is_valid_at(now_unix))
         .take(MAX_PROOFS)
         .map(|k| hmac_tag(k, &msg))
         .collect())
@@ -1220,8 +1265,8 @@ mod tests {
                          yk: &[NetworkKey],
                          yid: NodeId,
                          now: u64| {
-            let px = membership_proofs(x, xk, &xid).unwrap();
-            let py = membership_proofs(y, yk, &yid).unwrap();
+            let px = membership_proofs(x, xk, &xid, now).unwrap();
+            let py = membership_proofs(y, yk, &yid, now).unwrap();
             (
                 verify_membership(y, yk, &xid, &px, now),
                 verify_membership(x, xk, &yid, &py, now),
@@ -1274,7 +1319,14 @@ mod tests {
             ..old.clone()
         };
         let a_keys_rotating = vec![new.clone(), old_expiring];
-        let pb = membership_proofs(&ab_b, &b_keys, &b.id.node_id()).unwrap();
+        // A proves the expiring key until it expires, and never after.
+        let proofs = |now| {
+            membership_proofs(&ab_a, &a_keys_rotating, &a.id.node_id(), now)
+                .unwrap()
+                .len()
+        };
+        assert_eq!((proofs(NOW), proofs(NOW + 1)), (2, 1));
+        let pb = membership_proofs(&ab_b, &b_keys, &b.id.node_id(), NOW).unwrap();
         assert_eq!(
             verify_membership(&ab_a, &a_keys_rotating, &b.id.node_id(), &pb, NOW),
             Ok(()),
@@ -1286,7 +1338,7 @@ mod tests {
             "grace window over"
         );
         // The new key is unaffected by the old one's expiry.
-        let pc = membership_proofs(&ac_c, &c_keys, &c.id.node_id()).unwrap();
+        let pc = membership_proofs(&ac_c, &c_keys, &c.id.node_id(), NOW).unwrap();
         assert_eq!(
             verify_membership(&ac_a, &a_keys_rotating, &c.id.node_id(), &pc, NOW + 1),
             Ok(())
@@ -1501,11 +1553,17 @@ mod tests {
         ));
     }
 
-    fn load_key_text(text: &str) -> Result<NetworkKey, TlsError> {
+    fn load_keys_text(text: &str) -> Result<Vec<NetworkKey>, TlsError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("network.key");
         std::fs::write(&path, text).unwrap();
         NetworkKey::load(&path)
+    }
+
+    fn load_key_text(text: &str) -> Result<NetworkKey, TlsError> {
+        let mut keys = load_keys_text(text)?;
+        assert_eq!(keys.len(), 1, "one key expected");
+        Ok(keys.remove(0))
     }
 
     const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -1525,6 +1583,20 @@ mod tests {
         assert!(k.is_valid_at(1_767_225_600));
         assert!(!k.is_valid_at(1_767_225_601));
         assert!(!format!("{k:?}").contains("aabb"));
+    }
+
+    #[test]
+    fn a_key_file_rotates_in_place_with_one_expiry_per_key() {
+        let new = HEX.replace('0', "f");
+        let keys = load_keys_text(&format!(
+            "# rotating: new first\n{new}\n{HEX}  # old\nnot-after: 1767225600\n"
+        ))
+        .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].secret[0], 0xff);
+        assert_eq!(keys[0].not_after_unix, None);
+        assert_eq!(keys[1].secret[1], 0x11);
+        assert_eq!(keys[1].not_after_unix, Some(1_767_225_600));
     }
 
     #[test]
@@ -1550,6 +1622,11 @@ mod tests {
 
         let m = msg(&format!("{HEX}\n\nnot-after: 1\nnot-after: 2\n"));
         assert!(m.contains("line 4") && m.contains("twice"), "{m}");
+        let load_err = |text: &str| load_keys_text(text).unwrap_err().to_string();
+        let m = load_err(&format!(
+            "{HEX}\nnot-after: 1\n{HEX}\nnot-after: 2\nnot-after: 3\n"
+        ));
+        assert!(m.contains("line 5") && m.contains("twice"), "{m}");
 
         let m = msg(&format!("{HEX}\nexpires: 5\n"));
         assert!(
@@ -1557,9 +1634,13 @@ mod tests {
             "{m}"
         );
 
-        // A second key line is not silently ignored, and is not echoed.
-        let m = msg(&format!("{HEX}\n{HEX}\n"));
-        assert!(m.contains("line 2") && !m.contains(HEX), "{m}");
+        // A bad second key is not silently ignored, and is not echoed.
+        let m = msg(&format!("{HEX}\n{}\n", &HEX[1..]));
+        assert!(m.contains("line 2") && !m.contains(&HEX[1..]), "{m}");
+        let m = msg(&format!("not-after: 5\n{HEX}\n"));
+        assert!(m.contains("line 1") && m.contains("before any key"), "{m}");
+        let m = msg(&format!("{HEX}\n").repeat(MAX_PROOFS + 1));
+        assert!(m.contains(&format!("line {}", MAX_PROOFS + 1)), "{m}");
 
         let m = msg("# only a comment\n\n");
         assert!(m.contains("has no key"), "{m}");
@@ -1589,5 +1670,8 @@ mod tests {
             "identity_mismatch"
         );
         assert_eq!(Refusal::MissingProof.metric_label(), "missing_proof");
+        assert_eq!(Refusal::NoValidKey.metric_label(), "no_valid_key");
+        let code = Refusal::NoValidKey.close_code();
+        assert_eq!(Refusal::from_close_code(code), Some(Refusal::NoValidKey));
     }
 }

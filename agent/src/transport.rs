@@ -8,6 +8,11 @@
 //!
 //! A malformed, truncated or oversize frame closes only its stream and is counted; it never
 //! closes the connection or panics.
+//!
+//! On a private network the keys can change while running ([`Transport::set_keys`]): each
+//! side then sends its new proofs as a fresh hello on a unidirectional stream, and every
+//! connection whose latest proofs match no key we still hold unexpired is closed, checked
+//! every [`KEY_CHECK_INTERVAL`] ([`Transport::watch_keys`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,13 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chaosnet_proto::{
-    ConnMode, Connected, DecodeError, ErrorCode, Failure, HEADER_LEN, Hello, NodeId, Path,
-    PunchPlan, Request, Response, TraceContext, Validate, decode, decode_body, encode, frame_len,
+    ConnMode, Connected, DecodeError, ErrorCode, Failure, HEADER_LEN, Hello, MAX_FRAME_LEN, NodeId,
+    Path, PunchPlan, Request, Response, TraceContext, Validate, decode, decode_body, encode,
+    frame_len,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicU32, Ordering};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -37,6 +43,9 @@ use crate::tls::{self, NetworkId, NetworkKey, Refusal};
 
 /// Application close code for a connection we drop to keep better peers.
 const CLOSE_PRUNED: u32 = 0x5001;
+/// How often a private network's connections are checked against the keys we hold: a
+/// connection whose key expired or was removed is closed within this long.
+pub const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Stream error code for a frame we could not decode.
 const STREAM_BAD_FRAME: u32 = 0x5101;
 /// Largest hello accepted: a few proofs and addresses.
@@ -45,6 +54,15 @@ const MAX_HELLO_LEN: usize = 2048;
 const MAX_DIAL_ADDRS: usize = 5;
 /// Peers we are punching towards at once (as the signalled side).
 const MAX_PUNCHING: usize = 64;
+/// Stream error code for a request that did not arrive, or whose answer was not read, in time.
+const STREAM_STALLED: u32 = 0x5102;
+/// Stream error code for a unidirectional stream we do not expect.
+const STREAM_UNEXPECTED: u32 = 0x5103;
+/// Bytes of request bodies read from one connection at once. Bodies are read as their bytes
+/// arrive; this bounds what a peer that starts many large frames and never finishes them
+/// makes us hold beyond quinn's [`tls::CONNECTION_RECEIVE_WINDOW`] (four of the largest
+/// frames; small requests, the bulk of the traffic, take few of these bytes).
+const BODY_BUDGET_PER_CONN: usize = 4 * MAX_FRAME_LEN;
 
 /// Timeouts of the transport. Defaults in [`Default`].
 #[derive(Clone, Copy, Debug)]
@@ -80,6 +98,9 @@ struct Registered {
     conn: quinn::Connection,
     outbound: bool,
     mode: ConnMode,
+    /// The peer's latest membership proofs (private networks), checked again whenever our
+    /// keys change or expire.
+    proofs: Vec<[u8; 32]>,
 }
 
 /// How long a replaced connection stays open so requests already on it can finish.
@@ -99,7 +120,10 @@ struct Inner {
     client: quinn::ClientConfig,
     me: NodeId,
     network: NetworkId,
-    keys: Vec<NetworkKey>,
+    /// The private network's keys, replaced whole by [`Transport::set_keys`].
+    keys: Mutex<Arc<Vec<NetworkKey>>>,
+    /// Wakes [`Transport::watch_keys`] when keys or a peer's proofs changed.
+    keys_changed: Notify,
     listen_addrs: Vec<SocketAddr>,
     /// The connection used for each peer, and whether we dialed it.
     conns: Mutex<HashMap<NodeId, Registered>>,
@@ -112,6 +136,8 @@ struct Inner {
     dialback_probes: mpsc::Sender<(SocketAddr, u64)>,
     /// Peers that signalled us, until when, and how to stop our probes once they connect.
     punching: Mutex<HashMap<NodeId, (tokio::time::Instant, Arc<Notify>)>>,
+    /// Circuits relays brought us that are open now.
+    incoming: Arc<relay::IncomingCircuits>,
 }
 
 impl Transport {
@@ -151,7 +177,8 @@ impl Transport {
                 client,
                 me: identity.node_id(),
                 network,
-                keys,
+                keys: Mutex::new(Arc::new(keys)),
+                keys_changed: Notify::new(),
                 listen_addrs,
                 conns: Mutex::new(HashMap::new()),
                 inputs,
@@ -161,6 +188,7 @@ impl Transport {
                 puncher,
                 dialback_probes: probe_tx,
                 punching: Mutex::new(HashMap::new()),
+                incoming: Arc::new(relay::IncomingCircuits::default()),
             }),
         })
     }
@@ -281,13 +309,18 @@ impl Transport {
     }
 
     /// Our side of a punch the peer will dial (it signalled us): probes until it connects or
-    /// the plan times out. Traced as a `punch` span under `parent`, the signal's `signal_hop`.
+    /// the plan times out. One session per requester: a newer signal from the same peer
+    /// stops the older session. Traced as a `punch` span under `parent`, the signal's
+    /// `signal_hop`.
     pub fn punch(&self, peer: NodeId, plan: PunchPlan, parent: Option<tracing::Span>) {
         let stop = Arc::new(Notify::new());
         {
             let mut punching = self.punching();
             let now = tokio::time::Instant::now();
             punching.retain(|_, (until, _)| *until > now);
+            if let Some((_, older)) = punching.remove(&peer) {
+                older.notify_one();
+            }
             if punching.len() >= MAX_PUNCHING {
                 return;
             }
@@ -405,7 +438,7 @@ impl Transport {
             send.write_all(&frame)
                 .await
                 .map_err(|_| Failure::Unreachable)?;
-            let answer = match read_frame::<Response>(&mut recv).await {
+            let answer = match read_frame::<Response>(&mut recv, None).await {
                 Ok(r) => r,
                 Err(FrameError::Decode(e)) => {
                     self.inner.metrics.decode_error(e.metric_label());
@@ -421,7 +454,8 @@ impl Transport {
                 Response::Error { .. } => return Err(Failure::Unreachable),
                 _ => return Err(Failure::Protocol),
             }
-            let via = relay::attach(&self.inner.socket, send, recv).map_err(|_| Failure::Busy)?;
+            let via =
+                relay::attach(&self.inner.socket, send, recv, None).map_err(|_| Failure::Busy)?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let result = self.dial(peer, &[via], left, ConnMode::Relayed).await;
             if result.is_err() {
@@ -495,7 +529,7 @@ impl Transport {
         write_frame(&mut send, request)
             .await
             .map_err(|_| Failure::Unreachable)?;
-        match read_frame::<Response>(&mut recv).await {
+        match read_frame::<Response>(&mut recv, None).await {
             Ok(r) => Ok(r),
             Err(FrameError::Decode(e)) => {
                 self.inner.metrics.decode_error(e.metric_label());
@@ -636,13 +670,8 @@ impl Transport {
             }
         };
         if self.inner.network.is_private() {
-            let now_unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            if let Err(r) =
-                tls::verify_membership(&conn, &self.inner.keys, &peer, &hello.proofs, now_unix)
-            {
+            let keys = self.keys();
+            if let Err(r) = tls::verify_membership(&conn, &keys, &peer, &hello.proofs, unix_now()) {
                 self.refuse(&conn, r);
                 return Err(Failure::Refused);
             }
@@ -659,7 +688,7 @@ impl Transport {
         }
         let remote = conn.remote_address();
         let mode = mode.unwrap_or_else(|| self.inbound_mode(&peer, &remote));
-        self.register(peer, conn.clone(), outbound, mode);
+        self.register(peer, conn.clone(), outbound, mode, hello.proofs.clone());
         self.inner.metrics.connection_opened(mode);
         let _ = self
             .inner
@@ -672,17 +701,26 @@ impl Transport {
             })
             .await;
         tokio::spawn(self.clone().serve(conn.clone(), peer));
+        tokio::spawn(self.clone().serve_uni(conn.clone(), peer));
         Ok(conn)
     }
 
     /// Makes `conn` the connection for `peer`, closing the one it replaces after a grace
     /// period. When both peers dialed each other at once, both keep the connection dialed by
     /// the smaller NodeId, so they never close each other's choice; otherwise newer wins.
-    fn register(&self, peer: NodeId, conn: quinn::Connection, outbound: bool, mode: ConnMode) {
+    fn register(
+        &self,
+        peer: NodeId,
+        conn: quinn::Connection,
+        outbound: bool,
+        mode: ConnMode,
+        proofs: Vec<[u8; 32]>,
+    ) {
         let new = Registered {
             conn,
             outbound,
             mode,
+            proofs,
         };
         let mut conns = self.conns();
         let loser = match conns.get(&peer) {
@@ -735,7 +773,7 @@ impl Transport {
     /// Sends our hello and reads the peer's, concurrently.
     async fn hello(&self, conn: &quinn::Connection, _peer: &NodeId) -> Result<Hello, Failure> {
         let proofs = if self.inner.network.is_private() {
-            tls::membership_proofs(conn, &self.inner.keys, &self.inner.me)
+            tls::membership_proofs(conn, &self.keys(), &self.inner.me, unix_now())
                 .map_err(|_| Failure::Refused)?
         } else {
             Vec::new()
@@ -805,9 +843,17 @@ impl Transport {
 
     /// Serves inbound request streams until the connection ends.
     async fn serve(self, conn: quinn::Connection, peer: NodeId) {
+        let budget = Arc::new(Semaphore::new(BODY_BUDGET_PER_CONN));
         while let Ok((send, recv)) = conn.accept_bi().await {
-            let this = self.clone();
-            tokio::spawn(async move { this.serve_stream(peer, send, recv).await });
+            let (this, budget) = (self.clone(), budget.clone());
+            tokio::spawn(async move { this.serve_stream(peer, send, recv, &budget).await });
+        }
+        // A connection over a circuit takes its circuit with it: removing the route ends
+        // our end of the circuit, which ends the relay's splice and the far end, rather than
+        // leaving all three to idle out.
+        let remote = conn.remote_address();
+        if self.inner.socket.is_circuit(&remote) {
+            self.inner.socket.remove_route(&remote);
         }
         let removed = {
             let mut conns = self.conns();
@@ -824,15 +870,133 @@ impl Transport {
         }
     }
 
+    /// Unidirectional streams after the hello exchange. On a private network each is a
+    /// fresh hello whose proofs replace the peer's (sent when its keys changed), read one at
+    /// a time within the hello deadline; elsewhere none is expected, so each is refused at
+    /// once rather than left to fill its receive window.
+    async fn serve_uni(self, conn: quinn::Connection, peer: NodeId) {
+        let deadline = Duration::from_millis(self.inner.timeouts.hello_ms);
+        while let Ok(mut recv) = conn.accept_uni().await {
+            if !self.inner.network.is_private() {
+                tracing::debug!(peer = %peer.short(), "unexpected unidirectional stream; stopping it");
+                let _ = recv.stop(quinn::VarInt::from_u32(STREAM_UNEXPECTED));
+                continue;
+            }
+            let hello = match tokio::time::timeout(deadline, recv.read_to_end(MAX_HELLO_LEN)).await
+            {
+                Ok(Ok(bytes)) => decode::<Hello>(&bytes),
+                Ok(Err(_)) => continue,
+                Err(_) => {
+                    let _ = recv.stop(quinn::VarInt::from_u32(STREAM_STALLED));
+                    self.inner.metrics.decode_error("stalled");
+                    continue;
+                }
+            };
+            match hello {
+                Ok(h) => {
+                    if let Some(r) = self.conns().get_mut(&peer)
+                        && r.conn.stable_id() == conn.stable_id()
+                    {
+                        r.proofs = h.proofs;
+                    }
+                    self.inner.keys_changed.notify_one();
+                }
+                Err(e) => self.inner.metrics.decode_error(e.metric_label()),
+            }
+        }
+    }
+
+    /// The private network's keys now.
+    fn keys(&self) -> Arc<Vec<NetworkKey>> {
+        // A poisoned lock only means a panic elsewhere mid-swap of an Arc; still usable.
+        self.inner
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the private network's keys: every peer gets our proofs for the new keys
+    /// (a fresh hello on a unidirectional stream), and connections are checked against
+    /// them at once (see [`Transport::watch_keys`]).
+    pub fn set_keys(&self, keys: Vec<NetworkKey>) {
+        let keys = Arc::new(keys);
+        *self.inner.keys.lock().unwrap_or_else(|p| p.into_inner()) = keys.clone();
+        let conns: Vec<quinn::Connection> = self.conns().values().map(|r| r.conn.clone()).collect();
+        for conn in conns {
+            let this = self.clone();
+            let keys = keys.clone();
+            tokio::spawn(async move {
+                let Ok(proofs) = tls::membership_proofs(&conn, &keys, &this.inner.me, unix_now())
+                else {
+                    return;
+                };
+                let hello = Hello {
+                    proofs,
+                    listen_addrs: this.inner.listen_addrs.iter().take(5).copied().collect(),
+                };
+                let deadline = Duration::from_millis(this.inner.timeouts.hello_ms);
+                let send = async {
+                    let mut s = conn.open_uni().await.map_err(|_| ())?;
+                    write_frame(&mut s, &hello).await
+                };
+                let _ = tokio::time::timeout(deadline, send).await;
+            });
+        }
+        self.inner.keys_changed.notify_one();
+    }
+
+    /// On a private network: closes, every [`KEY_CHECK_INTERVAL`] and whenever keys or
+    /// proofs change, each connection whose peer's latest proofs match no key we hold
+    /// unexpired (counted as refusal `no_valid_key`). Runs for the agent's life.
+    pub async fn watch_keys(self) {
+        if !self.inner.network.is_private() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(KEY_CHECK_INTERVAL) => {}
+                () = self.inner.keys_changed.notified() => {}
+            }
+            let keys = self.keys();
+            let now = unix_now();
+            let conns: Vec<(NodeId, quinn::Connection, Vec<[u8; 32]>)> = self
+                .conns()
+                .iter()
+                .map(|(p, r)| (*p, r.conn.clone(), r.proofs.clone()))
+                .collect();
+            for (peer, conn, proofs) in conns {
+                if tls::verify_membership(&conn, &keys, &peer, &proofs, now).is_err() {
+                    tracing::info!(peer = %peer.short(), "closing: its network key expired or was removed");
+                    self.refuse(&conn, Refusal::NoValidKey);
+                }
+            }
+        }
+    }
+
+    /// One inbound request stream: the request must arrive within the request deadline (a
+    /// stalled peer loses the stream, not our memory), then the core answers, and the answer
+    /// must be read within another deadline. Relay circuits leave here with their streams.
     async fn serve_stream(
         &self,
         peer: NodeId,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
+        budget: &Semaphore,
     ) {
-        let request = match read_frame::<Request>(&mut recv).await {
-            Ok(r) => r,
-            Err(FrameError::Decode(e)) => {
+        let deadline = Duration::from_millis(self.inner.timeouts.request_ms);
+        let read = tokio::time::timeout(deadline, read_frame::<Request>(&mut recv, Some(budget)));
+        let request = match read.await {
+            Ok(Ok(r)) => r,
+            Err(_) => {
+                tracing::debug!(peer = %peer.short(), "request did not arrive in time; closing stream");
+                self.inner.metrics.decode_error("stalled");
+                let code = quinn::VarInt::from_u32(STREAM_STALLED);
+                let _ = recv.stop(code);
+                let _ = send.reset(code);
+                return;
+            }
+            Ok(Err(FrameError::Decode(e))) => {
                 tracing::debug!(peer = %peer.short(), error = %e, "bad frame; closing stream");
                 self.inner.metrics.decode_error(e.metric_label());
                 let code = quinn::VarInt::from_u32(STREAM_BAD_FRAME);
@@ -840,7 +1004,7 @@ impl Transport {
                 let _ = send.reset(code);
                 return;
             }
-            Err(FrameError::Stream) => return,
+            Ok(Err(FrameError::Stream)) => return,
         };
         match request {
             Request::RelayOpen { target, trace } => {
@@ -854,12 +1018,30 @@ impl Transport {
         let Some(response) = self.ask_core(peer, request).await else {
             return;
         };
-        let _ = write_frame(&mut send, &response).await;
+        if tokio::time::timeout(deadline, write_frame(&mut send, &response))
+            .await
+            .is_err()
+        {
+            let _ = send.reset(quinn::VarInt::from_u32(STREAM_STALLED));
+        }
     }
 
-    /// Hands an inbound request to the core and waits for its answer.
+    /// Hands an inbound request to the core and waits for its answer, up to the request
+    /// deadline.
     async fn ask_core(&self, from: NodeId, request: Request) -> Option<Response> {
-        let (tx, rx) = oneshot::channel();
+        self.ask_core_or_late(from, request, |_| {}).await
+    }
+
+    /// As [`Transport::ask_core`], but an answer that comes after the deadline is not lost:
+    /// it goes to `late` (on a task of its own), so what the core decided can still be
+    /// undone, e.g. a circuit it admitted that will never open.
+    async fn ask_core_or_late(
+        &self,
+        from: NodeId,
+        request: Request,
+        late: impl FnOnce(Response) + Send + 'static,
+    ) -> Option<Response> {
+        let (tx, mut rx) = oneshot::channel();
         self.inner
             .inputs
             .send(Input::Request {
@@ -870,7 +1052,19 @@ impl Transport {
             .await
             .ok()?;
         let deadline = Duration::from_millis(self.inner.timeouts.request_ms);
-        tokio::time::timeout(deadline, rx).await.ok()?.ok()
+        match tokio::time::timeout(deadline, &mut rx).await {
+            Ok(answer) => answer.ok(),
+            Err(_) => {
+                // The core answers every request it was given (or drops the sender when it
+                // stops), so this task ends.
+                tokio::spawn(async move {
+                    if let Ok(answer) = rx.await {
+                        late(answer);
+                    }
+                });
+                None
+            }
+        }
     }
 
     /// We are asked to relay from `from` to `target`: the core admits or refuses, then we
@@ -887,7 +1081,17 @@ impl Transport {
             target,
             trace: None,
         };
-        let Some(answer) = self.ask_core(from, open).await else {
+        // The core counts a circuit it admits until it hears CircuitClosed, so every path
+        // from here on tells it, even when its admission arrives too late to be used.
+        let inputs = self.inner.inputs.clone();
+        let late = move |answer: Response| {
+            if relay::accepted(&answer).is_some() {
+                tokio::spawn(async move {
+                    let _ = inputs.send(Input::CircuitClosed { requester: from }).await;
+                });
+            }
+        };
+        let Some(answer) = self.ask_core_or_late(from, open, late).await else {
             return;
         };
         let Some((max_bytes, max_duration)) = relay::accepted(&answer) else {
@@ -903,7 +1107,7 @@ impl Transport {
                 let (mut t_send, mut t_recv) = conn.open_bi().await.map_err(|_| ())?;
                 let frame = encode(&Request::RelayIncoming { from }).map_err(|_| ())?;
                 t_send.write_all(&frame).await.map_err(|_| ())?;
-                match read_frame::<Response>(&mut t_recv).await {
+                match read_frame::<Response>(&mut t_recv, None).await {
                     Ok(r) if relay::accepted(&r).is_some() => Ok((t_send, t_recv)),
                     _ => Err(()),
                 }
@@ -947,8 +1151,9 @@ impl Transport {
         .await;
     }
 
-    /// A relay brings us a circuit: the core accepts, and the circuit becomes a path of our
-    /// socket on which the requester's handshake will arrive.
+    /// A relay brings us a circuit: within the incoming-circuit limits, the core accepts,
+    /// and the circuit becomes a path of our socket on which the requester's handshake will
+    /// arrive.
     async fn serve_relay_incoming(
         &self,
         relay_peer: NodeId,
@@ -956,6 +1161,14 @@ impl Transport {
         mut send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) {
+        let Some(slot) = self.inner.incoming.try_take(relay_peer) else {
+            tracing::debug!(relay = %relay_peer.short(), "incoming circuits at their limit; refusing");
+            let busy = Response::Error {
+                code: ErrorCode::Busy,
+            };
+            let _ = write_frame(&mut send, &busy).await;
+            return;
+        };
         let Some(answer) = self.ask_core(relay_peer, request).await else {
             return;
         };
@@ -969,10 +1182,18 @@ impl Transport {
         if send.write_all(&frame).await.is_err() {
             return;
         }
-        if let Err(e) = relay::attach(&self.inner.socket, send, recv) {
+        if let Err(e) = relay::attach(&self.inner.socket, send, recv, Some(slot)) {
             tracing::debug!(error = %e, "cannot attach relay circuit");
         }
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it), for key expiry.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Writes one frame and finishes the stream.
@@ -982,17 +1203,37 @@ async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Res
     send.finish().map_err(|_| ())
 }
 
-/// Reads one frame, refusing an oversize one from its header before reading its body.
+/// Reads one frame, refusing an oversize one from its header before reading its body. The
+/// body is gathered as its bytes arrive (a header alone allocates nothing), after taking its
+/// length from `budget`, if given, so frames started and never finished hold no more than
+/// the budget between them.
 async fn read_frame<T: DeserializeOwned + Validate>(
     recv: &mut quinn::RecvStream,
+    budget: Option<&Semaphore>,
 ) -> Result<T, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     recv.read_exact(&mut header)
         .await
         .map_err(read_exact_error)?;
     let len = frame_len(header).map_err(FrameError::Decode)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(read_exact_error)?;
+    let _permit = match budget {
+        // `frame_len` bounds `len` by MAX_FRAME_LEN (64 KiB), far below u32::MAX, and the
+        // budget holds at least one whole frame, so the acquire can always be served.
+        Some(b) => Some(
+            b.acquire_many(u32::try_from(len).unwrap_or(u32::MAX))
+                .await
+                .map_err(|_| FrameError::Stream)?,
+        ),
+        None => None,
+    };
+    let mut body = Vec::new();
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(FrameError::Decode(DecodeError::Truncated)),
+            Err(_) => return Err(FrameError::Stream),
+        }
+    }
     decode_body(&body).map_err(FrameError::Decode)
 }
 
@@ -1024,5 +1265,108 @@ pub(crate) fn adopt_remote_parent(span: &tracing::Span, trace: Option<TraceConte
                 flags: t.flags,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::socket::{ChaosSocket, endpoint};
+
+    /// Guard against a hang; not a timing assertion.
+    const GUARD: Duration = Duration::from_secs(10);
+
+    fn local() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    /// A bidirectional stream's accepting end, from a plain QUIC pair on loopback.
+    async fn accepted_stream() -> (
+        (quinn::SendStream, quinn::RecvStream),
+        (quinn::SendStream, quinn::RecvStream),
+        [quinn::Endpoint; 2],
+    ) {
+        let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let net = NetworkId::Mainnet;
+        let (sock, _) = ChaosSocket::bind(local(), 1).unwrap();
+        let server = endpoint(sock, Some(tls::server_config(&a, &net).unwrap())).unwrap();
+        let (sock, _) = ChaosSocket::bind(local(), 2).unwrap();
+        let client = endpoint(sock, None).unwrap();
+        let to = server.local_addr().unwrap();
+        let name = tls::server_name(&a.node_id());
+        let connecting = client
+            .connect_with(tls::client_config(&b, &net).unwrap(), to, &name)
+            .unwrap();
+        let (dialed, incoming) = tokio::join!(connecting, async {
+            server.accept().await.unwrap().await.unwrap()
+        });
+        let dialed = dialed.unwrap();
+        let (mut send, recv) = dialed.open_bi().await.unwrap();
+        // A stream reaches the acceptor with its first byte.
+        send.write_all(&[0]).await.unwrap();
+        let (s, mut r) = incoming.accept_bi().await.unwrap();
+        let mut first = [0u8; 1];
+        r.read_exact(&mut first).await.unwrap();
+        ((send, recv), (s, r), [server, client])
+    }
+
+    /// A transport whose driver is the test: its inputs arrive on the returned receiver.
+    fn transport(request_ms: u64) -> (Transport, mpsc::Receiver<Input>) {
+        let me = Identity::generate().unwrap();
+        let (sock, handle) = ChaosSocket::bind(local(), 3).unwrap();
+        let ep = endpoint(sock, None).unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let timeouts = TransportTimeouts {
+            request_ms,
+            ..TransportTimeouts::default()
+        };
+        let metrics = Arc::new(Metrics::new("mainnet"));
+        let t = Transport::new(
+            ep,
+            &me,
+            NetworkId::Mainnet,
+            Vec::new(),
+            Vec::new(),
+            tx,
+            metrics,
+            timeouts,
+            handle,
+        )
+        .unwrap();
+        (t, rx)
+    }
+
+    /// The core admits a circuit only after the relay stopped waiting for it: the circuit
+    /// never opens, so the core must still hear that it closed, or its slot is lost.
+    #[tokio::test]
+    async fn a_circuit_admitted_after_the_deadline_is_closed_in_the_core() {
+        let (t, mut inputs) = transport(100);
+        let (_requester, (send, recv), _eps) = accepted_stream().await;
+        let (from, target) = (NodeId([1; 32]), NodeId([2; 32]));
+        let serving = tokio::spawn({
+            let t = t.clone();
+            async move { t.serve_relay_open(from, target, None, send, recv).await }
+        });
+        let reply = match tokio::time::timeout(GUARD, inputs.recv()).await.unwrap() {
+            Some(Input::Request {
+                request: Request::RelayOpen { .. },
+                reply,
+                ..
+            }) => reply,
+            other => panic!("expected the RelayOpen, got {other:?}"),
+        };
+        // Answer well after the transport's 100 ms deadline: it has given up by then.
+        tokio::time::timeout(GUARD, serving).await.unwrap().unwrap();
+        let _ = reply.send(Response::RelayAccepted {
+            max_bytes: 1,
+            max_duration_ms: 1,
+        });
+        match tokio::time::timeout(GUARD, inputs.recv()).await {
+            Ok(Some(Input::CircuitClosed { requester })) => assert_eq!(requester, from),
+            Ok(other) => panic!("expected CircuitClosed, got {other:?}"),
+            Err(_) => panic!("the late admission was never closed in the core"),
+        }
     }
 }

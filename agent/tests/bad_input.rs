@@ -4,14 +4,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::Duration;
 
-use chaosnet_agent::identity::Identity;
-use chaosnet_agent::socket::{ChaosSocket, endpoint};
-use chaosnet_agent::tls::{self, NetworkId};
-use chaosnet_proto::NodeId;
-use chaosnet_proto::{Hello, MAX_FRAME_LEN, PROTOCOL_VERSION, Request, Response, decode, encode};
+use chaosnet_proto::{MAX_FRAME_LEN, PROTOCOL_VERSION, Request, Response, decode, encode};
 use common::{Agent, AgentConfig, XorShift, metric_sum};
 use serde_json::Value;
 
@@ -114,36 +110,6 @@ fn frame_with_len(len: u32, rest: &[u8]) -> Vec<u8> {
     f
 }
 
-/// A client endpoint and an authenticated connection to `a`, hello sent.
-async fn client_connection(
-    a: &Agent,
-    hello: &[u8],
-) -> (quinn::Endpoint, quinn::Connection, NodeId) {
-    let me = Identity::generate().expect("generate an identity");
-    let network: NetworkId = "mainnet".parse().expect("network id");
-    let client = tls::client_config(&me, &network).expect("client config");
-    let local: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let (socket, _handle) = ChaosSocket::bind(local, 7).expect("bind the client socket");
-    let ep = endpoint(socket, None).expect("client endpoint");
-    let target: NodeId = a.node_id.parse().expect("agent node id");
-    let connecting = ep
-        .connect_with(client, a.p2p, &tls::server_name(&target))
-        .expect("start connecting");
-    let conn = match tokio::time::timeout(Duration::from_secs(15), connecting).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => a.fail(&format!("QUIC handshake with the agent failed: {e}")),
-        Err(_) => a.fail("QUIC handshake with the agent timed out"),
-    };
-    let mut uni = conn.open_uni().await.expect("open the hello stream");
-    uni.write_all(hello).await.expect("write hello");
-    uni.finish().expect("finish hello");
-    // Then our verdict on the agent (accepted), as the agent's own transport sends it.
-    let mut verdict = conn.open_uni().await.expect("open the verdict stream");
-    verdict.write_all(&[1]).await.expect("write verdict");
-    verdict.finish().expect("finish verdict");
-    (ep, conn, me.node_id())
-}
-
 fn decode_errors(m: &str, reason: &str) -> f64 {
     metric_sum(m, DECODE_ERRORS, &[("reason", reason)])
 }
@@ -153,12 +119,8 @@ async fn bad_frames_close_only_their_stream() {
     let a = tokio::task::block_in_place(|| Agent::start_ready("target", AgentConfig::mainnet(1)));
     let before = tokio::task::block_in_place(|| a.metrics());
 
-    let hello = encode(&Hello {
-        proofs: vec![],
-        listen_addrs: vec![],
-    })
-    .expect("encode hello");
-    let (_ep, conn, me) = client_connection(&a, &hello).await;
+    let hello = common::plain_hello();
+    let (_ep, conn, me) = common::raw_connection(&a, &hello).await;
     // The agent registers the connection once it has our hello.
     tokio::task::block_in_place(|| {
         a.wait_status(
@@ -256,7 +218,7 @@ async fn a_garbage_hello_is_counted_and_the_agent_survives() {
     // A frame whose body is not a Hello (and a second one after it).
     let mut junk = frame_with_len(6, &[PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff]);
     junk.extend_from_slice(&[1, 2, 3]);
-    let (_ep, conn, me) = client_connection(&a, &junk).await;
+    let (_ep, conn, me) = common::raw_connection(&a, &junk).await;
     // The agent gives up on this connection: it never lists it.
     tokio::task::block_in_place(|| {
         a.wait_metrics("the bad hello is counted", Duration::from_secs(15), |m| {
@@ -272,12 +234,8 @@ async fn a_garbage_hello_is_counted_and_the_agent_survives() {
     }
     drop(conn);
     // A well-behaved client still gets in.
-    let hello = encode(&Hello {
-        proofs: vec![],
-        listen_addrs: vec![],
-    })
-    .expect("encode hello");
-    let (_ep2, conn2, me2) = client_connection(&a, &hello).await;
+    let hello = common::plain_hello();
+    let (_ep2, conn2, me2) = common::raw_connection(&a, &hello).await;
     tokio::task::block_in_place(|| {
         a.wait_status(
             "a good client is accepted after a bad one",

@@ -214,3 +214,22 @@ fn a_garbage_node_key_is_refused_and_kept() {
     assert_config_error(&kg, "keygen over an existing key", &["exists"]);
     assert_eq!(std::fs::read(&key).expect("read key file"), garbage);
 }
+
+#[test]
+fn a_testnet_data_dir_started_as_mainnet_is_refused() {
+    let mut a = Agent::start_ready("testnet-node", AgentConfig::on("testnet", 7));
+    a.kill();
+    let out = run_to_exit(&a.data_dir, &[]);
+    assert_config_error(
+        &out,
+        "a testnet data dir started as mainnet",
+        &[
+            "belongs to network testnet",
+            "started on mainnet",
+            "--data-dir",
+        ],
+    );
+    // On its own network it still starts, graph and all.
+    a.restart_with(AgentConfig::on("testnet", 7));
+    a.wait_ready();
+}

@@ -308,3 +308,97 @@ fn key_rotation_accepts_old_and_new_and_refuses_expired() {
         "the error names the expired key: {log}"
     );
 }
+
+/// Whether `a`'s `/status` lists a connection to `b`.
+fn lists(a: &Agent, b: &Agent) -> bool {
+    a.status()["connections"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["node_id"] == b.node_id.as_str()))
+}
+
+/// Three members of a private network hold one key that expires 30 s from now. Before it
+/// does, A (by SIGHUP) and C (by the API) rotate their key files in place: the new key
+/// first, the old one until it expires. B keeps only the old key. By +45 s B is cut off from
+/// both, while the connection between A and C never drops.
+#[test]
+fn an_expiring_key_disconnects_live_and_a_reloaded_key_keeps_the_connection() {
+    let start = std::time::Instant::now();
+    let expiry = now_unix() + 30;
+    let (old, new) = ([0x31; 32], [0x32; 32]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |n: &str| dir.path().join(format!("{n}.key"));
+    for n in ["a", "b", "c"] {
+        write_key_file(&file(n), old, Some(expiry));
+    }
+    let net = "private:live";
+    let a = Agent::start_ready("a", AgentConfig::on(net, 51).key(&file("a")));
+    let b = Agent::start_ready("b", AgentConfig::on(net, 52).key(&file("b")).seed(&a));
+    let c = Agent::start_ready("c", AgentConfig::on(net, 53).key(&file("c")).seed(&a));
+    wait_all_joined(&[&b, &c], Duration::from_secs(30));
+    for (x, y) in [(&b, &c), (&a, &c), (&a, &b)] {
+        if let Err(e) = connect_ok(x, y) {
+            fail_fleet(&format!("before the expiry: {e}"), &[x, y]);
+        }
+    }
+
+    common::write_keys_file(&file("a"), &[(new, None), (old, Some(expiry))]);
+    a.signal("HUP");
+    common::write_keys_file(&file("c"), &[(new, None), (old, Some(expiry))]);
+    match c.post("/network-keys/reload", "{}", Duration::from_secs(15)) {
+        Ok(r) if r.status == 200 && r.json()["keys"] == 2 => {}
+        other => c.fail(&format!("POST /network-keys/reload: {other:?}")),
+    }
+    let remote_before = a.status()["connections"].clone();
+
+    let mut a_c_dropped = false;
+    let cut_off = loop {
+        a_c_dropped |= !lists(&a, &c) || !lists(&c, &a);
+        if !lists(&a, &b) && !lists(&c, &b) && !lists(&b, &a) && !lists(&b, &c) {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(45) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    if !cut_off {
+        fail_fleet(
+            &format!(
+                "45 s after the keys were made, B (expired key only) is still connected: \
+                 a {}, c {}, b {}",
+                a.status()["connections"],
+                c.status()["connections"],
+                b.status()["connections"]
+            ),
+            &[&a, &b, &c],
+        );
+    }
+    if a_c_dropped || !lists(&a, &c) {
+        fail_fleet(
+            &format!(
+                "the connection between the two reloaded members dropped (before: {remote_before}, \
+                 now: {})",
+                a.status()["connections"]
+            ),
+            &[&a, &c],
+        );
+    }
+    let closed_for_key: f64 = [&a, &b, &c]
+        .iter()
+        .map(|x| refusals(x, "no_valid_key"))
+        .sum();
+    if closed_for_key < 1.0 {
+        fail_fleet(
+            "no connection was counted as closed for no_valid_key",
+            &[&a, &b, &c],
+        );
+    }
+    println!(
+        "expired member cut off {:.1} s after start (key expired at +30 s)",
+        start.elapsed().as_secs_f64()
+    );
+    // B can no longer get in: its only key is expired.
+    if b.connect(&a.node_id).is_ok_and(|r| r.status == 200) {
+        fail_fleet("B reconnected to A with an expired key", &[&a, &b]);
+    }
+}

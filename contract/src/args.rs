@@ -36,8 +36,9 @@ pub struct AgentArgs {
     /// refuse each other during the handshake.
     #[arg(long, value_name = "ID")]
     pub network: String,
-    /// Pre-shared key file of a private network (64 hex chars; optional "not-after: <unix
-    /// seconds>"). Repeat for key rotation: the first is current, all unexpired are accepted.
+    /// Pre-shared key file of a private network: 1 to 4 keys of 64 hex chars, each with an
+    /// optional "not-after: <unix seconds>". Repeatable; the first key is current, all
+    /// unexpired ones are accepted. SIGHUP and POST /network-keys/reload re-read the files.
     #[arg(long = "network-key-file", value_name = "FILE")]
     pub network_key_files: Vec<PathBuf>,
     /// UDP address of the P2P socket.
@@ -49,9 +50,25 @@ pub struct AgentArgs {
     /// Directory for node.key and the node graph (created if missing).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
-    /// Control API address: <ip:port> or unix:<path>. Never the P2P socket.
+    /// Control API address: <ip:port> or unix:<path>. Never the P2P socket. A TCP address
+    /// that is not loopback needs --api-token-file (or --api-token); a unix socket is
+    /// created mode 0600.
     #[arg(long, value_name = "ADDR")]
     pub api: String,
+    /// File whose first line is the control API's bearer token (at least 16 characters):
+    /// every route then needs `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// The token itself, as for --api-token-file. A command line is visible to every local
+    /// user: prefer the file or the environment variable.
+    #[arg(
+        long,
+        env = "CHAOSNET_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        conflicts_with = "api_token_file"
+    )]
+    pub api_token: Option<String>,
     /// Autonomous tasks per second (Poisson). 0 disables the loop.
     #[arg(long, default_value_t = DEFAULT_TASK_RATE, value_name = "R")]
     pub task_rate: f64,
@@ -129,6 +146,8 @@ impl AgentArgs {
             seeds: Vec::new(),
             data_dir,
             api,
+            api_token_file: None,
+            api_token: None,
             task_rate: DEFAULT_TASK_RATE,
             rng_seed: None,
             task_weights: TaskWeights::default(),
@@ -144,8 +163,8 @@ impl AgentArgs {
 
     /// The flags, in a fixed order: the network and its keys, `--listen`, the seeds,
     /// `--data-dir`, `--api`, the task and graph settings, then whatever is optional and
-    /// set (`--otlp-endpoint`, and `--echo-bytes`, `--max-connections`, `--log-format` when
-    /// they differ from the defaults).
+    /// set (`--otlp-endpoint`, `--api-token-file`, `--api-token`, and `--echo-bytes`,
+    /// `--max-connections`, `--log-format` when they differ from the defaults).
     pub fn to_args(&self) -> Vec<String> {
         let mut v: Vec<String> = vec!["--network".into(), self.network.clone()];
         for k in &self.network_key_files {
@@ -179,6 +198,12 @@ impl AgentArgs {
         }
         if self.mdns {
             v.push("--mdns".into());
+        }
+        if let Some(f) = &self.api_token_file {
+            v.extend(["--api-token-file".into(), f.display().to_string()]);
+        }
+        if let Some(t) = &self.api_token {
+            v.extend(["--api-token".into(), t.clone()]);
         }
         if self.echo_bytes != DEFAULT_ECHO_BYTES {
             v.extend(["--echo-bytes".into(), self.echo_bytes.to_string()]);
@@ -254,9 +279,16 @@ mod tests {
         b.log_format = "json".into();
         b.otlp_endpoint = Some("http://198.18.0.1:4318/v1/traces".into());
         b.mdns = true;
+        b.api_token_file = Some("/run/api.token".into());
         assert_eq!(
             AgentArgs::from_command_line(b.command_line()).expect("parse"),
             b
+        );
+        let mut c = sample();
+        c.api_token = Some("0123456789abcdef".into());
+        assert_eq!(
+            AgentArgs::from_command_line(c.command_line()).expect("parse"),
+            c
         );
     }
 

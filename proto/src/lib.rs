@@ -3,8 +3,9 @@
 //! This crate holds every protocol decision the agent makes: the Kademlia node graph
 //! ([`RoutingTable`]), iterative lookups, bootstrap, peer exchange, RTT and uptime
 //! bookkeeping, peer choice, connecting (direct, signalled punch, relay) and the autonomous
-//! task scheduler ([`Node`]), the signed punch signals ([`Signal`]) and the versioned wire
-//! codec ([`encode`], [`decode`]).
+//! task scheduler ([`Node`]), the signed punch signals ([`Signal`]), the versioned wire
+//! codec ([`encode`], [`decode`]) and the framing of datagrams on relay circuits
+//! ([`CircuitDecoder`]).
 //!
 //! It does **not** touch the world: no sockets, no tokio, no clock and no OS randomness.
 //! Time comes in as [`Time`] arguments, randomness from a seed in [`NodeConfig`], and I/O
@@ -14,6 +15,7 @@
 //!
 //! The modules are private; everything a shell needs is re-exported here.
 
+mod circuit;
 mod claim;
 mod graph;
 mod id;
@@ -23,14 +25,15 @@ mod signal;
 mod time;
 mod wire;
 
+pub use circuit::{CIRCUIT_PREFIX_LEN, CircuitDecoder, MAX_CIRCUIT_DATAGRAM, frame_datagram};
 pub use claim::{Claim, ClaimRefusal};
 pub use graph::{BUCKETS, Contact, GraphChange, Observed, RoutingTable};
 pub use id::{NodeId, ParseNodeIdError};
 pub use node::{
     Activity, ActivityKind, Attempt, ClaimOutcome, Command, CommandId, CommandResult, ConnInfo,
     Connected, Event, Failure, InboundId, LinkImpairment, Node, NodeConfig, NodeEvent, Output,
-    Path, PunchPlan, RelayEvent, RelayLimits, RequestId, SignalOutcome, TaskKind, TaskOutcome,
-    TaskWeights,
+    Path, PunchLimits, PunchPlan, RelayEvent, RelayLimits, RequestId, SignalOutcome, TaskKind,
+    TaskOutcome, TaskWeights,
 };
 pub use reach::{ConnMode, Filtering, NatType};
 pub use signal::{

@@ -291,21 +291,22 @@ impl ReplayCache {
     }
 }
 
-/// A token bucket per source, in a bounded map: `burst` requests at once, refilled at
-/// `per_s` per second. When the map is full, the source idle longest is forgotten (it then
-/// starts again with a full bucket, which is the safe direction for a bound on memory).
+/// A token bucket per source (a peer's id by default, or any other key such as an IP
+/// address), in a bounded map: `burst` tokens at once, refilled at `per_s` per second. When
+/// the map is full, the source idle longest is forgotten (it then starts again with a full
+/// bucket, which is the safe direction for a bound on memory).
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = NodeId> {
     burst: f64,
     per_s: f64,
     capacity: usize,
-    buckets: HashMap<NodeId, (f64, Time)>,
+    buckets: HashMap<K, (f64, Time)>,
 }
 
-impl RateLimiter {
+impl<K: Copy + Eq + Ord + std::hash::Hash> RateLimiter<K> {
     /// A limiter of `burst` at once and `per_s` per second per source, tracking at most
     /// `capacity` sources.
-    pub fn new(burst: u32, per_s: f64, capacity: usize) -> RateLimiter {
+    pub fn new(burst: u32, per_s: f64, capacity: usize) -> RateLimiter<K> {
         RateLimiter {
             burst: f64::from(burst.max(1)),
             per_s: per_s.max(0.0),
@@ -315,7 +316,13 @@ impl RateLimiter {
     }
 
     /// Takes one token for `source`; `false` when it has none left.
-    pub fn allow(&mut self, now: Time, source: NodeId) -> bool {
+    pub fn allow(&mut self, now: Time, source: K) -> bool {
+        self.allow_n(now, source, 1.0)
+    }
+
+    /// Takes `cost` tokens for `source` at once; `false` (and nothing taken) when it has
+    /// fewer. A cost above the burst is never allowed.
+    pub fn allow_n(&mut self, now: Time, source: K, cost: f64) -> bool {
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.capacity {
             let oldest = self
                 .buckets
@@ -331,8 +338,8 @@ impl RateLimiter {
         let refill = now.since(*last).as_secs_f64() * per_s;
         *tokens = (*tokens + refill).min(burst);
         *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        if *tokens >= cost {
+            *tokens -= cost;
             true
         } else {
             false

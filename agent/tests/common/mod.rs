@@ -100,12 +100,52 @@ pub fn http(
     body: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<HttpResponse> {
+    http_with(addr, method, path, body, None, timeout)
+}
+
+/// As [`http`], with `Authorization: Bearer <token>` when a token is given.
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     s.set_nodelay(true)?;
+    exchange(&mut s, &addr.to_string(), method, path, body, token)
+}
+
+/// As [`http_with`], over the unix socket at `path`.
+pub fn http_unix(
+    path: &Path,
+    method: &str,
+    req_path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<HttpResponse> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    exchange(&mut s, "localhost", method, req_path, None, token)
+}
+
+fn exchange(
+    s: &mut (impl Read + Write),
+    host: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> std::io::Result<HttpResponse> {
     let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n");
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: */*\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
     if let Some(b) = body {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -218,6 +258,13 @@ pub struct AgentConfig {
     pub rng_seed: u64,
     /// Extra flags.
     pub extra: Vec<String>,
+    /// A control API token: written to a file given as `--api-token-file`, and sent by
+    /// every request the harness makes.
+    pub token: Option<String>,
+    /// `--api` as given, instead of `self.api` (e.g. `unix:PATH`, `0.0.0.0:PORT`).
+    pub api_arg: Option<String>,
+    /// Run inside this network namespace (`ip netns exec`; needs root).
+    pub netns: Option<String>,
 }
 
 impl AgentConfig {
@@ -230,6 +277,9 @@ impl AgentConfig {
             task_rate: 0.0,
             rng_seed,
             extra: Vec::new(),
+            token: None,
+            api_arg: None,
+            netns: None,
         }
     }
 
@@ -356,7 +406,7 @@ impl Agent {
             "--listen".into(),
             self.p2p.to_string(),
             "--api".into(),
-            self.api.to_string(),
+            c.api_arg.clone().unwrap_or_else(|| self.api.to_string()),
             "--data-dir".into(),
             self.data_dir.display().to_string(),
             "--task-rate".into(),
@@ -372,20 +422,41 @@ impl Agent {
             args.push("--seed".into());
             args.push(s.clone());
         }
+        if c.token.is_some() {
+            args.push("--api-token-file".into());
+            args.push(self.token_file().display().to_string());
+        }
         args.extend(c.extra.iter().cloned());
         args
+    }
+
+    /// Where the API token file goes.
+    pub fn token_file(&self) -> PathBuf {
+        self._dir.path().join("api.token")
     }
 
     /// (Re)starts the process with the current config; appends to the log.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{}: already running", self.name);
+        if let Some(t) = &self.config.token {
+            std::fs::write(self.token_file(), format!("{t}\n")).expect("write the token file");
+        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("open the agent log");
         let log2 = log.try_clone().expect("clone the log handle");
-        let child = Command::new(BIN)
+        // `ip netns exec` execs the agent, so the child's pid is the agent's.
+        let mut cmd = match &self.config.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(self.run_args())
             .env("CHAOSNET_LOG", "info,quinn=warn,rustls=warn")
             .stdin(Stdio::null())
@@ -399,6 +470,22 @@ impl Agent {
     /// The process id, if running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `signal` (a name `kill` knows: STOP, CONT, TERM, HUP...) to the process.
+    #[track_caller]
+    pub fn signal(&self, signal: &str) {
+        let Some(pid) = self.pid() else {
+            self.fail(&format!("cannot send SIG{signal}: not running"));
+        };
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            self.fail(&format!("kill -{signal} {pid} failed"));
+        }
     }
 
     /// SIGKILL and reap.
@@ -456,12 +543,14 @@ impl Agent {
 
     /// `GET path`.
     pub fn get(&self, path: &str) -> std::io::Result<HttpResponse> {
-        http(self.api, "GET", path, None, Duration::from_secs(15))
+        let token = self.config.token.as_deref();
+        http_with(self.api, "GET", path, None, token, Duration::from_secs(15))
     }
 
     /// `POST path` with a JSON body; `timeout` bounds each read.
     pub fn post(&self, path: &str, body: &str, timeout: Duration) -> std::io::Result<HttpResponse> {
-        http(self.api, "POST", path, Some(body), timeout)
+        let token = self.config.token.as_deref();
+        http_with(self.api, "POST", path, Some(body), token, timeout)
     }
 
     /// `GET /status` as JSON; fails the test (with the log) if it does not answer 200.
@@ -496,8 +585,15 @@ impl Agent {
     pub fn wait_ready(&self) -> Value {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Ok(r) = http(self.api, "GET", "/status", None, Duration::from_secs(5))
-                && r.status == 200
+            let token = self.config.token.as_deref();
+            if let Ok(r) = http_with(
+                self.api,
+                "GET",
+                "/status",
+                None,
+                token,
+                Duration::from_secs(5),
+            ) && r.status == 200
             {
                 return r.json();
             }
@@ -665,12 +761,19 @@ impl XorShift {
 
 /// Writes a network key file (64 hex chars, optional `not-after`), mode 0600.
 pub fn write_key_file(path: &Path, secret: [u8; 32], not_after: Option<u64>) {
+    write_keys_file(path, &[(secret, not_after)]);
+}
+
+/// Writes a network key file of several keys, each with its optional `not-after`, mode 0600.
+pub fn write_keys_file(path: &Path, keys: &[([u8; 32], Option<u64>)]) {
     use std::os::unix::fs::OpenOptionsExt;
     let mut text = String::from("# test network key\n");
-    text.push_str(&hex::encode(secret));
-    text.push('\n');
-    if let Some(t) = not_after {
-        text.push_str(&format!("not-after: {t}\n"));
+    for (secret, not_after) in keys {
+        text.push_str(&hex::encode(secret));
+        text.push('\n');
+        if let Some(t) = not_after {
+            text.push_str(&format!("not-after: {t}\n"));
+        }
     }
     let mut f = OpenOptions::new()
         .create(true)
@@ -680,4 +783,82 @@ pub fn write_key_file(path: &Path, secret: [u8; 32], not_after: Option<u64>) {
         .open(path)
         .expect("create key file");
     f.write_all(text.as_bytes()).expect("write key file");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw QUIC peers and process memory
+// ---------------------------------------------------------------------------------------------
+
+/// A client endpoint and an authenticated connection to `a` made with the agent's own
+/// library under a fresh identity, `hello` (raw bytes, so tests can send broken ones) and
+/// our verdict sent. The caller then speaks whatever frames it likes on it.
+pub async fn raw_connection(
+    a: &Agent,
+    hello: &[u8],
+) -> (quinn::Endpoint, quinn::Connection, chaosnet_proto::NodeId) {
+    use chaosnet_agent::identity::Identity;
+    use chaosnet_agent::socket::{ChaosSocket, endpoint};
+    use chaosnet_agent::tls::{self, NetworkId};
+    use chaosnet_proto::NodeId;
+
+    let me = Identity::generate().expect("generate an identity");
+    let network: NetworkId = a.config.network.parse().expect("network id");
+    let client = tls::client_config(&me, &network).expect("client config");
+    let local: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let (socket, _handle) = ChaosSocket::bind(local, 7).expect("bind the client socket");
+    let ep = endpoint(socket, None).expect("client endpoint");
+    let target: NodeId = a.node_id.parse().expect("agent node id");
+    let connecting = ep
+        .connect_with(client, a.p2p, &tls::server_name(&target))
+        .expect("start connecting");
+    let conn = match tokio::time::timeout(Duration::from_secs(15), connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => a.fail(&format!("QUIC handshake with the agent failed: {e}")),
+        Err(_) => a.fail("QUIC handshake with the agent timed out"),
+    };
+    let mut uni = conn.open_uni().await.expect("open the hello stream");
+    uni.write_all(hello).await.expect("write hello");
+    uni.finish().expect("finish hello");
+    // Then our verdict on the agent (accepted), as the agent's own transport sends it. Best
+    // effort: an agent that refuses our hello may have closed the connection already, and
+    // the caller checks what the agent did.
+    if let Ok(mut verdict) = conn.open_uni().await {
+        let _ = verdict.write_all(&[1]).await;
+        let _ = verdict.finish();
+    }
+    (ep, conn, me.node_id())
+}
+
+/// An empty mainnet hello (no proofs, no listen addresses), encoded.
+pub fn plain_hello() -> Vec<u8> {
+    chaosnet_proto::encode(&chaosnet_proto::Hello {
+        proofs: vec![],
+        listen_addrs: vec![],
+    })
+    .expect("encode hello")
+}
+
+/// Whether the test runs as root; without root it says it skipped, and panics when
+/// `CHAOSNET_REQUIRE_ROOT=1` (as CI sets), so a skip cannot pass for a run.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CHAOSNET_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!("CHAOSNET_REQUIRE_ROOT=1 but not running as root");
+    }
+    eprintln!("skipped: needs root");
+    false
+}
+
+/// Resident memory of process `pid` in KiB (VmRSS), or 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -98,6 +98,8 @@ pub struct NodeConfig {
     pub dialback_burst: u32,
     /// Sustained dial-back requests per second per peer. Default 0.1.
     pub dialback_per_s: f64,
+    /// What punching for others (signals addressed to us) may cost.
+    pub punch: PunchLimits,
 }
 
 impl NodeConfig {
@@ -142,6 +144,37 @@ impl NodeConfig {
             dialback_wait_ms: 2_000,
             dialback_burst: 4,
             dialback_per_s: 0.1,
+            punch: PunchLimits::default(),
+        }
+    }
+}
+
+/// What punching for others may cost, in probe datagrams over time (each plan's
+/// [`PunchPlan::probe_cost`](super::PunchPlan::probe_cost)): a signal whose punch would go over
+/// a budget is refused as rate-limited, so no requester, and no destination however many
+/// requesters name it, gets more probes from us than these allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PunchLimits {
+    /// Probes the signals of one requester may cost at once. Default 8,192 (about four
+    /// birthday punches).
+    pub per_requester_probes: u32,
+    /// Refilled at this many probes per second. Default 1,024: a birthday punch (≈2,100
+    /// probes) every 2 s, as back-to-back connects between one pair need.
+    pub per_requester_probes_per_s: u32,
+    /// Probes towards one IP address at once, whoever asks. Default 16,384 (seven birthday
+    /// punches, e.g. every node behind one symmetric NAT reaching us at once).
+    pub per_ip_probes: u32,
+    /// Refilled at this many probes per second. Default 2,048.
+    pub per_ip_probes_per_s: u32,
+}
+
+impl Default for PunchLimits {
+    fn default() -> Self {
+        PunchLimits {
+            per_requester_probes: 8_192,
+            per_requester_probes_per_s: 1_024,
+            per_ip_probes: 16_384,
+            per_ip_probes_per_s: 2_048,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::id::NodeId;
 use crate::reach::{ConnMode, NatType};
 use crate::signal::{self, Signal, Strategy};
 use crate::time::Time;
-use crate::wire::{MAX_ADDRS_PER_PEER, Request, Response};
+use crate::wire::{Request, Response};
 
 use super::lookup::LookupPurpose;
 use super::{
@@ -335,13 +335,18 @@ impl Node {
         match signal::strategy(my_nat, target_nat) {
             Strategy::Relay => self.enter_relay(now, op, Failure::Unreachable),
             Strategy::Punch { birthday } => {
-                let mut addrs: Vec<SocketAddr> = Vec::new();
-                let claimed = target_addrs.into_iter().chain(target_addr);
-                for a in claimed.chain(self.addrs_of(&peer)) {
-                    if !addrs.contains(&a) && addrs.len() < MAX_ADDRS_PER_PEER {
-                        addrs.push(a);
-                    }
-                }
+                // The target's own addresses are its claim; the last carrier's observation
+                // of it is what birthday probing may aim at. A carrier that saw it at a
+                // private address shares its LAN and NAT: if that carrier is the one we
+                // asked, the IP we see it at is the target's public IP.
+                let vouched = via
+                    .and_then(|v| self.direct_remote(&v))
+                    .map(|a| a.ip())
+                    .filter(|_| target_addr.is_some_and(|a| !super::signalling::is_public(a.ip())));
+                let claims = target_addrs.into_iter().chain(self.addrs_of(&peer));
+                let (addrs, observed_first) =
+                    super::signalling::punch_addrs(target_addr, vouched, claims);
+                let birthday = birthday.filter(|_| observed_first);
                 if let Some(cs) = self.ops.get_mut(&op).and_then(|o| o.conn.as_mut()) {
                     cs.stage = Stage::Punch;
                     cs.stage_started = now;

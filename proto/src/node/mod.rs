@@ -13,7 +13,7 @@
 //! hold the public types.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -43,7 +43,7 @@ mod tasks;
 mod tests;
 mod types;
 
-pub use config::{NodeConfig, RelayLimits, TaskWeights};
+pub use config::{NodeConfig, PunchLimits, RelayLimits, TaskWeights};
 use connect::{ConnectState, Stage};
 use lookup::{Lookup, LookupPurpose};
 use signalling::Forward;
@@ -168,6 +168,9 @@ pub struct Node {
     forwards: HashMap<u64, Forward>,
     forward_keys: HashMap<(NodeId, NodeId), u64>,
     limiter: RateLimiter,
+    /// Probe budgets of punches for others, per requester and per destination IP.
+    punch_requesters: RateLimiter,
+    punch_ips: RateLimiter<IpAddr>,
     replays: ReplayCache,
     circuits: HashMap<NodeId, u32>,
     circuits_total: u32,
@@ -191,6 +194,7 @@ impl Node {
         let (cfg_burst, cfg_per_s, cfg_max_age) =
             (cfg.signal_burst, cfg.signal_per_s, cfg.signal_max_age_ms);
         let (db_burst, db_per_s) = (cfg.dialback_burst, cfg.dialback_per_s);
+        let punch = cfg.punch;
         Node {
             cfg,
             rng,
@@ -216,6 +220,16 @@ impl Node {
             forwards: HashMap::new(),
             forward_keys: HashMap::new(),
             limiter: RateLimiter::new(cfg_burst, cfg_per_s, RATE_LIMIT_SOURCES),
+            punch_requesters: RateLimiter::new(
+                punch.per_requester_probes,
+                f64::from(punch.per_requester_probes_per_s),
+                RATE_LIMIT_SOURCES,
+            ),
+            punch_ips: RateLimiter::new(
+                punch.per_ip_probes,
+                f64::from(punch.per_ip_probes_per_s),
+                RATE_LIMIT_SOURCES,
+            ),
             replays: ReplayCache::new(cfg_max_age, REPLAY_CAPACITY),
             circuits: HashMap::new(),
             circuits_total: 0,

@@ -1,7 +1,13 @@
 //! Signals for others: carrying one a hop closer to its target (coalescing duplicates,
 //! within rate and hop limits), and acting on one addressed to this node.
+//!
+//! A signal is signed by its requester, so it proves who asked, not where the requester
+//! is: its claimed addresses may name anyone. Punching sends datagrams to whoever the plan
+//! names, up to thousands for birthday probing, so a plan aims its costly paths only at the
+//! address a carrier observed ([`punch_addrs`]), and what punches for others cost is
+//! budgeted per requester and per destination IP ([`PunchLimits`](super::PunchLimits)).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::id::NodeId;
 use crate::reach::ConnMode;
@@ -26,6 +32,60 @@ const MAX_COALESCED: usize = 4;
 
 /// Signals carried at once.
 const MAX_FORWARDS: usize = 256;
+
+/// Whether `ip` is reached across the internet: not private, shared (CGNAT), loopback,
+/// link-local or unspecified. (The lab's emulated internet, 198.18.0.0/15, is public here.)
+pub(super) fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// The addresses a punch towards a peer probes, and whether birthday probing may aim at the
+/// first. `observed` is where a carrier (or we) saw the peer; `claims` are addresses the
+/// peer, or anyone, says it has; `vouched` is an IP we saw ourselves that the peer's public
+/// address must have (see the callers). The costly paths aim only at the first address:
+/// - a public observation comes first, with the claims on its IP (other ports of the host);
+/// - a private observation means the carrier shares the peer's LAN: then a claim on the
+///   vouched IP comes first, if there is one, then the observation;
+/// - other claims get plain probes only, and only without a public observation or a vouched
+///   claim: a claim may name a victim, and must never earn it more than a few probes.
+pub(super) fn punch_addrs(
+    observed: Option<SocketAddr>,
+    vouched: Option<IpAddr>,
+    claims: impl IntoIterator<Item = SocketAddr>,
+) -> (Vec<SocketAddr>, bool) {
+    let claims: Vec<SocketAddr> = claims.into_iter().collect();
+    let public = observed.filter(|o| is_public(o.ip()));
+    let trusted_ip = public.map(|o| o.ip()).or(vouched);
+    let first = public.or_else(|| claims.iter().copied().find(|a| Some(a.ip()) == trusted_ip));
+    let mut out: Vec<SocketAddr> = Vec::new();
+    let candidates = first.into_iter().chain(observed).chain(claims);
+    for a in candidates {
+        let allowed = match trusted_ip {
+            Some(ip) => a.ip() == ip || Some(a) == observed,
+            None => true,
+        };
+        if allowed && !out.contains(&a) && out.len() < MAX_ADDRS_PER_PEER {
+            out.push(a);
+        }
+    }
+    (out, first.or(observed).is_some())
+}
 
 impl Node {
     /// A signal arrived from `from`. Returns the immediate answer, or `None` when it was
@@ -58,41 +118,51 @@ impl Node {
             }
             // The requester's address as the first carrier saw it; if it came straight from
             // the requester, as we see it.
-            let first = hops
+            let observed = hops
                 .first()
                 .map(|h| h.observed)
                 .or_else(|| self.direct_remote(&signal.from));
-            // The requester's own public claim first (the first carrier may share its LAN and
-            // see a private address), then what the first carrier saw.
-            let mut peer_addrs: Vec<SocketAddr> = Vec::new();
-            for a in signal.from_addrs.iter().copied().chain(first) {
-                if !peer_addrs.contains(&a) && peer_addrs.len() < MAX_ADDRS_PER_PEER {
-                    peer_addrs.push(a);
-                }
-            }
-            if let Some(c) = self.table.get(&signal.from) {
-                for a in &c.addrs {
-                    if !peer_addrs.contains(a) && peer_addrs.len() < MAX_ADDRS_PER_PEER {
-                        peer_addrs.push(*a);
-                    }
-                }
-            }
+            // A first carrier that saw a private address shares the requester's LAN and so
+            // its NAT: when it is connected to us, the IP we see it at is the requester's
+            // public IP as well.
+            let vouched = hops
+                .first()
+                .filter(|h| !is_public(h.observed.ip()))
+                .and_then(|h| self.direct_remote(&h.by))
+                .map(|a| a.ip());
+            let known = self.table.get(&signal.from).map(|c| c.addrs.clone());
+            let claims = signal
+                .from_addrs
+                .iter()
+                .copied()
+                .chain(known.into_iter().flatten());
+            let (peer_addrs, observed_first) = punch_addrs(observed, vouched, claims);
             if let Strategy::Punch { birthday } = signal::strategy(self.nat_type(), signal.from_nat)
                 && !peer_addrs.is_empty()
             {
+                let plan = PunchPlan {
+                    peer_addrs,
+                    token: signal.nonce,
+                    birthday: birthday.filter(|_| observed_first),
+                    birthday_sockets: self.cfg.birthday_sockets,
+                    birthday_probes: self.cfg.birthday_probes,
+                    timeout_ms: self.cfg.punch_timeout_ms,
+                };
+                // Both budgets must cover the whole plan; the first IP takes its cost (the
+                // others are the same host, or plain probes to one claim).
+                let cost = f64::from(plan.probe_cost());
+                let ip = plan.peer_addrs[0].ip();
+                if !self.punch_requesters.allow_n(now, signal.from, cost)
+                    || !self.punch_ips.allow_n(now, ip, cost)
+                {
+                    return refuse(self, SignalOutcome::RateLimited, ErrorCode::RateLimited);
+                }
                 self.emit(Event::PunchStarted {
-                    birthday: birthday.is_some(),
+                    birthday: plan.birthday.is_some(),
                 });
                 self.outputs.push_back(Output::Punch {
                     peer: signal.from,
-                    plan: PunchPlan {
-                        peer_addrs,
-                        token: signal.nonce,
-                        birthday,
-                        birthday_sockets: self.cfg.birthday_sockets,
-                        birthday_probes: self.cfg.birthday_probes,
-                        timeout_ms: self.cfg.punch_timeout_ms,
-                    },
+                    plan,
                     parent: Some(Activity::Inbound(inbound)),
                 });
             }

@@ -11,7 +11,7 @@ use super::*;
 use crate::graph::GraphChange;
 use crate::id::NodeId;
 use crate::reach::{ConnMode, NatType};
-use crate::signal::SecretKey;
+use crate::signal::{BirthdayRole, Countersign, SecretKey, Signal};
 use crate::time::Time;
 use crate::wire::{ErrorCode, MAX_NODES_PER_RESPONSE, Request, Response};
 
@@ -448,4 +448,169 @@ fn claims_are_cross_signed_and_bad_ones_refused_and_counted() {
         _ => None,
     });
     assert_eq!(result.map(|r| r.claims), Some(vec![claim]));
+}
+
+/// A target with a direct connection from each of `requesters` (keys 100, 101, ...) at
+/// public addresses 198.18.7.<i>:4000; returns it and the requesters' keys.
+fn punch_target(requesters: u8, tweak: impl FnOnce(&mut NodeConfig)) -> (Node, Vec<SecretKey>) {
+    let mut cfg = NodeConfig::new(SecretKey::from_bytes([0; 32]));
+    cfg.task_rate_per_s = 0.0;
+    tweak(&mut cfg);
+    let mut n = Node::new(cfg, Vec::new());
+    let keys: Vec<SecretKey> = (0..requesters)
+        .map(|i| SecretKey::from_bytes([100 + i; 32]))
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        let at = SocketAddr::from(([198, 18, 7, i as u8], 4000));
+        n.handle_connection_up(Time::ZERO, k.node_id(), at, ConnMode::Direct);
+    }
+    drain(&mut n);
+    (n, keys)
+}
+
+/// Sends `n` a signal from `key` claiming `claims` and a symmetric NAT (so we would spray),
+/// delivered by the requester itself; returns the punch plan and the answer.
+fn signal_claiming(
+    n: &mut Node,
+    now: Time,
+    key: &SecretKey,
+    nonce: u64,
+    claims: Vec<SocketAddr>,
+) -> (Option<PunchPlan>, Option<Response>) {
+    let to = n.id();
+    let signal = Signal::with_addrs(key, to, nonce, now.as_millis(), NatType::Symmetric, claims);
+    let request = Request::Signal {
+        signal,
+        hops: Vec::new(),
+        trace: None,
+    };
+    n.handle_request(now, key.node_id(), InboundId(nonce), request);
+    let (mut plan, mut answer) = (None, None);
+    for out in drain(n) {
+        match out {
+            Output::Punch { plan: p, .. } => plan = Some(p),
+            Output::Respond { response, .. } => answer = Some(response),
+            _ => {}
+        }
+    }
+    (plan, answer)
+}
+
+#[test]
+fn a_signal_claiming_a_victims_address_aims_no_probe_at_it() {
+    let (mut n, keys) = punch_target(1, |_| {});
+    let victim = SocketAddr::from(([198, 18, 66, 66], 5000));
+    let now = Time::from_millis(1_000);
+    let (plan, answer) = signal_claiming(&mut n, now, &keys[0], 1, vec![victim]);
+    assert!(
+        matches!(answer, Some(Response::SignalAnswer { .. })),
+        "{answer:?}"
+    );
+    let plan = plan.expect("a punch towards the requester");
+    assert!(
+        plan.peer_addrs.iter().all(|a| a.ip() != victim.ip()),
+        "probes aimed at the claimed victim: {:?}",
+        plan.peer_addrs
+    );
+    // The spray goes where the requester really is: the address we see it at.
+    assert_eq!(
+        plan.peer_addrs[0],
+        SocketAddr::from(([198, 18, 7, 0], 4000))
+    );
+    assert_eq!(plan.birthday, Some(BirthdayRole::Easy));
+    // A claim on the requester's own IP (another port) is still probed.
+    let own = SocketAddr::from(([198, 18, 7, 0], 4001));
+    let (plan, _) = signal_claiming(&mut n, now, &keys[0], 2, vec![victim, own]);
+    assert!(plan.expect("a punch").peer_addrs.contains(&own));
+}
+
+#[test]
+fn punches_for_others_are_budgeted_per_requester_and_per_destination_ip() {
+    let limits = PunchLimits {
+        per_requester_probes: 5_000,
+        per_requester_probes_per_s: 100,
+        per_ip_probes: 9_000,
+        per_ip_probes_per_s: 100,
+    };
+    let (mut n, keys) = punch_target(8, |c| c.punch = limits);
+    let now = Time::from_millis(1_000);
+    let cost = |n: &mut Node, k: &SecretKey, nonce: u64, t: Time| {
+        let (plan, answer) = signal_claiming(n, t, k, nonce, Vec::new());
+        (plan.map(|p| p.probe_cost()), answer)
+    };
+    // One requester: two birthday punches fit its 5,000 probes, the third does not.
+    let (first, _) = cost(&mut n, &keys[0], 1, now);
+    let each = first.expect("the first punch");
+    assert!(
+        each > 2_000 && 2 * each <= 5_000,
+        "a birthday punch costs {each}"
+    );
+    assert!(cost(&mut n, &keys[0], 2, now).0.is_some());
+    let (third, answer) = cost(&mut n, &keys[0], 3, now);
+    assert_eq!(third, None, "over the requester's budget");
+    assert_eq!(
+        answer,
+        Some(Response::Error {
+            code: ErrorCode::RateLimited
+        })
+    );
+    // It refills over time: 100 probes a second.
+    let later = now + Duration::from_millis(u64::from(each) * 10 + 100);
+    assert!(cost(&mut n, &keys[0], 4, later).0.is_some());
+
+    // Requesters behind one IP share that IP's 9,000 probes, however many they are.
+    let (mut n, keys) = punch_target(8, |c| c.punch = limits);
+    let same_ip = SocketAddr::from(([198, 18, 9, 9], 4000));
+    for k in &keys {
+        n.handle_connection_up(now, k.node_id(), same_ip, ConnMode::Direct);
+    }
+    drain(&mut n);
+    let allowed = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, k)| cost(&mut n, k, 10 + *i as u64, now).0.is_some())
+        .count();
+    assert_eq!(allowed, 9_000 / each as usize, "punches towards one IP");
+}
+
+#[test]
+fn a_carrier_on_the_requesters_lan_vouches_for_its_public_ip_and_no_other() {
+    // The carrier (key 100) is connected to us from 198.18.7.0, the requester's NAT; it saw
+    // the requester on their LAN, at a private address.
+    let (mut n, keys) = punch_target(1, |_| {});
+    let carrier = &keys[0];
+    let requester = SecretKey::from_bytes([7; 32]);
+    let public = SocketAddr::from(([198, 18, 7, 0], 4100));
+    let victim = SocketAddr::from(([198, 18, 66, 66], 5000));
+    let lan = SocketAddr::from(([10, 1, 0, 7], 4000));
+    let now = Time::from_millis(1_000);
+    let signal = Signal::with_addrs(
+        &requester,
+        n.id(),
+        1,
+        now.as_millis(),
+        NatType::Symmetric,
+        vec![victim, public],
+    );
+    let hop = Countersign::new(carrier, &signal, 0, lan);
+    let request = Request::Signal {
+        signal,
+        hops: vec![hop],
+        trace: None,
+    };
+    n.handle_request(now, carrier.node_id(), InboundId(1), request);
+    let plan = drain(&mut n)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Punch { plan, .. } => Some(plan),
+            _ => None,
+        })
+        .expect("a punch");
+    assert_eq!(
+        plan.peer_addrs[0], public,
+        "the spray aims at the vouched claim"
+    );
+    assert_eq!(plan.birthday, Some(BirthdayRole::Easy));
+    assert!(plan.peer_addrs.contains(&lan));
+    assert!(!plan.peer_addrs.contains(&victim), "{:?}", plan.peer_addrs);
 }

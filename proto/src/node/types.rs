@@ -115,8 +115,9 @@ pub enum Path {
 /// One side's part in a hole punch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PunchPlan {
-    /// Where the peer may be: its address as seen by a node it talks to, then its listen
-    /// addresses.
+    /// Where the peer may be. With birthday probing, the first is the address a carrier
+    /// observed the peer at, and the only one the costly paths aim at (the spray at random
+    /// ports of its IP, the hard side's sockets); the rest get plain probes only.
     pub peer_addrs: Vec<SocketAddr>,
     /// Carried in every probe, so probes of different punches are told apart.
     pub token: u64,
@@ -128,6 +129,23 @@ pub struct PunchPlan {
     pub birthday_probes: u16,
     /// When to give up, from now.
     pub timeout_ms: u64,
+}
+
+impl PunchPlan {
+    /// At most how many probe datagrams carrying this plan out sends, as the agent
+    /// punches: each address probed with a back-off from 50 ms doubling to 1 s (at most
+    /// `timeout_ms / 500 + 4` probes), the easy side's two spray rounds of `birthday_probes`,
+    /// and each of the hard side's sockets sending once a second.
+    pub fn probe_cost(&self) -> u32 {
+        let secs = u32::try_from(self.timeout_ms / 1000).unwrap_or(u32::MAX);
+        let plain = self.peer_addrs.len() as u32 * (secs.saturating_mul(2) + 4);
+        let birthday = match self.birthday {
+            None => 0,
+            Some(BirthdayRole::Easy) => 2 * u32::from(self.birthday_probes),
+            Some(BirthdayRole::Hard) => u32::from(self.birthday_sockets) * (secs + 1),
+        };
+        plain.saturating_add(birthday)
+    }
 }
 
 /// One step of a connect: which path was tried and how it ended.
