@@ -10,13 +10,19 @@
 //!   addresses, masters, links and routes; `nft -f -` for each ruleset (this also loads
 //!   conntrack); sysctls written to `/proc/sys` from a thread inside the namespace; and
 //!   `conntrack -F` in router namespaces. Progress is reported per namespace.
-//! - Re-applying is idempotent by replacement: apply first tears down every namespace of
-//!   the plan's run id (killing the processes inside), then builds from scratch. So a run
-//!   left half-built by a killed controller is simply rebuilt, and the result never depends
-//!   on what was there before. On any failure, apply tears the run down again and returns
-//!   an error naming the failing command (for batches: the failing line) and its stderr.
-//! - [`teardown`] removes one run, [`teardown_all`] every `cn<6 hex>-*` namespace on the
-//!   machine. Both work from namespace names alone (no state file needed), kill every
+//! - Ownership ([`owner`]): before creating a namespace, apply writes its marker file
+//!   (`/run/chaosnet/<run>/netns/<ns>`); teardown deletes only namespaces with a marker (or
+//!   named by the caller from a run's state), never one that merely looks like a chaosnet
+//!   name. A namespace of the plan's run id without a marker makes apply refuse
+//!   ([`ApplyError::NotOwned`]) before it creates anything.
+//! - Re-applying is idempotent by replacement: apply first tears down every marked
+//!   namespace of the plan's run id (killing the processes inside), then builds from
+//!   scratch. So a run left half-built by a killed controller is simply rebuilt, and the
+//!   result never depends on what was there before. On any failure, apply tears the run
+//!   down again and returns an error naming the failing command (for batches: the failing
+//!   line) and its stderr.
+//! - [`teardown`] removes one run, [`teardown_all`] every marked namespace on the machine.
+//!   Both need no state file (the markers are written before the namespaces), kill every
 //!   process inside first, and are idempotent.
 //! - [`in_netns`] runs a closure on a thread inside a namespace (tests open sockets there).
 //! - [`attach_host`] hands a host namespace's link and name over to a container's network
@@ -32,10 +38,11 @@
 mod attach;
 pub(crate) mod cmd;
 mod netns;
+pub mod owner;
 mod script;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -160,6 +167,17 @@ pub enum ApplyError {
         names: Vec<String>,
         /// `ip`'s stderr.
         detail: String,
+    },
+    /// Namespaces of the run id exist that this controller did not create (no marker).
+    #[error(
+        "run id {run} is taken: network namespaces {names:?} exist but were not created by chaosnet (no marker under {}); pick another run id, or delete them yourself with `ip netns del`",
+        owner::OWNER_DIR
+    )]
+    NotOwned {
+        /// The run id.
+        run: String,
+        /// The namespaces without a marker.
+        names: Vec<String>,
     },
     /// Apply failed, and removing the partial run failed too.
     #[error("{error}; removing the partial run also failed: {cleanup}")]
@@ -314,12 +332,23 @@ pub fn apply_with(
     check_root()?;
     let tools = locate_tools()?;
     script::validate(plan)?;
-    raise_neighbour_limits();
+    let base = Path::new(owner::OWNER_DIR);
+    let foreign = unowned_of(base, &plan.run_id)?;
+    if !foreign.is_empty() {
+        return Err(ApplyError::NotOwned {
+            run: plan.run_id.0.clone(),
+            names: foreign,
+        });
+    }
     let scripts = script::render(plan);
     let n = plan.namespaces.len();
     let total = 2 + 3 * n;
 
-    let replaced = teardown_prefix(&tools.ip, &plan.run_id.ns(""))?.namespaces;
+    // An earlier copy of this run (marked, so ours) goes first; then the markers of the new
+    // one are written before any namespace exists.
+    let replaced = teardown_owned(&tools.ip, base, Some(&plan.run_id), &[])?.namespaces;
+    owner::write_markers(base, plan)?;
+    raise_neighbour_limits();
     progress(Step {
         phase: Phase::Cleanup,
         ns: None,
@@ -341,7 +370,7 @@ pub fn apply_with(
                 elapsed: t0.elapsed(),
             })
         }
-        Err(error) => match teardown_prefix(&tools.ip, &plan.run_id.ns("")) {
+        Err(error) => match teardown_owned(&tools.ip, base, Some(&plan.run_id), &[]) {
             Ok(_) => Err(error),
             Err(cleanup) => Err(ApplyError::CleanupFailed {
                 error: Box::new(error),
@@ -735,14 +764,27 @@ fn write_sysctl(ns: &str, key: &str, value: &str) -> Result<(), ApplyError> {
     })
 }
 
-/// Removes run `run_id`: kills every process in its namespaces (SIGKILL, bounded wait), then
-/// deletes the namespaces (their veths, bridges, rules and conntrack go with them).
+/// Removes run `run_id`: kills every process in its marked namespaces (SIGKILL, bounded
+/// wait), then deletes those namespaces (their veths, bridges, rules and conntrack go with
+/// them) and their markers. A namespace with the run's prefix but no marker is left alone.
 /// Idempotent: with nothing left, it returns an empty report.
 ///
 /// # Errors
 /// [`ApplyError::NotRoot`], a missing `ip`, an invalid run id, or
 /// [`ApplyError::Leftovers`] when namespaces could not be deleted.
 pub fn teardown(run_id: &RunId) -> Result<TeardownReport, ApplyError> {
+    teardown_recorded(run_id, &[])
+}
+
+/// [`teardown`], also deleting the namespaces `recorded` names (those a run's state file
+/// lists, for a run made before markers existed); only names of this run count.
+///
+/// # Errors
+/// As [`teardown`].
+pub fn teardown_recorded(
+    run_id: &RunId,
+    recorded: &[String],
+) -> Result<TeardownReport, ApplyError> {
     check_root()?;
     if !script::valid_run_id(run_id) {
         return Err(ApplyError::InvalidPlan(format!(
@@ -751,22 +793,25 @@ pub fn teardown(run_id: &RunId) -> Result<TeardownReport, ApplyError> {
         )));
     }
     let ip = cmd::require("ip")?;
-    teardown_prefix(&ip, &run_id.ns(""))
+    teardown_owned(&ip, Path::new(owner::OWNER_DIR), Some(run_id), recorded)
 }
 
-/// Removes every chaosnet run on the machine: each namespace named `cn<6 hex>-*`, and the
-/// processes inside. Needs no state file, so it also cleans up after a controller killed in
-/// the middle of `up`. Idempotent.
+/// Removes every chaosnet run on the machine: each namespace carrying a chaosnet marker,
+/// and the processes inside. Needs no state file (markers are written before namespaces
+/// are created), so it also cleans up after a controller killed in the middle of `up`.
+/// Namespaces that only look like chaosnet's (`cn<6 hex>-*` without a marker) stay, with
+/// their processes ([`list_unowned_namespaces`] names them). Idempotent.
 ///
 /// # Errors
 /// As [`teardown`].
 pub fn teardown_all() -> Result<TeardownReport, ApplyError> {
     check_root()?;
     let ip = cmd::require("ip")?;
-    teardown_where(&ip, |name| script::run_of_ns(name).is_some())
+    teardown_owned(&ip, Path::new(owner::OWNER_DIR), None, &[])
 }
 
-/// Every chaosnet namespace currently on the machine, sorted (names `cn<6 hex>-*`).
+/// Every chaosnet-looking namespace currently on the machine, sorted (names
+/// `cn<6 hex>-*`), whether chaosnet made it or not.
 ///
 /// # Errors
 /// [`ApplyError::Io`] when `/run/netns` cannot be read.
@@ -777,16 +822,82 @@ pub fn list_chaosnet_namespaces() -> Result<Vec<String>, ApplyError> {
         .collect())
 }
 
-fn teardown_prefix(ip: &std::path::Path, prefix: &str) -> Result<TeardownReport, ApplyError> {
-    teardown_where(ip, |name| name.starts_with(prefix))
+/// The namespaces on the machine that carry a chaosnet marker (what [`teardown_all`]
+/// removes), sorted.
+///
+/// # Errors
+/// As [`list_chaosnet_namespaces`].
+pub fn list_owned_namespaces() -> Result<Vec<String>, ApplyError> {
+    let base = Path::new(owner::OWNER_DIR);
+    Ok(list_chaosnet_namespaces()?
+        .into_iter()
+        .filter(|n| owner::is_marked(base, n))
+        .collect())
 }
 
-fn teardown_where(
-    ip: &std::path::Path,
-    pick: impl Fn(&str) -> bool,
+/// The `cn<6 hex>-*` namespaces on the machine without a chaosnet marker: someone else's,
+/// or of a run made before markers (its state file still names them), sorted.
+///
+/// # Errors
+/// As [`list_chaosnet_namespaces`].
+pub fn list_unowned_namespaces() -> Result<Vec<String>, ApplyError> {
+    let base = Path::new(owner::OWNER_DIR);
+    Ok(list_chaosnet_namespaces()?
+        .into_iter()
+        .filter(|n| !owner::is_marked(base, n))
+        .collect())
+}
+
+/// True when run id `run` is in use on this machine: a namespace with its prefix (marked
+/// or not) or a marker directory exists.
+///
+/// # Errors
+/// As [`list_chaosnet_namespaces`].
+pub fn run_id_in_use(run: &RunId) -> Result<Vec<String>, ApplyError> {
+    let prefix = run.ns("");
+    let mut found: Vec<String> = netns::list()?
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    let marker = owner::run_marker_dir(Path::new(owner::OWNER_DIR), run);
+    if marker.exists() {
+        found.push(marker.display().to_string());
+    }
+    Ok(found)
+}
+
+/// Namespaces with run `run`'s prefix that carry no marker.
+fn unowned_of(base: &Path, run: &RunId) -> Result<Vec<String>, ApplyError> {
+    let prefix = run.ns("");
+    Ok(netns::list()?
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix) && !owner::is_marked(base, n))
+        .collect())
+}
+
+/// Deletes the namespaces of `run` (or of every run) that carry a marker under `base` or
+/// are in `recorded`, then prunes the markers whose namespace is gone.
+fn teardown_owned(
+    ip: &Path,
+    base: &Path,
+    run: Option<&RunId>,
+    recorded: &[String],
 ) -> Result<TeardownReport, ApplyError> {
+    let prefix = run.map(|r| r.ns(""));
+    let names: Vec<String> = netns::list()?
+        .into_iter()
+        .filter(|n| script::run_of_ns(n).is_some())
+        .filter(|n| prefix.as_deref().is_none_or(|p| n.starts_with(p)))
+        .filter(|n| owner::is_marked(base, n) || recorded.contains(n))
+        .collect();
+    let report = teardown_names(ip, names);
+    let left: BTreeSet<String> = netns::list().unwrap_or_default().into_iter().collect();
+    owner::prune(base, run, |n| left.contains(n));
+    report
+}
+
+fn teardown_names(ip: &Path, names: Vec<String>) -> Result<TeardownReport, ApplyError> {
     let t0 = Instant::now();
-    let names: Vec<String> = netns::list()?.into_iter().filter(|n| pick(n)).collect();
     if names.is_empty() {
         return Ok(TeardownReport {
             elapsed: t0.elapsed(),

@@ -152,6 +152,7 @@ fn run_traced(runs: &Path, a: &RunArgs) -> Outcome {
             join_timeout: Duration::from_secs(60),
             keep_on_failure: a.allow_unjoined,
             monitor: a.monitor.then_some(a.prometheus_port),
+            run_id: None,
         },
     );
     let lab = match up {

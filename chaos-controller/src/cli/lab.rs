@@ -67,6 +67,10 @@ pub(super) struct UpArgs {
     /// Leave the lab up when an agent fails to join (for debugging).
     #[arg(long)]
     keep_on_failure: bool,
+    /// The run id (6 lowercase hex characters; default: a fresh random one). One in use on
+    /// this machine (its run directory, namespaces or containers exist) is refused.
+    #[arg(long, value_name = "ID")]
+    run_id: Option<String>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -124,6 +128,8 @@ pub(super) struct BringUp<'a> {
     pub(super) keep_on_failure: bool,
     /// Start monitoring, with Prometheus on this port.
     pub(super) monitor: Option<u16>,
+    /// The run id asked for (default: a fresh free one).
+    pub(super) run_id: Option<RunId>,
 }
 
 /// How [`bring_up`] ended (errors aside).
@@ -145,7 +151,6 @@ pub(super) fn bring_up(
     mut scenario: Scenario,
     req: &BringUp<'_>,
 ) -> anyhow::Result<Up> {
-    let run_id = lab::new_run_id();
     apply::preflight()?;
     let image = req
         .runtime
@@ -162,6 +167,10 @@ pub(super) fn bring_up(
     for note in &resolved.notes {
         eprintln!("chaosnet: {note}");
     }
+    let run_id = match &req.run_id {
+        Some(id) => id.clone(),
+        None => lab::free_run_id(runs, resolved.engine.as_ref()),
+    };
     let plan = planner::plan(&scenario, &run_id)?;
     crate::chaos::check(&scenario, &plan)?;
     let processes = plan
@@ -338,6 +347,7 @@ pub(super) fn up(runs: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
             join_timeout: Duration::from_secs(args.join_timeout_s),
             keep_on_failure: args.keep_on_failure,
             monitor: args.monitor.then_some(args.prometheus_port),
+            run_id: args.run_id.map(RunId),
         },
     )?;
     match up {
@@ -501,14 +511,23 @@ pub(super) fn down(runs: &Path, args: &DownArgs) -> anyhow::Result<ExitCode> {
     if args.all {
         let r = lab::down_all(runs)?;
         println!(
-            "chaosnet: removed {} run(s), {} namespaces, {} processes, {} containers, {} volumes in {:.2?}",
+            "chaosnet: removed {} run(s), {} namespaces, {} processes, {} monitoring processes, {} containers, {} volumes in {:.2?}",
             r.runs.len(),
             r.namespaces,
             r.processes,
+            r.monitors,
             r.containers,
             r.volumes,
             t0.elapsed()
         );
+        if !r.unowned.is_empty() {
+            println!(
+                "chaosnet: left {} namespace(s) that chaosnet did not create (no marker under {}, no state file): {}",
+                r.unowned.len(),
+                apply::owner::OWNER_DIR,
+                r.unowned.join(" ")
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let run_dir = match lab::run_dir_of(runs, args.run.as_deref()) {

@@ -10,7 +10,13 @@
 //!   by their runtimes.
 //! - [`Lab::down`] (and [`down_run`], [`down_all`] for runs without a lab value) stops
 //!   monitoring, removes what runtimes keep outside the namespaces (containers, volumes) and
-//!   deletes the namespaces; idempotent, also after a killed controller.
+//!   deletes the namespaces; idempotent, also after a killed controller. It touches only
+//!   what chaosnet made: a monitoring pid is signalled only when its command line is the
+//!   process chaosnet started for that run ([`crate::monitor::MonitorState::stop`]), and a
+//!   namespace is deleted only when it carries chaosnet's marker
+//!   ([`crate::apply::owner`]) or the run's state file names it.
+//! - Run ids: [`Lab::up`] refuses a run id that is in use ([`LabError::RunIdTaken`]: its
+//!   run directory, namespaces, marker or containers exist) before creating anything.
 //! - Reaching agents: [`Lab::agent`] (the typed control API, through the agent's runtime) and
 //!   [`Lab::net`] (a network tool in one of the plan's namespaces: an agent's own through its
 //!   runtime, a router's or the internet's in the local lab). Fault mechanisms, probes and the
@@ -77,6 +83,14 @@ pub enum LabError {
     /// No such run.
     #[error("{0}")]
     NoRun(String),
+    /// The run id is in use on this machine; nothing was created.
+    #[error("run id {run} is already in use ({}); nothing was created", found.join(", "))]
+    RunIdTaken {
+        /// The run id.
+        run: String,
+        /// What uses it: a run directory, namespaces, a marker directory, containers.
+        found: Vec<String>,
+    },
     /// File system work on the runs directory.
     #[error("{what}: {source}")]
     Io {
@@ -95,6 +109,70 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> LabError {
 /// A fresh run id: 6 lowercase hex characters.
 pub fn new_run_id() -> RunId {
     RunId(format!("{:06x}", rand::random::<u32>() & 0x00ff_ffff))
+}
+
+/// A fresh run id that [`run_id_in_use`] finds free (a few tries, then the last one drawn:
+/// [`Lab::up`] checks again and refuses a taken one).
+pub fn free_run_id(runs: &Path, engine: Option<&Engine>) -> RunId {
+    let mut id = new_run_id();
+    for _ in 0..16 {
+        if run_id_in_use(runs, &id, engine).is_ok_and(|f| f.is_empty()) {
+            break;
+        }
+        id = new_run_id();
+    }
+    id
+}
+
+/// What uses run id `run` on this machine: its directory in `runs`, namespaces with its
+/// prefix or its marker directory ([`apply::run_id_in_use`]), containers or volumes
+/// labelled with it (when `engine` is given). Empty when the id is free.
+///
+/// # Errors
+/// `/run/netns` or the engine cannot be read.
+pub fn run_id_in_use(
+    runs: &Path,
+    run: &RunId,
+    engine: Option<&Engine>,
+) -> Result<Vec<String>, LabError> {
+    let mut found = Vec::new();
+    let dir = runs.join(&run.0);
+    if std::fs::symlink_metadata(&dir).is_ok() {
+        found.push(format!("run directory {}", dir.display()));
+    }
+    found.extend(apply::run_id_in_use(run)?);
+    if let Some(e) = engine {
+        found.extend(
+            e.containers_of(run)?
+                .into_iter()
+                .map(|c| format!("container {c}")),
+        );
+        found.extend(
+            e.volumes_of(run)?
+                .into_iter()
+                .map(|v| format!("volume {v}")),
+        );
+    }
+    Ok(found)
+}
+
+/// Creates the run directory `dir` with mode 0700 (its parent, the runs directory, as
+/// needed); an existing one is [`LabError::RunIdTaken`] (the check and the creation are one
+/// `mkdir`, so two controllers cannot both take it).
+fn create_run_dir(dir: &Path, run: &RunId) -> Result<(), LabError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(io(format!("cannot create {}", parent.display())))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(LabError::RunIdTaken {
+            run: run.0.clone(),
+            found: vec![format!("run directory {}", dir.display())],
+        }),
+        Err(e) => Err(io(format!("cannot create {}", dir.display()))(e)),
+    }
 }
 
 /// The agent binary: `explicit`, else `chaosnet-agent` next to this binary.
@@ -285,6 +363,10 @@ pub struct DownReport {
     pub namespaces: usize,
     /// Processes killed inside them.
     pub processes: usize,
+    /// Monitoring processes stopped.
+    pub monitors: usize,
+    /// Chaosnet-looking namespaces left alone: no marker, and no state file names them.
+    pub unowned: Vec<String>,
     /// Containers removed.
     pub containers: usize,
     /// Volumes removed.
@@ -306,8 +388,15 @@ impl Lab {
     ) -> Result<Lab, LabError> {
         apply::preflight()?;
         let run_dir = opts.runs_dir.join(&plan.run_id.0);
-        std::fs::create_dir_all(&run_dir)
-            .map_err(io(format!("cannot create {}", run_dir.display())))?;
+        // Nothing is created for a run id in use: not the directory, not a namespace.
+        let found = run_id_in_use(&opts.runs_dir, &plan.run_id, opts.engine.as_ref())?;
+        if !found.is_empty() {
+            return Err(LabError::RunIdTaken {
+                run: plan.run_id.0.clone(),
+                found,
+            });
+        }
+        create_run_dir(&run_dir, &plan.run_id)?;
         let run_dir = std::path::absolute(&run_dir)
             .map_err(io(format!("cannot make {} absolute", run_dir.display())))?;
         set_current(&opts.runs_dir, &plan.run_id)?;
@@ -523,62 +612,101 @@ fn agent_of_ns<'a>(plan: &'a Plan, ns: &str) -> Option<&'a str> {
     }
 }
 
-/// Takes the run of `state` down: its monitoring processes stopped, what its runtimes keep
-/// outside the namespaces removed by label, its namespaces (and every process in them)
-/// deleted. The namespaces go even when the engine fails; its error is reported after.
+/// The namespaces a run's state file records (its plan's).
+fn recorded_namespaces(state: &RunState) -> Vec<String> {
+    state
+        .plan
+        .namespaces
+        .iter()
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// Takes the run of `state` down: its monitoring processes stopped (those whose command
+/// line shows they are this run's), what its runtimes keep outside the namespaces removed
+/// by label, its namespaces (and every process in them) deleted: those its plan names and
+/// those carrying its marker. The namespaces go even when the engine fails; its error is
+/// reported after.
 ///
 /// # Errors
 /// A teardown failure, or a required runtime's cleanup failure.
 pub fn down_run(run_dir: &Path, state: &RunState) -> Result<DownReport, LabError> {
-    MonitorState::load(run_dir).stop();
+    let monitors = MonitorState::load(run_dir).stop(run_dir);
     let mut kinds: Vec<RuntimeKind> = state.plan.agents.iter().map(|a| a.runtime).collect();
     kinds.sort();
     kinds.dedup();
     let cleaned = runtime::cleanup(Some(&state.run_id), &kinds);
-    let t = apply::teardown(&state.run_id)?;
+    let t = apply::teardown_recorded(&state.run_id, &recorded_namespaces(state))?;
     let c = cleaned?;
     tracing::info!(?t, ?c, "teardown");
     Ok(DownReport {
         runs: t.runs,
         namespaces: t.namespaces,
         processes: t.processes,
+        monitors,
+        unowned: Vec::new(),
         containers: c.containers,
         volumes: c.volumes,
     })
 }
 
-/// Takes every chaosnet run on the machine down: the monitoring of every run in `runs`,
-/// every labelled container and volume, every `cn<run>-*` namespace (also of a killed
-/// controller's half-built run), and forgets the current run.
+/// Takes every chaosnet run on the machine down: the monitoring of every run in `runs`
+/// (each pid only when its command line is that run's), every container and volume
+/// labelled with a chaosnet run, every namespace carrying chaosnet's marker (also of a
+/// killed controller's half-built run) or named by a state file in `runs`, and forgets the
+/// current run. Namespaces that only look like chaosnet's are left, with their processes,
+/// and named in [`DownReport::unowned`].
 ///
 /// # Errors
 /// A teardown or cleanup failure.
 pub fn down_all(runs: &Path) -> Result<DownReport, LabError> {
     // Monitoring processes live in the root namespace: stop those of every run we know.
+    let mut monitors = 0;
+    let mut states = Vec::new();
     if let Ok(entries) = std::fs::read_dir(runs) {
         for e in entries.flatten() {
-            MonitorState::load(&e.path()).stop();
+            let dir = e.path();
+            if dir.file_name().is_some_and(|n| n == CURRENT) {
+                continue;
+            }
+            monitors += MonitorState::load(&dir).stop(&dir);
+            if let Ok(st) = RunState::load(&dir) {
+                states.push(st);
+            }
         }
     }
     let cleaned = runtime::cleanup(None, &[]);
+    let mut r = apply::teardown_all()?;
+    let mut found: BTreeSet<String> = r.runs.iter().cloned().collect();
+    let mut add = |r: &mut apply::TeardownReport, again: apply::TeardownReport| {
+        found.extend(again.runs);
+        r.namespaces += again.namespaces;
+        r.processes += again.processes;
+    };
+    // Runs whose state names namespaces that carry no marker (made before markers).
+    for st in &states {
+        let again = apply::teardown_recorded(&st.run_id, &recorded_namespaces(st))?;
+        add(&mut r, again);
+    }
     // A controller killed mid-`up` can leave `ip` children that are still creating
     // namespaces; sweep until a pass finds nothing (bounded).
-    let mut r = apply::teardown_all()?;
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(200));
-        if apply::list_chaosnet_namespaces()?.is_empty() {
+        if apply::list_owned_namespaces()?.is_empty() {
             break;
         }
         let again = apply::teardown_all()?;
-        r.namespaces += again.namespaces;
-        r.processes += again.processes;
+        add(&mut r, again);
     }
     clear_current(runs);
+    let unowned = apply::list_unowned_namespaces()?;
     let c = cleaned?;
     Ok(DownReport {
-        runs: r.runs,
+        runs: found.into_iter().collect(),
         namespaces: r.namespaces,
         processes: r.processes,
+        monitors,
+        unowned,
         containers: c.containers,
         volumes: c.volumes,
     })
@@ -603,6 +731,36 @@ mod tests {
         }
         assert_eq!(agent_of_ns(&plan, "cnabc123-inet"), None);
         assert_eq!(agent_of_ns(&plan, "cnabc123-h-nobody"), None);
+    }
+
+    #[test]
+    fn a_run_dir_is_private_and_taken_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = RunId("abc123".into());
+        let run_dir = dir.path().join("runs").join("abc123");
+        assert_eq!(
+            run_id_in_use(&dir.path().join("runs"), &run, None)
+                .expect("check")
+                .iter()
+                .filter(|f| f.starts_with("run directory"))
+                .count(),
+            0
+        );
+        create_run_dir(&run_dir, &run).expect("create");
+        let mode = std::fs::metadata(&run_dir)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "the run dir holds key seeds");
+        let e = create_run_dir(&run_dir, &run).expect_err("taken");
+        assert!(matches!(e, LabError::RunIdTaken { .. }), "{e}");
+        assert!(e.to_string().contains("abc123"), "{e}");
+        let found = run_id_in_use(&dir.path().join("runs"), &run, None).expect("check");
+        assert!(
+            found.iter().any(|f| f.starts_with("run directory")),
+            "{found:?}"
+        );
     }
 
     #[test]

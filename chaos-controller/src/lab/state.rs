@@ -2,13 +2,17 @@
 //! to find a run again from a new controller process.
 //!
 //! It records the run id, the full plan, where each agent runs (a pid for the process
-//! runtime) and when the run was created. It is written atomically (temporary file, then
-//! rename). It is a convenience, not the source of truth for cleanup: `teardown` and
-//! `teardown_all` work from namespace names alone, so a controller killed before it wrote
-//! this file still leaves nothing that `down --all` cannot remove.
+//! runtime) and when the run was created. The plan holds every agent's private key seed, so
+//! the file is mode 0600 (and a run directory it creates 0700). It is written atomically
+//! (temporary file, then rename). It is not the only record for cleanup: `teardown` and
+//! `teardown_all` also find the run's namespaces by the ownership markers written before
+//! each is created, so a controller killed before it wrote this file still leaves nothing
+//! that `down --all` cannot remove.
 
 use std::collections::BTreeMap;
+use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -81,7 +85,8 @@ impl RunState {
         }
     }
 
-    /// Writes the state to `<run_dir>/state.json` atomically (creating `run_dir`).
+    /// Writes the state to `<run_dir>/state.json` atomically, mode 0600 (creating `run_dir`
+    /// with mode 0700 when missing).
     ///
     /// # Errors
     /// [`StateError`] naming the path on any I/O or encoding failure.
@@ -91,12 +96,24 @@ impl RunState {
             path: path.clone(),
             what,
         };
-        std::fs::create_dir_all(run_dir)
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(run_dir)
             .map_err(|e| err(format!("cannot create the run directory: {e}")))?;
         let json = serde_json::to_vec_pretty(self).map_err(|e| err(format!("encode: {e}")))?;
         let tmp = run_dir.join(format!(".{}.tmp", Self::FILE_NAME));
-        let mut f = std::fs::File::create(&tmp).map_err(|e| err(format!("create: {e}")))?;
-        f.write_all(&json)
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| err(format!("create: {e}")))?;
+        // A leftover temporary file keeps its old mode on open: force 0600 before writing
+        // the key seeds.
+        f.set_permissions(Permissions::from_mode(0o600))
+            .and_then(|()| f.write_all(&json))
             .and_then(|()| f.write_all(b"\n"))
             .and_then(|()| f.sync_all())
             .map_err(|e| err(format!("write: {e}")))?;
@@ -154,6 +171,20 @@ mod tests {
         assert_eq!(back, st);
         assert_eq!(back.pid("seed-0"), Some(4242));
         assert!(back.created_at > 1_600_000_000);
+
+        // The plan holds key seeds: only the owner reads the file and the directory.
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&RunState::path(dir.path())), 0o600);
+        let fresh = dir.path().join("runs/0a0b0c");
+        st.save(&fresh).expect("save in a new dir");
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&RunState::path(&fresh)), 0o600);
+        // A leftover temporary file of another mode does not widen the new file.
+        let tmp = fresh.join(".state.json.tmp");
+        std::fs::write(&tmp, "x").expect("write");
+        std::fs::set_permissions(&tmp, Permissions::from_mode(0o644)).expect("chmod");
+        st.save(&fresh).expect("save again");
+        assert_eq!(mode(&RunState::path(&fresh)), 0o600);
 
         let missing = RunState::load(&dir.path().join("nope")).expect_err("missing");
         assert!(missing.to_string().contains("state.json"), "{missing}");

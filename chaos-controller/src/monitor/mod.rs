@@ -11,6 +11,11 @@
 //!   sockets in the run directory, never the emulated internet), so it listens on 127.0.0.1
 //!   and forwards `GET /agents/<name>/metrics` to the agent through the run's lab.
 //!
+//! Stopping signals a recorded pid only when `/proc/<pid>/cmdline` shows the process
+//! chaosnet started for this run ([`owns_cmdline`]): the executable's name and the run
+//! directory among its arguments. A stale `monitor.json` whose pid now belongs to another
+//! program leaves that program alone.
+//!
 //! Rendering is pure ([`prometheus::prometheus_config`], [`prometheus::file_sd_targets`],
 //! [`grafana::grafana_files`]...); starting and stopping processes touches the system. What
 //! it does not do: install Prometheus or Grafana, or wait for them to be ready.
@@ -92,13 +97,29 @@ impl MonitorState {
         std::fs::write(&path, text).map_err(|source| MonitorError::Io { path, source })
     }
 
-    /// Stops every monitoring process (SIGTERM; they hold no state worth a graceful wait).
-    pub fn stop(&self) -> usize {
+    /// Stops every monitoring process of the run in `run_dir` (SIGTERM; they hold no state
+    /// worth a graceful wait): each recorded pid only when its command line is the one
+    /// chaosnet started ([`owns_cmdline`]). Returns how many were signalled.
+    pub fn stop(&self, run_dir: &Path) -> usize {
+        let dirs = run_dir_forms(run_dir);
         let mut n = 0;
-        for pid in [self.proxy_pid, self.prometheus_pid, self.grafana_pid]
-            .into_iter()
-            .flatten()
-        {
+        for (pid, names) in [
+            (self.proxy_pid, PROXY_NAMES),
+            (self.prometheus_pid, PROMETHEUS_NAMES),
+            (self.grafana_pid, GRAFANA_NAMES),
+        ] {
+            let Some(pid) = pid else { continue };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            if !dirs.iter().any(|d| owns_cmdline(&cmdline, names, d)) {
+                tracing::warn!(
+                    pid,
+                    cmdline = %String::from_utf8_lossy(&cmdline).replace('\0', " "),
+                    "not stopping a pid from monitor.json: it is not this run's monitoring process"
+                );
+                continue;
+            }
             if let Ok(pid) = i32::try_from(pid)
                 && nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -111,6 +132,54 @@ impl MonitorState {
         }
         n
     }
+}
+
+/// Executable names of the scrape proxy (`chaosnet serve`).
+const PROXY_NAMES: &[&str] = &["chaosnet"];
+/// Executable names of Prometheus.
+const PROMETHEUS_NAMES: &[&str] = &["prometheus"];
+/// Executable names of Grafana (the `grafana` binary, or the older `grafana-server`).
+const GRAFANA_NAMES: &[&str] = &["grafana", "grafana-server"];
+
+/// The forms in which a run directory can appear in a command line: as given, absolute
+/// and canonical (symlinks resolved), without duplicates.
+fn run_dir_forms(run_dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![run_dir.to_path_buf()];
+    out.extend(std::path::absolute(run_dir).ok());
+    out.extend(std::fs::canonicalize(run_dir).ok());
+    out.dedup();
+    out
+}
+
+/// True when `cmdline` (as in `/proc/<pid>/cmdline`: NUL-separated arguments) is a process
+/// chaosnet started for the run in `run_dir`: its program's file name is one of `names`,
+/// and an argument (or the value of an `--opt=value` argument) is `run_dir` or a path
+/// inside it. Pure.
+pub fn owns_cmdline(cmdline: &[u8], names: &[&str], run_dir: &Path) -> bool {
+    if !run_dir.is_absolute() {
+        return false;
+    }
+    let mut args = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(String::from_utf8_lossy);
+    let Some(program) = args.next() else {
+        return false;
+    };
+    let name = Path::new(program.as_ref())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !names.contains(&name.as_str()) {
+        return false;
+    }
+    args.any(|a| {
+        let value = match a.split_once('=') {
+            Some((opt, v)) if opt.starts_with("--") => v,
+            _ => a.as_ref(),
+        };
+        Path::new(value).starts_with(run_dir)
+    })
 }
 
 /// Picks a free TCP port on 127.0.0.1.
@@ -246,5 +315,76 @@ mod tests {
         };
         st.save(dir.path()).expect("save");
         assert_eq!(MonitorState::load(dir.path()), st);
+    }
+
+    #[test]
+    fn only_this_runs_monitoring_command_lines_are_owned() {
+        let run = Path::new("/var/lib/chaosnet/runs/abc123");
+        let cl = |args: &[&str]| args.join("\0").into_bytes();
+        let proxy = cl(&[
+            "/usr/local/bin/chaosnet",
+            "serve",
+            "--run-dir",
+            "/var/lib/chaosnet/runs/abc123",
+            "--listen",
+            "127.0.0.1:4000",
+        ]);
+        assert!(owns_cmdline(&proxy, PROXY_NAMES, run));
+        let prom = cl(&[
+            "/usr/bin/prometheus",
+            "--config.file=/var/lib/chaosnet/runs/abc123/prometheus/prometheus.yml",
+            "--web.listen-address=127.0.0.1:9090",
+        ]);
+        assert!(owns_cmdline(&prom, PROMETHEUS_NAMES, run));
+        let graf = cl(&[
+            "/usr/share/grafana/bin/grafana",
+            "server",
+            "--config",
+            "/var/lib/chaosnet/runs/abc123/grafana/grafana.ini",
+        ]);
+        assert!(owns_cmdline(&graf, GRAFANA_NAMES, run));
+        // Another run's, another program, a recycled pid, nothing at all.
+        assert!(!owns_cmdline(
+            &proxy,
+            PROXY_NAMES,
+            Path::new("/var/lib/chaosnet/runs/abc12")
+        ));
+        assert!(!owns_cmdline(
+            &proxy,
+            PROXY_NAMES,
+            Path::new("/var/lib/chaosnet/runs/ffffff")
+        ));
+        assert!(
+            !owns_cmdline(&prom, PROXY_NAMES, run),
+            "prometheus is not the proxy"
+        );
+        assert!(!owns_cmdline(&cl(&["sleep", "300"]), PROXY_NAMES, run));
+        assert!(!owns_cmdline(
+            &cl(&["/usr/bin/sleep", "/var/lib/chaosnet/runs/abc123"]),
+            PROMETHEUS_NAMES,
+            run
+        ));
+        assert!(!owns_cmdline(b"", PROXY_NAMES, run));
+        // A relative run dir is never matched (it would match anything relative).
+        assert!(!owns_cmdline(&proxy, PROXY_NAMES, Path::new("abc123")));
+    }
+
+    #[test]
+    fn a_stale_pid_of_another_program_is_not_signalled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let st = MonitorState {
+            proxy_pid: Some(child.id()),
+            prometheus_pid: Some(child.id()),
+            grafana_pid: Some(child.id()),
+            ..Default::default()
+        };
+        assert_eq!(st.stop(dir.path()), 0);
+        assert!(matches!(child.try_wait(), Ok(None)), "sleep still runs");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
