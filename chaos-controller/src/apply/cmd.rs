@@ -8,6 +8,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -128,7 +129,9 @@ impl Cmd {
 
     /// Runs the command and returns its status, stdout and stderr whatever the status.
     pub(crate) fn run_raw(&self) -> Result<(ExitStatus, String, String), ApplyError> {
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        die_with_parent(&mut command);
+        let mut child = command
             .args(&self.args)
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
@@ -206,6 +209,34 @@ impl Cmd {
     }
 }
 
+/// Makes the kernel SIGKILL the child when the thread that spawned it dies. A controller
+/// killed in the middle of `up` would otherwise leave its `ip -batch` creating namespaces
+/// after `down --all` has cleaned up, with markers already pruned. Only for tools that
+/// [`Cmd::run_raw`] waits for on the spawning thread: that thread outlives them, so the
+/// signal fires only when the controller itself dies. Agents are not started through here.
+/// The one `unsafe` of the controller: std offers no safe way to run code between fork and
+/// exec, and PR_SET_PDEATHSIG has to be set there.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and only makes two async-signal-safe
+    // system calls (prctl, getppid); it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect: then nobody would kill us.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::other(
+                    "the controller exited before the tool started",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
 fn read_all(pipe: Option<impl Read>) -> String {
     let mut buf = Vec::new();
     if let Some(mut p) = pipe {
@@ -278,5 +309,85 @@ mod tests {
             .expect_err("exit 3");
         let msg = err.to_string();
         assert!(msg.contains("boom") && msg.contains("sh -c"), "{msg}");
+    }
+    /// Set in the re-executed test binary: run one long tool and wait to be killed.
+    const ORPHAN_HELPER_ENV: &str = "CHAOSNET_CMD_ORPHAN_HELPER";
+
+    #[test]
+    fn orphan_helper() {
+        // Only does something when the test below re-executes this binary for it.
+        let Ok(tag) = std::env::var(ORPHAN_HELPER_ENV) else {
+            return;
+        };
+        let sleep = which("sleep").expect("sleep");
+        let _ = Cmd::new(&sleep)
+            .args([tag])
+            .timeout(Duration::from_secs(600))
+            .run();
+    }
+
+    fn processes_with_arg(arg: &str) -> Vec<i32> {
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        rd.filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == arg.as_bytes()))
+            })
+            .collect()
+    }
+
+    /// A controller killed while a tool runs (SIGKILL in the middle of `up`) must not leave
+    /// the tool running: an orphaned `ip -batch` would go on creating namespaces after
+    /// `down --all` has cleaned up.
+    #[test]
+    fn a_killed_controller_leaves_no_tool_running() {
+        let Some(_) = which("sleep") else {
+            return;
+        };
+        // A unique duration tells our sleep from any other.
+        let tag = format!(
+            "{}.{}",
+            3000 + std::process::id() % 500,
+            rand::random::<u32>()
+        );
+        let exe = std::env::current_exe().expect("test binary");
+        let mut helper = Command::new(exe)
+            .args([
+                "--exact",
+                "apply::cmd::tests::orphan_helper",
+                "--test-threads=1",
+            ])
+            .env(ORPHAN_HELPER_ENV, &tag)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("re-execute the test binary");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while processes_with_arg(&tag).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the helper never started its tool"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        helper.kill().expect("SIGKILL the helper");
+        let _ = helper.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut left = processes_with_arg(&tag);
+        while !left.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            left = processes_with_arg(&tag);
+        }
+        for pid in &left {
+            // Clean up before failing, so a failure leaves nothing behind either.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert_eq!(left, Vec::<i32>::new(), "the tool outlived its controller");
     }
 }
