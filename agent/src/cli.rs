@@ -5,6 +5,7 @@
 //! (bad flag, unreadable key, locked data dir...). Errors are printed once, with their causes.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -134,17 +135,42 @@ fn print_id(data_dir: &Path, base32: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_seed(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
+/// Splits `<node_id>@<ip:port>` or `<node_id>@<host:port>`; the address is resolved by
+/// [`resolve_seed`].
+fn parse_seed(s: &str) -> anyhow::Result<(NodeId, String)> {
     let (id, addr) = s
         .split_once('@')
         .with_context(|| format!("--seed {s:?}: expected <node_id>@<ip:port>"))?;
     let id: NodeId = id
         .parse()
         .with_context(|| format!("--seed {s:?}: bad node id"))?;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("--seed {s:?}: bad address"))?;
-    Ok((id, addr))
+    if addr.parse::<SocketAddr>().is_err()
+        && addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        bail!("--seed {s:?}: bad address: expected <ip:port> or <host:port>");
+    }
+    Ok((id, addr.to_string()))
+}
+
+/// The seed's address: an IP literal as is, a host name through the resolver (its first
+/// IPv4 address, else its first address). Resolved once at start: a seed that moves needs
+/// a restart, as with an IP.
+async fn resolve_seed(raw: &str, addr: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("--seed {raw:?}: cannot resolve {addr}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .with_context(|| format!("--seed {raw:?}: {addr} has no address"))
 }
 
 /// Where the API listens.
@@ -182,12 +208,11 @@ async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
     let keys = key_files
         .load(crate::transport::unix_now())
         .map_err(|e| cfg(e.into()))?;
-    let seeds: Vec<(NodeId, SocketAddr)> = args
-        .seeds
-        .iter()
-        .map(|s| parse_seed(s))
-        .collect::<anyhow::Result<_>>()
-        .map_err(cfg)?;
+    let mut seeds: Vec<(NodeId, SocketAddr)> = Vec::with_capacity(args.seeds.len());
+    for raw in &args.seeds {
+        let (id, addr) = parse_seed(raw).map_err(cfg)?;
+        seeds.push((id, resolve_seed(raw, &addr).await.map_err(cfg)?));
+    }
     if !(args.task_rate >= 0.0 && args.task_rate.is_finite()) {
         return Err(cfg(anyhow::anyhow!("--task-rate must be a number >= 0")));
     }
@@ -212,8 +237,18 @@ async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
         )));
     }
 
-    let (identity, created) =
-        Identity::load_or_create(&args.data_dir).map_err(|e| cfg(e.into()))?;
+    let (identity, created) = match &args.node_key_file {
+        Some(path) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&args.data_dir)
+                .with_context(|| format!("cannot create --data-dir {}", args.data_dir.display()))
+                .map_err(cfg)?;
+            (Identity::load(path).map_err(|e| cfg(e.into()))?, false)
+        }
+        None => Identity::load_or_create(&args.data_dir).map_err(|e| cfg(e.into()))?,
+    };
     let me = identity.node_id();
     network::bind_data_dir(&args.data_dir, &network).map_err(|e| cfg(e.into()))?;
     let store = GraphStore::open(&args.data_dir.join("graph"), me).map_err(|e| cfg(e.into()))?;
@@ -377,5 +412,37 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+
+    #[tokio::test]
+    async fn seeds_take_an_ip_or_a_host_name() {
+        let (_, addr) = parse_seed(&format!("{ID}@198.18.0.7:4433")).expect("ip");
+        assert_eq!(
+            resolve_seed("x", &addr).await.expect("literal"),
+            "198.18.0.7:4433".parse::<SocketAddr>().expect("addr")
+        );
+        // `localhost` resolves from /etc/hosts on every machine, without a DNS server.
+        let (_, addr) = parse_seed(&format!("{ID}@localhost:4433")).expect("host");
+        let a = resolve_seed("x", &addr).await.expect("resolves");
+        assert!(a.ip().is_loopback() && a.port() == 4433, "{a}");
+        for bad in [
+            format!("{ID}@localhost"),
+            format!("{ID}@:4433"),
+            format!("{ID}@localhost:99999"),
+            "nope@198.18.0.7:4433".to_string(),
+            format!("{ID}198.18.0.7:4433"),
+        ] {
+            assert!(parse_seed(&bad).is_err(), "{bad}");
+        }
+        let (_, addr) = parse_seed(&format!("{ID}@no-such-host.invalid:4433")).expect("syntax");
+        let e = resolve_seed("raw", &addr).await.expect_err("unresolvable");
+        assert!(e.to_string().contains("cannot resolve"), "{e:#}");
     }
 }

@@ -44,12 +44,18 @@ pub struct AgentArgs {
     /// UDP address of the P2P socket.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: SocketAddr,
-    /// Bootstrap node, as <node_id>@<ip:port>. Repeatable.
+    /// Bootstrap node, as <node_id>@<ip:port> or <node_id>@<host:port> (a DNS name, e.g. a
+    /// Kubernetes headless Service's pod name, resolved once at start). Repeatable.
     #[arg(long = "seed", value_name = "ID@IP:PORT")]
     pub seeds: Vec<String>,
     /// Directory for node.key and the node graph (created if missing).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Read the node key from this file instead of <data-dir>/node.key, and never create
+    /// one: a seed whose identity others must know in advance (a Kubernetes Secret).
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub node_key_file: Option<PathBuf>,
     /// Control API address: <ip:port> or unix:<path>. Never the P2P socket. A TCP address
     /// that is not loopback needs --api-token-file (or --api-token); a unix socket is
     /// created mode 0600.
@@ -145,6 +151,7 @@ impl AgentArgs {
             listen,
             seeds: Vec::new(),
             data_dir,
+            node_key_file: None,
             api,
             api_token_file: None,
             api_token: None,
@@ -163,7 +170,7 @@ impl AgentArgs {
 
     /// The flags, in a fixed order: the network and its keys, `--listen`, the seeds,
     /// `--data-dir`, `--api`, the task and graph settings, then whatever is optional and
-    /// set (`--otlp-endpoint`, `--api-token-file`, `--api-token`, and `--echo-bytes`,
+    /// set (`--otlp-endpoint`, `--mdns`, `--node-key-file`, `--api-token-file`, `--api-token`, and `--echo-bytes`,
     /// `--max-connections`, `--log-format` when they differ from the defaults).
     pub fn to_args(&self) -> Vec<String> {
         let mut v: Vec<String> = vec!["--network".into(), self.network.clone()];
@@ -198,6 +205,9 @@ impl AgentArgs {
         }
         if self.mdns {
             v.push("--mdns".into());
+        }
+        if let Some(f) = &self.node_key_file {
+            v.extend(["--node-key-file".into(), f.display().to_string()]);
         }
         if let Some(f) = &self.api_token_file {
             v.extend(["--api-token-file".into(), f.display().to_string()]);
@@ -280,6 +290,7 @@ mod tests {
         b.otlp_endpoint = Some("http://198.18.0.1:4318/v1/traces".into());
         b.mdns = true;
         b.api_token_file = Some("/run/api.token".into());
+        b.node_key_file = Some("/etc/chaosnet/seed/node.key".into());
         assert_eq!(
             AgentArgs::from_command_line(b.command_line()).expect("parse"),
             b
