@@ -27,18 +27,22 @@
 //! - [`in_netns`] runs a closure on a thread inside a namespace (tests open sockets there).
 //! - [`attach_host`] hands a host namespace's link and name over to a container's network
 //!   namespace (the docker runtime).
+//! - [`pod`]: the router of a pod ([`pod_setup`] renders, [`apply_pod`] applies in the
+//!   caller's own namespace): NAT where a pod's containers share one network namespace.
 //! - [`net_exec`] runs one network tool ([`NetCmd`]: `nft`, `tc`, `ip`, `conntrack`) inside a
 //!   namespace, with a timeout: what faults and the matrix's cold mode do in a local lab.
 //!
 //! What it does not do: plan (see `planner`), render nft text (see `nat`), start agents
 //! (see [`crate::runtime`]), or touch the root namespace: every link, address, route, rule
 //! and sysctl it creates lives in a namespace named `cn<run>-...`, which validation
-//! enforces before anything is created.
+//! enforces before anything is created. The one exception is [`pod`], which works in the
+//! namespace it runs in, and whose command refuses to run outside a container.
 
 mod attach;
 pub(crate) mod cmd;
 mod netns;
 pub mod owner;
+pub mod pod;
 mod script;
 
 use std::collections::{BTreeSet, HashMap};
@@ -51,6 +55,7 @@ use crate::plan::{Plan, RunId};
 
 pub use attach::{HostWiring, attach_host};
 pub use netns::in_netns;
+pub use pod::{PodSetup, apply_pod, pod_setup, wan_address};
 
 pub(crate) use cmd::{package_of, which};
 pub(crate) use netns::{alive, ns_inode, pid_ns_inode, proc_state};

@@ -14,6 +14,9 @@
 //! | `@LAN_NET@`     | the LAN subnet, e.g. `10.3.0.0/24`                             |
 //! | `@MAP_TIMEOUT@` | lifetime in seconds of the NAT's own mapping table entries    |
 //! | `@HP@`          | empty with hairpinning on; a `# hairpin off: ` comment prefix otherwise |
+//! | `@POD@`         | empty in a pod ([`pod_ruleset`]); a `# not in a pod: ` comment prefix otherwise |
+//! | `@PODTCP@`      | as `@POD@`, for the rule that opens the pod's TCP services         |
+//! | `@POD_TCP@`     | the pod's TCP service ports, e.g. `9100, 9101`                     |
 //!
 //! Behaviour per type (RFC 4787 terms; each template's header says more):
 //! - port-restricted cone (EIM + APDF): `masquerade`, inbound only established/related;
@@ -24,6 +27,14 @@
 //!   "public port . remote IP" pairs; inbound `dnat` only for pairs in the set (UDP);
 //! - carrier-grade NAT: the port-restricted template on the carrier router (EIM + APDF, as
 //!   RFC 6888 asks of a CGN), stacked in front of a home router of any type.
+//!
+//! In a pod ([`pod_ruleset`], Kubernetes or its Docker emulation) router and agent share one
+//! network namespace: the pod's `eth0` is the WAN, the agent binds an inner address on `lo`,
+//! and its packets are locally generated, so translation happens in `postrouting` as
+//! for a LAN host and inbound packets meet the `input` chain instead of `forward`. The same
+//! templates serve: the `@POD@` rules accept in `input` what the mapping table let in (full
+//! and restricted cone) and the pod's own TCP services; everything else unsolicited on the
+//! WAN is dropped as on a router.
 //!
 //! Every ruleset is one `table ip chaosnet` commented with the run id, declared, deleted and
 //! defined again in one transaction (idempotent under `nft -f`, works on nft 1.0.6), with a
@@ -56,6 +67,35 @@ pub const TABLE: &str = "chaosnet";
 /// What `@HP@` becomes when hairpinning is off: it turns the hairpin rules into comments,
 /// so the rendered ruleset still shows what was left out.
 const HAIRPIN_OFF: &str = "# hairpin off: ";
+/// What `@POD@` and `@PODTCP@` become on a router namespace of the lab.
+const NOT_IN_POD: &str = "# not in a pod: ";
+/// What `@PODTCP@` becomes in a pod without TCP services.
+const NO_POD_TCP: &str = "# no TCP services: ";
+
+/// The interface of a pod's inner (agent) address: the agent binds it on `lo`, so its
+/// packets are locally generated and leave by the WAN, source-translated.
+pub const POD_INNER_IF: &str = "lo";
+
+/// Everything the ruleset of a pod's router container needs besides its NAT kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodParams {
+    /// The run, named in the table's comment.
+    pub run_id: RunId,
+    /// The site (the agent group), named in the table's comment.
+    pub site: String,
+    /// The pod's interface (`eth0`): the site's WAN.
+    pub wan_if: String,
+    /// The pod's address: the public address the NAT translates to.
+    pub wan_ip: Ipv4Addr,
+    /// The agent's inner address, on [`POD_INNER_IF`]; its P2P socket binds it.
+    pub inner_ip: Ipv4Addr,
+    /// TCP ports of the pod's own services (metrics, control API), reachable on the pod's
+    /// address; nothing else unsolicited gets in.
+    pub open_tcp_ports: Vec<u16>,
+    /// Lifetime of the NAT's own mapping table entries, in seconds (as
+    /// [`RouterParams::mapping_timeout_s`]).
+    pub mapping_timeout_s: u32,
+}
 
 /// Everything a router template needs besides its NAT kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,11 +151,64 @@ pub fn internet_ruleset(run_id: &RunId) -> String {
     render(INTERNET_TEMPLATE, &[("@RUN_ID@", sanitize(&run_id.0))])
 }
 
+/// The ruleset of a pod's router container for NAT kind `kind`; `None` for
+/// [`NatKind::None`] (a public pod runs no router).
+pub fn pod_ruleset(kind: NatKind, p: &PodParams) -> Option<String> {
+    let as_router = RouterParams {
+        run_id: p.run_id.clone(),
+        site: p.site.clone(),
+        wan_if: p.wan_if.clone(),
+        wan_ip: p.wan_ip,
+        lan_if: POD_INNER_IF.to_string(),
+        lan_net: IfAddr {
+            ip: p.inner_ip,
+            prefix: 32,
+        },
+        mapping_timeout_s: p.mapping_timeout_s,
+        // One agent per pod: there is no LAN neighbour to hairpin to.
+        hairpin: false,
+    };
+    let ports: Vec<String> = p.open_tcp_ports.iter().map(u16::to_string).collect();
+    let pod = [
+        ("@POD@", String::new()),
+        (
+            "@PODTCP@",
+            if ports.is_empty() {
+                NO_POD_TCP.to_string()
+            } else {
+                String::new()
+            },
+        ),
+        (
+            "@POD_TCP@",
+            if ports.is_empty() {
+                "-".to_string()
+            } else {
+                ports.join(", ")
+            },
+        ),
+    ];
+    template(kind).map(|t| render_with(t, &as_router, pod))
+}
+
 fn render_router(template: &str, p: &RouterParams) -> String {
+    let off = [
+        ("@POD@", NOT_IN_POD.to_string()),
+        ("@PODTCP@", NOT_IN_POD.to_string()),
+        ("@POD_TCP@", "-".to_string()),
+    ];
+    render_with(template, p, off)
+}
+
+fn render_with(template: &str, p: &RouterParams, pod: [(&str, String); 3]) -> String {
     let net = network_of(p.lan_net);
+    let [pod0, pod1, pod2] = pod;
     render(
         template,
         &[
+            pod0,
+            pod1,
+            pod2,
             ("@RUN_ID@", sanitize(&p.run_id.0)),
             ("@SITE@", sanitize(&p.site)),
             ("@WAN_IF@", sanitize(&p.wan_if)),
@@ -368,5 +461,71 @@ mod tests {
                 prefix: 24
             }
         );
+    }
+    fn pod(ports: Vec<u16>) -> PodParams {
+        PodParams {
+            run_id: RunId("abc123".into()),
+            site: "prc".into(),
+            wan_if: "eth0".into(),
+            wan_ip: Ipv4Addr::new(198, 18, 240, 21),
+            inner_ip: Ipv4Addr::new(10, 77, 0, 2),
+            open_tcp_ports: ports,
+            mapping_timeout_s: 120,
+        }
+    }
+
+    #[test]
+    fn pod_rulesets_translate_the_inner_address_and_accept_in_input() {
+        assert!(pod_ruleset(NatKind::None, &pod(vec![9100])).is_none());
+        for kind in KINDS {
+            let text = pod_ruleset(kind, &pod(vec![9100, 9101])).expect("a router kind");
+            let r = rules(&text);
+            assert!(
+                !text.contains("@POD") && !text.contains("@WAN") && !text.contains("@LAN"),
+                "{kind:?}: unfilled placeholder\n{text}"
+            );
+            assert!(
+                r.iter()
+                    .any(|l| l.starts_with("oifname \"eth0\" ip saddr 10.77.0.2/32 ")),
+                "{kind:?}: the inner address is translated on the WAN\n{text}"
+            );
+            assert!(
+                r.contains(&"iifname \"eth0\" meta l4proto tcp tcp dport { 9100, 9101 } accept"),
+                "{kind:?}: the pod's TCP services are open\n{text}"
+            );
+            let dnat_in = r.contains(&"iifname \"eth0\" ct status dnat accept");
+            let eif = matches!(kind, NatKind::FullCone | NatKind::RestrictedCone);
+            assert_eq!(
+                dnat_in, eif,
+                "{kind:?}: input accepts the map's dnat only for EIF/ADF"
+            );
+            // The drop stays the last word on the WAN.
+            let last_wan = r.iter().rev().find(|l| l.starts_with("iifname \"eth0\""));
+            assert_eq!(last_wan, Some(&"iifname \"eth0\" drop"), "{kind:?}");
+            assert!(
+                !r.iter()
+                    .any(|l| l.contains("dnat ip to") && l.contains("\"lo\"")),
+                "{kind:?}: no hairpin in a pod"
+            );
+            // No TCP services: the rule is a comment, not an empty set nft would reject.
+            let none = pod_ruleset(kind, &pod(Vec::new())).expect("a router kind");
+            assert!(
+                !rules(&none).iter().any(|l| l.contains("tcp dport")),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn router_rulesets_keep_the_pod_rules_as_comments() {
+        for kind in KINDS {
+            let text = router_ruleset(kind, &params(true)).expect("a router kind");
+            assert!(
+                !rules(&text).iter().any(|l| l.contains("tcp dport")
+                    || l.contains("ct status dnat accept") && l.starts_with("iifname \"wan\" ct")),
+                "{kind:?}: pod rules are live on a router\n{text}"
+            );
+            assert!(text.contains(NOT_IN_POD), "{kind:?}");
+        }
     }
 }

@@ -832,18 +832,44 @@ fn rendered_rulesets_pass_nft_check() {
     )
     .expect("valid");
     let p = planner::plan(&s, &run_id()).expect("plan");
+    // And the pod rulesets (Kubernetes' router container), with and without TCP services.
+    let mut texts: Vec<(String, String)> = p
+        .rulesets
+        .iter()
+        .map(|r| (r.ns.clone(), r.text.clone()))
+        .collect();
+    for kind in [
+        NatKind::FullCone,
+        NatKind::RestrictedCone,
+        NatKind::PortRestrictedCone,
+        NatKind::Symmetric,
+    ] {
+        for ports in [vec![9100, 9101], Vec::new()] {
+            let params = nat::PodParams {
+                run_id: run_id(),
+                site: "pod".into(),
+                wan_if: "eth0".into(),
+                wan_ip: Ipv4Addr::new(198, 18, 240, 21),
+                inner_ip: Ipv4Addr::new(10, 77, 0, 2),
+                open_tcp_ports: ports.clone(),
+                mapping_timeout_s: 120,
+            };
+            let text = nat::pod_ruleset(kind, &params).expect("a router kind");
+            texts.push((format!("pod {kind:?} tcp {ports:?}"), text));
+        }
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let ns = ScratchNs::new();
-    for r in &p.rulesets {
+    for (name, text) in &texts {
         let f = dir.path().join("rules.nft");
-        std::fs::write(&f, &r.text).expect("write");
+        std::fs::write(&f, text).expect("write");
         let out = ns.nft(&["-c", "-f"], &f);
         assert!(
             out.status.success(),
             "nft -c rejects the ruleset of {}:\n{}\n{}",
-            r.ns,
+            name,
             String::from_utf8_lossy(&out.stderr),
-            r.text
+            text
         );
         // Loading it twice gives the same result (idempotent), in the scratch namespace.
         for _ in 0..2 {
@@ -851,7 +877,7 @@ fn rendered_rulesets_pass_nft_check() {
             assert!(
                 out.status.success(),
                 "{}: {}",
-                r.ns,
+                name,
                 String::from_utf8_lossy(&out.stderr)
             );
         }

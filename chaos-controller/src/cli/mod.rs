@@ -4,6 +4,7 @@
 //! - `agents`: `exec`, `logs`, `restart`;
 //! - `chaos`: `run`, `timeline`, `fault`, `heal`;
 //! - `matrix`: `matrix`;
+//! - `pod`: `pod-router`, the router container of a NATed pod on Kubernetes;
 //! - the hidden `serve` (the scrape proxy, [`crate::monitor::proxy`]).
 //!
 //! Every command works on a [`crate::lab::Lab`] (brought up, or adopted from the run
@@ -19,6 +20,7 @@ mod agents;
 mod chaos;
 mod lab;
 mod matrix;
+mod pod;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -102,6 +104,10 @@ enum Cmd {
     Fault(Box<chaos::FaultArgs>),
     /// Heal the faults injected into the current fleet (recorded in its faults.json).
     Heal(chaos::HealArgs),
+    /// Be the router container of a NATed pod: give the agent its inner address and load
+    /// the site's NAT rules in the pod's network namespace, then stay up (SIGHUP applies
+    /// again). Needs NET_ADMIN; refuses to run outside a container.
+    PodRouter(pod::PodRouterArgs),
     /// Serve the scrape proxy of a run (started by `up --monitor`).
     #[command(hide = true)]
     Serve {
@@ -159,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Timeline(a) => chaos::timeline(&a),
         Cmd::Fault(a) => chaos::fault(&runs, *a),
         Cmd::Heal(a) => chaos::heal(&runs, &a),
+        Cmd::PodRouter(a) => pod::pod_router(&a),
         Cmd::Serve { run_dir, listen } => {
             crate::monitor::proxy::serve(&run_dir, listen)?;
             Ok(ExitCode::SUCCESS)
