@@ -197,6 +197,8 @@ fn docker_runtime_end_to_end() {
         .arg(root.join("scripts/build-image.sh"))
         .arg("--bin")
         .arg(agent_bin())
+        .arg("--controller")
+        .arg(env!("CARGO_BIN_EXE_chaosnet"))
         .args(["--tag", &image])
         .stdin(Stdio::null())
         .output()

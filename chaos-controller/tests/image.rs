@@ -1,5 +1,6 @@
 //! The agent container image built by `scripts/build-image.sh` (what `make image` runs): built
-//! here FROM scratch from the debug agent binary, then run with `docker run --network none`.
+//! here FROM scratch from the debug agent and controller binaries, then run with
+//! `docker run --network none`, as the agent and as a pod's router (`chaosnet pod-router`).
 //!
 //! Skipped (with a printed reason) when no Docker engine is reachable, unless
 //! `CHAOSNET_REQUIRE_DOCKER=1`, which turns the skip into a failure.
@@ -84,6 +85,8 @@ fn agent_image_from_scratch_runs_as_non_root() {
         .arg(root.join("scripts/build-image.sh"))
         .arg("--bin")
         .arg(&bin)
+        .arg("--controller")
+        .arg(env!("CARGO_BIN_EXE_chaosnet"))
         .args(["--tag", &tag])
         .env("CHAOSNET_IMAGE_SOURCE", source)
         .stdin(Stdio::null())
@@ -162,6 +165,43 @@ fn agent_image_from_scratch_runs_as_non_root() {
         "true",
     ]);
     assert!(!sh.status.success(), "the image has a shell: {}", text(&sh));
+
+    // The same image is a pod's router: the controller and nft run in it (no network
+    // needed to render; `nft --version` proves its libraries made it in).
+    let r = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/usr/local/bin/chaosnet",
+        &tag,
+        "pod-router",
+        "--nat",
+        "symmetric",
+        "--dry-run",
+    ]);
+    assert!(r.status.success(), "pod-router --dry-run: {}", text(&r));
+    let rules = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        rules.contains("ip saddr 10.77.0.2/32")
+            && rules.contains("addr replace 10.77.0.2/32 dev lo"),
+        "pod-router rendered no pod NAT: {}",
+        text(&r)
+    );
+    for tool in ["nft", "ip", "conntrack"] {
+        let t = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            &format!("/usr/sbin/{tool}"),
+            &tag,
+            if tool == "ip" { "-V" } else { "--version" },
+        ]);
+        assert!(t.status.success(), "{tool} in the image: {}", text(&t));
+    }
 
     println!("image test took {:.1?}", started.elapsed());
 }

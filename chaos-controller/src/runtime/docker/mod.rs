@@ -446,7 +446,7 @@ fn parse_user(user: &str) -> Option<(u32, u32)> {
     Some((u.parse().ok()?, g.parse().ok()?))
 }
 
-/// Builds `image` from `agent_bin` with `scripts/build-image.sh`, found next to the
+/// Builds `image` from `agent_bin` (and this controller) with `scripts/build-image.sh`, found next to the
 /// controller's checkout (an ancestor of the running binary, or of the current directory).
 /// `--runtime auto` uses this when the image is missing.
 ///
@@ -470,10 +470,17 @@ pub fn build_image(image: &str, agent_bin: &Path) -> Result<(), DockerError> {
                 "scripts/build-image.sh not found (run chaosnet from its checkout, or `make image`)"
                     .into(),
         })?;
+    // The image also carries this controller, for the pod router of the kube manifests.
+    let controller = std::env::current_exe().map_err(|e| DockerError::Build {
+        image: image.to_string(),
+        detail: format!("cannot locate the running chaosnet binary: {e}"),
+    })?;
     let out = Command::new("bash")
         .arg(&script)
         .arg("--bin")
         .arg(agent_bin)
+        .arg("--controller")
+        .arg(&controller)
         .args(["--tag", image])
         .stdin(Stdio::null())
         .output()
