@@ -583,7 +583,14 @@ impl Transport {
             return Err(Failure::Unreachable);
         }
         let mut attempts: JoinSet<Result<quinn::Connection, Failure>> = JoinSet::new();
-        for addr in addrs.iter().take(MAX_DIAL_ADDRS) {
+        // Our own socket's address can be among a peer's: every pod binds the same inner
+        // address, and home LANs reuse 192.168.x. Dialing it would only reach ourselves.
+        let own = self.inner.endpoint.local_addr().ok();
+        for addr in addrs
+            .iter()
+            .filter(|a| Some(**a) != own)
+            .take(MAX_DIAL_ADDRS)
+        {
             // quinn opens a span for the connection's whole life under the *current* span;
             // starting the dial on a task outside our `connect`/`request` span lets that span
             // end (and be exported) when the attempt ends, not when the connection closes.
@@ -603,6 +610,13 @@ impl Transport {
                     match tokio::time::timeout(timeout, connecting).await {
                         Ok(Ok(conn)) => this.establish(conn, true, Some(mode)).await,
                         Ok(Err(e)) => {
+                            if wrong_host(&e) {
+                                // We rejected its certificate: whoever answers at this
+                                // address is not `peer` (a private address reused on
+                                // another LAN). Other addresses may still reach it.
+                                tracing::debug!(%addr, "another node answers at this address");
+                                return Err(Failure::Unreachable);
+                            }
                             if let Some(r) = tls::classify_connection_error(&e) {
                                 this.inner.metrics.refusal(r.metric_label());
                                 return Err(Failure::Refused);
@@ -1268,6 +1282,14 @@ pub(crate) fn adopt_remote_parent(span: &tracing::Span, trace: Option<TraceConte
     }
 }
 
+/// Whether a dial failed because *we* rejected the server's certificate as not the node we
+/// dialed (a TLS error we raised, not one the peer closed with): the address belongs to
+/// someone else, which says nothing about the peer.
+fn wrong_host(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::TransportError(_))
+        && tls::classify_connection_error(e) == Some(Refusal::IdentityMismatch)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1336,6 +1358,74 @@ mod tests {
         )
         .unwrap();
         (t, rx)
+    }
+
+    /// A server on loopback with identity `id` that accepts handshakes and counts them.
+    fn server(id: &Identity, seed: u64) -> quinn::Endpoint {
+        let (sock, _) = ChaosSocket::bind(local(), seed).unwrap();
+        endpoint(
+            sock,
+            Some(tls::server_config(id, &NetworkId::Mainnet).unwrap()),
+        )
+        .unwrap()
+    }
+
+    /// Another node at one of the peer's addresses (every pod's inner address is the same)
+    /// must not end the dial: the peer's other address still gets its handshake.
+    #[tokio::test]
+    async fn another_node_at_one_address_does_not_stop_the_dial() {
+        let (t, _inputs) = transport(1_000);
+        let (peer, stranger) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let (peer_ep, stranger_ep) = (server(&peer, 4), server(&stranger, 5));
+        let peer_addr = peer_ep.local_addr().unwrap();
+        let stranger_addr = stranger_ep.local_addr().unwrap();
+        let accepted = tokio::spawn(async move {
+            let conn = peer_ep.accept().await?.await.ok()?;
+            Some((conn, peer_ep))
+        });
+        let answering = tokio::spawn({
+            let ep = stranger_ep.clone();
+            async move {
+                while let Some(incoming) = ep.accept().await {
+                    let _ = incoming.await;
+                }
+            }
+        });
+        let timeout = Duration::from_secs(3);
+        let only_stranger = t
+            .dial(peer.node_id(), &[stranger_addr], timeout, ConnMode::Direct)
+            .await;
+        assert_eq!(only_stranger.err(), Some(Failure::Unreachable));
+        let both = tokio::time::timeout(
+            GUARD,
+            t.dial(
+                peer.node_id(),
+                &[stranger_addr, peer_addr],
+                timeout,
+                ConnMode::Direct,
+            ),
+        )
+        .await
+        .unwrap();
+        // The peer is a bare endpoint that never says hello, so the dial cannot succeed;
+        // what matters is that it was not refused and that the peer got its handshake.
+        assert_ne!(both.err(), Some(Failure::Refused));
+        let got = tokio::time::timeout(GUARD, accepted)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got.is_some(), "the peer's address was never dialed");
+        // Our own address among the peer's is skipped: nothing else to dial.
+        let own = t.inner.endpoint.local_addr().unwrap();
+        let self_only = tokio::time::timeout(
+            GUARD,
+            t.dial(peer.node_id(), &[own], timeout, ConnMode::Direct),
+        )
+        .await
+        .unwrap();
+        assert_eq!(self_only.err(), Some(Failure::Unreachable));
+        answering.abort();
+        drop(stranger_ep);
     }
 
     /// The core admits a circuit only after the relay stopped waiting for it: the circuit
