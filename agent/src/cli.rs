@@ -9,6 +9,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chaosnet_contract::AgentArgs;
@@ -154,23 +155,39 @@ fn parse_seed(s: &str) -> anyhow::Result<(NodeId, String)> {
     Ok((id, addr.to_string()))
 }
 
+/// How long a seed's host name may take to resolve at start: a StatefulSet pod's DNS record
+/// appears a few seconds after the pod, and the agents start at the same time.
+const SEED_RESOLVE_WINDOW: Duration = Duration::from_secs(30);
+/// Pause between two lookups of an unresolved seed.
+const SEED_RESOLVE_PAUSE: Duration = Duration::from_secs(1);
+
 /// The seed's address: an IP literal as is, a host name through the resolver (its first
-/// IPv4 address, else its first address). Resolved once at start: a seed that moves needs
-/// a restart, as with an IP.
-async fn resolve_seed(raw: &str, addr: &str) -> anyhow::Result<SocketAddr> {
+/// IPv4 address, else its first address), retried for up to `window`. Resolved once at
+/// start: a seed that moves needs a restart, as with an IP.
+async fn resolve_seed(raw: &str, addr: &str, window: Duration) -> anyhow::Result<SocketAddr> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return Ok(a);
     }
-    let found: Vec<SocketAddr> = tokio::net::lookup_host(addr)
-        .await
-        .with_context(|| format!("--seed {raw:?}: cannot resolve {addr}"))?
-        .collect();
-    found
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(found.first())
-        .copied()
-        .with_context(|| format!("--seed {raw:?}: {addr} has no address"))
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        let found: Vec<SocketAddr> = match tokio::net::lookup_host(addr).await {
+            Ok(found) => found.collect(),
+            Err(e) if tokio::time::Instant::now() + SEED_RESOLVE_PAUSE > deadline => {
+                return Err(e).with_context(|| format!("--seed {raw:?}: cannot resolve {addr}"));
+            }
+            Err(e) => {
+                tracing::warn!(seed = addr, error = %e, "seed does not resolve yet; retrying");
+                tokio::time::sleep(SEED_RESOLVE_PAUSE).await;
+                continue;
+            }
+        };
+        return found
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(found.first())
+            .copied()
+            .with_context(|| format!("--seed {raw:?}: {addr} has no address"));
+    }
 }
 
 /// Where the API listens.
@@ -211,7 +228,12 @@ async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
     let mut seeds: Vec<(NodeId, SocketAddr)> = Vec::with_capacity(args.seeds.len());
     for raw in &args.seeds {
         let (id, addr) = parse_seed(raw).map_err(cfg)?;
-        seeds.push((id, resolve_seed(raw, &addr).await.map_err(cfg)?));
+        seeds.push((
+            id,
+            resolve_seed(raw, &addr, SEED_RESOLVE_WINDOW)
+                .await
+                .map_err(cfg)?,
+        ));
     }
     if !(args.task_rate >= 0.0 && args.task_rate.is_finite()) {
         return Err(cfg(anyhow::anyhow!("--task-rate must be a number >= 0")));
@@ -425,12 +447,16 @@ mod tests {
     async fn seeds_take_an_ip_or_a_host_name() {
         let (_, addr) = parse_seed(&format!("{ID}@198.18.0.7:4433")).expect("ip");
         assert_eq!(
-            resolve_seed("x", &addr).await.expect("literal"),
+            resolve_seed("x", &addr, Duration::ZERO)
+                .await
+                .expect("literal"),
             "198.18.0.7:4433".parse::<SocketAddr>().expect("addr")
         );
         // `localhost` resolves from /etc/hosts on every machine, without a DNS server.
         let (_, addr) = parse_seed(&format!("{ID}@localhost:4433")).expect("host");
-        let a = resolve_seed("x", &addr).await.expect("resolves");
+        let a = resolve_seed("x", &addr, Duration::ZERO)
+            .await
+            .expect("resolves");
         assert!(a.ip().is_loopback() && a.port() == 4433, "{a}");
         for bad in [
             format!("{ID}@localhost"),
@@ -442,7 +468,9 @@ mod tests {
             assert!(parse_seed(&bad).is_err(), "{bad}");
         }
         let (_, addr) = parse_seed(&format!("{ID}@no-such-host.invalid:4433")).expect("syntax");
-        let e = resolve_seed("raw", &addr).await.expect_err("unresolvable");
+        let e = resolve_seed("raw", &addr, Duration::ZERO)
+            .await
+            .expect_err("unresolvable");
         assert!(e.to_string().contains("cannot resolve"), "{e:#}");
     }
 }

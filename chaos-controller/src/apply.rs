@@ -55,7 +55,7 @@ use crate::plan::{Plan, RunId};
 
 pub use attach::{HostWiring, attach_host};
 pub use netns::in_netns;
-pub use pod::{PodSetup, apply_pod, pod_setup, wan_address};
+pub use pod::{PodSetup, apply_pod, check_pod, pod_setup, wan_address};
 
 pub(crate) use cmd::{package_of, which};
 pub(crate) use netns::{alive, ns_inode, pid_ns_inode, proc_state};

@@ -384,7 +384,39 @@ fn nat_in_docker_emulated_pods() {
         }
         attach(&p.ns, &p.name);
         cleanup.netns.push(p.ns.clone());
+        // The sidecar's startupProbe: ready once the address and the table are in place.
+        let check = docker(&[
+            "exec",
+            &p.name,
+            "/usr/local/bin/chaosnet",
+            "pod-router",
+            "--check",
+            "--nat",
+            p.nat.name(),
+        ]);
+        assert!(
+            check.status.success(),
+            "--check in {}: {}",
+            p.name,
+            text(&check)
+        );
     }
+    // ...and not ready where no router ran (a seed's namespace, without NET_ADMIN).
+    let check = docker(&[
+        "exec",
+        &seeds[0].name,
+        "/usr/local/bin/chaosnet",
+        "pod-router",
+        "--check",
+        "--nat",
+        "symmetric",
+    ]);
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "--check in a seed: {}",
+        text(&check)
+    );
 
     // 1. Mapping and filtering, probed from the seeds' namespaces.
     let (o1, o2) = (&seeds[0], &seeds[1]);

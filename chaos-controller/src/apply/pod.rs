@@ -88,6 +88,29 @@ pub fn apply_pod(setup: &PodSetup) -> Result<(), ApplyError> {
     Ok(())
 }
 
+/// Whether a pod's router is in place: the inner address on [`POD_INNER_IF`] and the NAT
+/// table loaded (what the router container's startupProbe asks before the agent starts).
+pub fn check_pod(inner_ip: Ipv4Addr) -> Result<(), ApplyError> {
+    let ip = require("ip")?;
+    let nft = require("nft")?;
+    let timeout = Duration::from_secs(10);
+    let out = Cmd::new(&ip)
+        .args(["-4", "-o", "addr", "show", "dev", POD_INNER_IF])
+        .timeout(timeout)
+        .run()?;
+    let has_inner = out.lines().any(|l| first_ipv4(l) == Some(inner_ip));
+    if !has_inner {
+        return Err(ApplyError::InvalidPlan(format!(
+            "the agent's inner address {inner_ip} is not on {POD_INNER_IF} yet"
+        )));
+    }
+    Cmd::new(&nft)
+        .args(["list", "table", "ip", crate::nat::TABLE])
+        .timeout(timeout)
+        .run()
+        .map(|_| ())
+}
+
 /// The pod's IPv4 address on `wan_if`, from `ip -4 -o addr show dev <wan_if>`.
 pub fn wan_address(wan_if: &str) -> Result<Ipv4Addr, ApplyError> {
     let ip = require("ip")?;

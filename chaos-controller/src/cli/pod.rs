@@ -22,7 +22,7 @@ use crate::plan::{INNER_CHOICES, NatKind, RunId};
 #[derive(Debug, Args)]
 pub(super) struct PodRouterArgs {
     /// The site's NAT type (full-cone, restricted-cone, port-restricted-cone, symmetric).
-    #[arg(long, value_name = "KIND")]
+    #[arg(long, value_name = "KIND", env = "CHAOSNET_NAT")]
     nat: String,
     /// The agent's inner address; the agent binds its P2P socket to it.
     #[arg(long, value_name = "IP", default_value = "10.77.0.2")]
@@ -55,6 +55,10 @@ pub(super) struct PodRouterArgs {
     /// Apply and exit instead of staying up.
     #[arg(long)]
     once: bool,
+    /// Check that the router is in place (inner address on lo, NAT table loaded) and exit
+    /// 0, or 1 naming what is missing: the startupProbe of the router sidecar.
+    #[arg(long, conflicts_with_all = ["once", "dry_run"])]
+    check: bool,
     /// Print the `ip` script and the ruleset, apply nothing.
     #[arg(long)]
     dry_run: bool,
@@ -68,6 +72,15 @@ pub(super) fn pod_router(a: &PodRouterArgs) -> anyhow::Result<ExitCode> {
     let Some(kind) = NatKind::parse(&a.nat) else {
         bail!("unknown NAT type `{}` (one of: {INNER_CHOICES})", a.nat);
     };
+    if a.check {
+        return Ok(match apply::check_pod(a.inner) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chaosnet pod-router: not ready: {e}");
+                ExitCode::from(1)
+            }
+        });
+    }
     if !a.dry_run && !a.allow_host && !in_container() {
         bail!(
             "pod-router rewrites the network of the namespace it runs in and no container was \
