@@ -5,7 +5,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: chaosnet up down status build release test lint fmt bench deps clean image fuzz fuzz-seeds
+.PHONY: chaosnet up down status build release test manifests lint fmt bench deps clean image fuzz fuzz-seeds
 
 # Options for `make chaosnet up`: SCENARIO=path.yaml, AGENTS=N, MONITOR=1.
 # The lab runs release binaries: a debug agent costs several times the CPU, and 100 of them
@@ -26,9 +26,15 @@ build: deps
 release: deps
 	$(CARGO) build --release --workspace --bins
 
-## Tests: core in virtual time, agents on loopback with real QUIC and RocksDB, promtool.
+## Tests: core in virtual time, agents on loopback with real QUIC and RocksDB, promtool,
+## then the Kubernetes manifests (kustomize + kubernetes-validate --strict, no cluster).
 test: deps
 	$(CARGO) test --workspace --no-fail-fast
+	bash scripts/check-manifests.sh
+
+## The Kubernetes manifests alone: every overlay built and validated (no cluster needed).
+manifests:
+	bash scripts/check-manifests.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
