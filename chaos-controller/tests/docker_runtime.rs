@@ -31,7 +31,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -40,20 +40,8 @@ use chaos_controller::lab::RunState;
 use chaos_controller::plan::{NatKind, Plan};
 use chaos_controller::scenario::Scenario;
 use common::cli::{agent_bin, namespaces_of, run, sh, text};
+use common::docker::{ImageGuard, build_image, docker, require_docker};
 use common::{probe, require_root, udp};
-
-/// Removes the test image however the test ends.
-struct ImageGuard(String);
-
-impl Drop for ImageGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["image", "rm", "--force", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 /// Removes whatever a run left (containers, volumes, namespaces) if a check fails midway.
 struct RunCleanup(std::path::PathBuf);
@@ -62,14 +50,6 @@ impl Drop for RunCleanup {
     fn drop(&mut self) {
         let _ = run(&self.0, &["down"]);
     }
-}
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run docker")
 }
 
 fn docker_lines(args: &[&str]) -> Vec<String> {
@@ -82,35 +62,9 @@ fn docker_lines(args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Whether the engine answers; otherwise the reason.
-fn docker_reachable() -> Result<(), String> {
-    match Command::new("docker")
-        .arg("info")
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "`docker info` failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("docker not runnable: {e}")),
-    }
-}
-
 /// Root and an engine, or a printed skip (a failure when required).
 fn require_root_and_docker() -> bool {
-    if !require_root() {
-        return false;
-    }
-    if let Err(why) = docker_reachable() {
-        if std::env::var("CHAOSNET_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("CHAOSNET_REQUIRE_DOCKER=1 but the docker engine is not reachable: {why}");
-        }
-        println!("skipped: docker engine not reachable ({why})");
-        return false;
-    }
-    true
+    require_root() && require_docker()
 }
 
 /// Names of the root namespace's links.
@@ -190,19 +144,9 @@ fn docker_runtime_end_to_end() {
         return;
     }
     let started = Instant::now();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let image = format!("chaosnet-agent:test-runtime-{}", std::process::id());
     let _image = ImageGuard(image.clone());
-    let build = Command::new("bash")
-        .arg(root.join("scripts/build-image.sh"))
-        .arg("--bin")
-        .arg(agent_bin())
-        .arg("--controller")
-        .arg(env!("CARGO_BIN_EXE_chaosnet"))
-        .args(["--tag", &image])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/build-image.sh");
+    let build = build_image(&image, &[]);
     assert!(build.status.success(), "build-image.sh: {}", text(&build));
 
     let dir = tempfile::tempdir().expect("tempdir");

@@ -5,93 +5,24 @@
 //! Skipped (with a printed reason) when no Docker engine is reachable, unless
 //! `CHAOSNET_REQUIRE_DOCKER=1`, which turns the skip into a failure.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
 use std::time::Instant;
 
-/// Removes the test image however the test ends.
-struct ImageGuard(String);
-
-impl Drop for ImageGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["image", "rm", "--force", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run docker")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Whether the engine answers; otherwise the reason.
-fn docker_reachable() -> Result<(), String> {
-    match Command::new("docker")
-        .arg("info")
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "`docker info` failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("docker not runnable: {e}")),
-    }
-}
-
-fn agent_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_chaosnet")).with_file_name("chaosnet-agent");
-    assert!(
-        p.is_file(),
-        "{} missing: build the workspace first (cargo build --workspace)",
-        p.display()
-    );
-    p
-}
+use common::cli::text;
+use common::docker::{ImageGuard, build_image, docker, require_docker};
 
 #[test]
 fn agent_image_from_scratch_runs_as_non_root() {
-    if let Err(why) = docker_reachable() {
-        if std::env::var("CHAOSNET_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("CHAOSNET_REQUIRE_DOCKER=1 but the docker engine is not reachable: {why}");
-        }
-        println!("skipped: docker engine not reachable ({why})");
+    if !require_docker() {
         return;
     }
     let started = Instant::now();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let tag = format!("chaosnet-agent:test-{}", std::process::id());
     let _guard = ImageGuard(tag.clone());
     let source = "https://example.invalid/chaosnet-image-test";
 
-    let bin = agent_bin();
-    let build = Command::new("bash")
-        .arg(root.join("scripts/build-image.sh"))
-        .arg("--bin")
-        .arg(&bin)
-        .arg("--controller")
-        .arg(env!("CARGO_BIN_EXE_chaosnet"))
-        .args(["--tag", &tag])
-        .env("CHAOSNET_IMAGE_SOURCE", source)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/build-image.sh");
+    let build = build_image(&tag, &[("CHAOSNET_IMAGE_SOURCE", source)]);
     assert!(build.status.success(), "build-image.sh: {}", text(&build));
     let out = String::from_utf8_lossy(&build.stdout);
     assert!(

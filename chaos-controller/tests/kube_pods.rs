@@ -31,8 +31,8 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chaos_controller::agentapi::{self, Connect};
@@ -40,7 +40,8 @@ use chaos_controller::http::{self, Endpoint, Request};
 use chaos_controller::matrix::{self, Behaviour};
 use chaos_controller::plan::NatKind;
 use chaosnet_contract::api::{ConnectRequest, Status};
-use common::cli::{agent_bin, chaosnet, text};
+use common::cli::{agent_bin, text};
+use common::docker::{ImageGuard, build_image, docker, docker_ok, require_docker};
 use common::{probe, require_root, udp};
 
 /// The label on everything this test creates, so a killed earlier run is cleaned up too.
@@ -49,35 +50,12 @@ const SUBNET: &str = "198.18.240.0/24";
 const INNER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 const P2P_PORT: u16 = 4433;
 
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run docker")
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let o = docker(args);
-    assert!(o.status.success(), "docker {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn docker_reachable() -> Result<(), String> {
-    match docker(&["info"]) {
-        o if o.status.success() => Ok(()),
-        o => Err(format!(
-            "`docker info` failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-    }
-}
-
 /// Removes every container, network and namespace name of this test (also a killed
 /// earlier run's), however the test ends.
 struct Cleanup {
-    image: String,
     netns: Vec<String>,
+    /// Dropped last: the image outlives the containers made from it.
+    _image: ImageGuard,
 }
 
 fn remove_labelled() {
@@ -97,7 +75,6 @@ impl Drop for Cleanup {
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
         }
         remove_labelled();
-        let _ = docker(&["image", "rm", "--force", &self.image]);
     }
 }
 
@@ -190,14 +167,7 @@ const HARDENED: &[&str] = &[
 
 #[test]
 fn nat_in_docker_emulated_pods() {
-    if !require_root() {
-        return;
-    }
-    if let Err(why) = docker_reachable() {
-        if std::env::var("CHAOSNET_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("CHAOSNET_REQUIRE_DOCKER=1 but the docker engine is not reachable: {why}");
-        }
-        println!("skipped: docker engine not reachable ({why})");
+    if !require_root() || !require_docker() {
         return;
     }
     let started = Instant::now();
@@ -205,20 +175,10 @@ fn nat_in_docker_emulated_pods() {
     let tag = format!("chaosnet-agent:test-pods-{}", std::process::id());
     let prefix = format!("cnk{}", std::process::id() % 100_000);
     let mut cleanup = Cleanup {
-        image: tag.clone(),
         netns: Vec::new(),
+        _image: ImageGuard(tag.clone()),
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let build = Command::new("bash")
-        .arg(root.join("scripts/build-image.sh"))
-        .arg("--bin")
-        .arg(agent_bin())
-        .arg("--controller")
-        .arg(chaosnet())
-        .args(["--tag", &tag])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/build-image.sh");
+    let build = build_image(&tag, &[]);
     assert!(build.status.success(), "build-image.sh: {}", text(&build));
 
     let net = format!("{prefix}-net");

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cli;
+pub mod docker;
 pub mod otlp;
 
 use std::io::Read;
