@@ -883,3 +883,25 @@ fn rendered_rulesets_pass_nft_check() {
         }
     }
 }
+
+/// `up --runtime kube` is refused before anything exists: exit 2, the reason in one line,
+/// an empty runs directory. (The kube runtime is not built; see the README.)
+#[test]
+fn up_with_the_kube_runtime_creates_nothing() {
+    let runs = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chaosnet"))
+        .args(["--runs-dir"])
+        .arg(runs.path())
+        .args(["up", "--runtime", "kube"])
+        .output()
+        .expect("run chaosnet");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("the kube runtime is not built yet") && first.contains("manifests/"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(runs.path()).expect("read").collect();
+    assert!(left.is_empty(), "up --runtime kube created {left:?}");
+}

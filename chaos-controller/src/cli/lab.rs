@@ -40,7 +40,8 @@ pub(super) struct ScenarioArgs {
 pub(super) struct RuntimeArgs {
     /// How agents run: process, docker (one container each, image from `make image`), or
     /// auto (docker when the engine answers and the image exists or can be built, else
-    /// process). Overrides the scenario's `runtime`; without either, process.
+    /// process). Overrides the scenario's `runtime`; without either, process. `kube` is
+    /// not built yet: it is refused, and manifests/ deploys the fleet with kubectl.
     #[arg(long, value_name = "auto|process|docker")]
     pub(super) runtime: Option<RuntimeChoice>,
     /// The agent image of the docker runtime (default chaosnet-agent:<version>).

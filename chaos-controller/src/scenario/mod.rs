@@ -140,6 +140,10 @@ pub struct Scenario {
     pub file: String,
 }
 
+/// What `--runtime kube` says: the manifests exist, the runtime that would drive them does not.
+pub const KUBE_NOT_BUILT: &str = "the kube runtime is not built yet: nothing was created; \
+     deploy the fleet with `kubectl apply -k manifests/overlays/dev` (README, \"Kubernetes\")";
+
 /// How agents should run, as the scenario or `--runtime` says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -179,6 +183,8 @@ impl std::str::FromStr for RuntimeChoice {
             "auto" => Ok(RuntimeChoice::Auto),
             "process" => Ok(RuntimeChoice::Process),
             "docker" => Ok(RuntimeChoice::Docker),
+            // Named, so that nobody takes the refusal for a typo.
+            "kube" | "kubernetes" | "k8s" => Err(KUBE_NOT_BUILT.to_string()),
             other => Err(format!(
                 "unknown runtime `{}`, expected one of process, docker, auto",
                 validate::bounded(other)
