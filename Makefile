@@ -5,7 +5,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: chaosnet up down status build release test manifests lint fmt bench deps clean image fuzz fuzz-seeds
+.PHONY: chaosnet up down status build release test manifests soak lint fmt bench deps clean image fuzz fuzz-seeds
 
 # Options for `make chaosnet up`: SCENARIO=path.yaml, AGENTS=N, MONITOR=1.
 # The lab runs release binaries: a debug agent costs several times the CPU, and 100 of them
@@ -50,6 +50,11 @@ bench: release
 	bash scripts/bench-connect.sh
 	bash scripts/bench-chaos.sh
 	@if docker info >/dev/null 2>&1; then bash scripts/bench-docker.sh; else echo "bench-docker: skipped, no Docker engine"; fi
+
+## The soak: 30 agents, one fault every 10 s for 30 minutes (DURATION_S to change), with RSS,
+## open files and run-dir size sampled; a benchmark of its own because of its length.
+soak: release
+	bash scripts/bench-soak.sh
 
 ## Fuzzing (cargo-fuzz, libFuzzer; fuzz/ is outside the workspace, so CI never builds it).
 ## Each target runs FUZZ_RUNS executions (default 10M) or FUZZ_SECONDS (default 1800) per
