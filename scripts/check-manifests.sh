@@ -5,7 +5,9 @@
 #   2. `kubectl kustomize` builds every overlay;
 #   3. every object of every overlay passes `kubernetes-validate --strict` for Kubernetes
 #      1.33 and for the newest version it ships (custom resources such as PodMonitor are
-#      only warned about: it has no schema for them).
+#      only warned about: it has no schema for them);
+#   4. so does every object `chaosnet kube render` makes of the default scenario and of
+#      scenarios/soak.yaml (built with cargo when needed).
 #
 #   scripts/check-manifests.sh [--sync]
 #
@@ -129,3 +131,24 @@ for overlay in manifests/overlays/*/; do
     n=$((n + 1))
 done
 [ $n -gt 0 ] || die "no overlays under manifests/overlays"
+
+# 4. What the controller renders.
+printf 'check-manifests-token-0123456789\n' >"$out/token"
+for scenario in default scenarios/soak.yaml; do
+    file=()
+    [ "$scenario" = default ] || file=(-f "$scenario")
+    name=render-$(basename "$scenario" .yaml)
+    cargo run -q -p chaos-controller --bin chaosnet -- kube render "${file[@]}" \
+        --run-id abc123 --api-token-file "$out/token" >"$out/$name.yaml" 2>"$out/$name.err" || {
+        cat "$out/$name.err" >&2
+        die "chaosnet kube render ${file[*]} failed"
+    }
+
+    for v in 1.33.0 "$newest"; do
+        if ! report=$("$venv/bin/kubernetes-validate" --quiet --strict -k "$v" "$out/$name.yaml" 2>&1); then
+            echo "$report" >&2
+            die "chaosnet kube render of $scenario: objects fail kubernetes-validate --strict for Kubernetes $v"
+        fi
+    done
+    echo "check-manifests: chaosnet kube render of $scenario: $(sed -n 's/.*rendered \([0-9]*\) objects.*/\1/p' "$out/$name.err") objects, valid for Kubernetes 1.33.0 and $newest (--strict)"
+done

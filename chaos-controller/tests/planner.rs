@@ -905,3 +905,22 @@ fn up_with_the_kube_runtime_creates_nothing() {
     let left: Vec<_> = std::fs::read_dir(runs.path()).expect("read").collect();
     assert!(left.is_empty(), "up --runtime kube created {left:?}");
 }
+
+/// `kube apply` without a cluster: exit 2 and one line saying what to set, before any call.
+#[test]
+fn kube_apply_without_a_cluster_says_so_in_one_line() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chaosnet"))
+        .args(["kube", "apply", "--run-id", "abc123"])
+        .env("HOME", home.path())
+        .env("KUBECONFIG", home.path().join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("run chaosnet");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("no cluster configured"), "{err}");
+}

@@ -98,7 +98,7 @@ pub(super) struct DownArgs {
 
 /// The scenario of `-f` (or the default one) with `--agents` and `--seed` applied, and how
 /// to name it in messages.
-fn load_scenario(args: &ScenarioArgs) -> anyhow::Result<(Scenario, String)> {
+pub(super) fn load_scenario(args: &ScenarioArgs) -> anyhow::Result<(Scenario, String)> {
     let (mut s, label) = match &args.file {
         Some(f) => (Scenario::load(f)?, f.display().to_string()),
         None => (

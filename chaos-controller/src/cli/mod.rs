@@ -5,6 +5,7 @@
 //! - `chaos`: `run`, `timeline`, `fault`, `heal`;
 //! - `matrix`: `matrix`;
 //! - `pod`: `pod-router`, the router container of a NATed pod on Kubernetes;
+//! - `kube`: `kube render|apply|down`, a scenario's fleet on Kubernetes;
 //! - the hidden `serve` (the scrape proxy, [`crate::monitor::proxy`]).
 //!
 //! Every command works on a [`crate::lab::Lab`] (brought up, or adopted from the run
@@ -18,6 +19,7 @@
 
 mod agents;
 mod chaos;
+mod kube;
 mod lab;
 mod matrix;
 mod pod;
@@ -104,6 +106,10 @@ enum Cmd {
     Fault(Box<chaos::FaultArgs>),
     /// Heal the faults injected into the current fleet (recorded in its faults.json).
     Heal(chaos::HealArgs),
+    /// Kubernetes: `kube render` prints a scenario's fleet as objects, `kube apply` applies
+    /// them to the cluster of the kubeconfig, `kube down` deletes a run by its label.
+    #[command(subcommand)]
+    Kube(kube::KubeCmd),
     /// Be the router container of a NATed pod: give the agent its inner address and load
     /// the site's NAT rules in the pod's network namespace, then stay up (SIGHUP applies
     /// again). Needs NET_ADMIN; refuses to run outside a container.
@@ -166,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Fault(a) => chaos::fault(&runs, *a),
         Cmd::Heal(a) => chaos::heal(&runs, &a),
         Cmd::PodRouter(a) => pod::pod_router(&a),
+        Cmd::Kube(c) => kube::kube(&c),
         Cmd::Serve { run_dir, listen } => {
             crate::monitor::proxy::serve(&run_dir, listen)?;
             Ok(ExitCode::SUCCESS)

@@ -42,6 +42,7 @@ use crate::plan::{AgentPlan, Plan, RunId};
 
 pub mod docker;
 pub mod fleet;
+pub mod kube;
 mod process;
 
 pub use crate::plan::RuntimeKind;

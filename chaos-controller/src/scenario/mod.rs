@@ -142,7 +142,8 @@ pub struct Scenario {
 
 /// What `--runtime kube` says: the manifests exist, the runtime that would drive them does not.
 pub const KUBE_NOT_BUILT: &str = "the kube runtime is not built yet: nothing was created; \
-     deploy the fleet with `kubectl apply -k manifests/overlays/dev` (README, \"Kubernetes\")";
+     deploy the fleet with `chaosnet kube apply` or `kubectl apply -k manifests/overlays/dev` \
+     (README, \"Kubernetes\")";
 
 /// How agents should run, as the scenario or `--runtime` says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
