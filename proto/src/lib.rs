@@ -13,12 +13,15 @@
 //! QUIC, or the `chaosnet-sim` crate over a seeded virtual network. The driving contract is
 //! documented on [`Node`].
 //!
-//! The modules are private; everything a shell needs is re-exported here.
+//! The modules are private and everything a shell needs is re-exported here, except
+//! [`kv`] (signed key-value sync over Rateless IBLT), whose names (`Encoder`, `Step`) only
+//! read well qualified.
 
 mod circuit;
 mod claim;
 mod graph;
 mod id;
+pub mod kv;
 mod node;
 mod reach;
 mod signal;
