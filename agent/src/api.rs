@@ -27,6 +27,10 @@
 //!   connection_upgraded, relay_circuit_opened, relay_circuit_closed, fault_observed. A
 //!   subscriber more than [`EVENT_BUFFER`](crate::events::EVENT_BUFFER) events behind loses
 //!   the oldest and gets `event: lagged` with `{"missed": n}`.
+//! - `PUT /kv/{key} {"value": "..."}`: writes a tuple signed by this node, one version above
+//!   what the key holds; answers the tuple, or 400 with the reason (`empty_key`,
+//!   `key_too_long`, `value_too_long`, `full`). `GET /kv/{key}`: the tuple, or 404.
+//!   `GET /kv`: `{"count", "digest"}`, the digest equal on every node holding the same set.
 //! - `POST /network-keys/reload`: re-reads the private network's key files, as SIGHUP does;
 //!   `{keys, valid}`, or 400 naming the bad file (the keys in use stay), or 409 off a
 //!   private network.
@@ -46,9 +50,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chaosnet_contract::api::{
-    Attempt, ConnectAnswer, ConnectFailure, ConnectRequest, ErrorBody, Impairment, LookupAnswer,
-    LookupRequest, Status,
+    Attempt, ConnectAnswer, ConnectFailure, ConnectRequest, ErrorBody, Impairment, KvPut,
+    KvSummary, KvTuple, LookupAnswer, LookupRequest, Status,
 };
+use chaosnet_proto::kv::tuple::Tuple;
 use chaosnet_proto::{Command, NodeId, TaskOutcome};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -107,6 +112,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/claim", post(claim))
         .route("/claims", get(local_claims))
         .route("/claims/{node_id}", get(peer_claims))
+        .route("/kv", get(kv_summary))
+        .route("/kv/{key}", get(kv_get).put(kv_put))
         .route("/network-keys/reload", post(reload_keys))
         .with_state(state)
 }
@@ -459,6 +466,46 @@ async fn peer_claims(
 ) -> Result<Response, Response> {
     let peer = node_id(&id)?;
     claim_command(&state, Command::FetchClaims { peer }).await
+}
+
+fn tuple_json(t: &Tuple) -> KvTuple {
+    KvTuple {
+        key: t.key.clone(),
+        value: t.value.clone(),
+        version: t.version,
+        author: t.author.to_hex(),
+        signature: hex::encode(&t.signature),
+    }
+}
+
+async fn kv_summary(State(state): State<ApiState>) -> Result<Json<KvSummary>, Response> {
+    let (count, digest) = ask(&state, Input::KvSummary).await?;
+    Ok(Json(KvSummary {
+        count,
+        digest: hex::encode(digest),
+    }))
+}
+
+async fn kv_get(
+    State(state): State<ApiState>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+) -> Result<Json<KvTuple>, Response> {
+    match ask(&state, |reply| Input::KvGet { key, reply }).await? {
+        Some(t) => Ok(Json(tuple_json(&t))),
+        None => Err(error(StatusCode::NOT_FOUND, "not_found", "no such key")),
+    }
+}
+
+async fn kv_put(
+    State(state): State<ApiState>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    body: Result<Json<KvPut>, JsonRejection>,
+) -> Result<Json<KvTuple>, Response> {
+    let value = json_body(body)?.value;
+    match ask(&state, |reply| Input::KvPut { key, value, reply }).await? {
+        Ok(t) => Ok(Json(tuple_json(&t))),
+        Err(r) => Err(error(StatusCode::BAD_REQUEST, r.as_str(), r.to_string())),
+    }
 }
 
 async fn stream_events(State(state): State<ApiState>) -> Response {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chaosnet_contract::api::{ConnStatus, Status};
+use chaosnet_proto::kv::tuple::{Tuple, TupleRefusal};
 use chaosnet_proto::{Activity, ActivityKind, InboundId};
 use chaosnet_proto::{
     Command, CommandId, CommandResult, ConnMode, Connected, Event, Failure, GraphChange, Node,
@@ -122,6 +123,24 @@ pub enum Input {
     Impairment(chaosnet_proto::LinkImpairment),
     /// The claims this node holds.
     Claims(oneshot::Sender<Vec<chaosnet_proto::Claim>>),
+    /// Write a key-value tuple as this node.
+    KvPut {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// The stored tuple, or why it was refused.
+        reply: oneshot::Sender<Result<Tuple, TupleRefusal>>,
+    },
+    /// The tuple for a key.
+    KvGet {
+        /// The key.
+        key: String,
+        /// The tuple, if any.
+        reply: oneshot::Sender<Option<Tuple>>,
+    },
+    /// The replica's size and digest.
+    KvSummary(oneshot::Sender<(usize, [u8; 32])>),
     /// Local discovery heard a node of our network on the LAN.
     Discovered {
         /// The node.
@@ -339,6 +358,16 @@ impl Driver {
             Input::Claims(tx) => {
                 let _ = tx.send(self.node.claims().cloned().collect());
             }
+            Input::KvPut { key, value, reply } => {
+                let _ = reply.send(self.node.kv_write(&key, &value));
+            }
+            Input::KvGet { key, reply } => {
+                let _ = reply.send(self.node.kv().get(&key).cloned());
+            }
+            Input::KvSummary(tx) => {
+                let kv = self.node.kv();
+                let _ = tx.send((kv.len(), kv.digest()));
+            }
         }
     }
 
@@ -409,6 +438,12 @@ impl Driver {
                     if let Err(e) = self.store.put_claim(&claim) {
                         self.metrics.store_error();
                         tracing::warn!(error = %e, "claim write failed");
+                    }
+                }
+                Output::StoreTuple(tuple) => {
+                    if let Err(e) = self.store.put_tuple(&tuple) {
+                        self.metrics.store_error();
+                        tracing::warn!(error = %e, "tuple write failed");
                     }
                 }
                 Output::Event(event) => {

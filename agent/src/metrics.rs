@@ -10,6 +10,7 @@
 //! It does not serve HTTP; the `api` module does.
 
 use chaosnet_proto::RoutingTable;
+use chaosnet_proto::kv::sync::SyncOutcome;
 use chaosnet_proto::{
     ClaimOutcome, ConnMode, Event, Failure, Filtering, NatType, Node, NodeEvent, TaskOutcome,
 };
@@ -152,6 +153,13 @@ pub struct Metrics {
     dialback_served: Counter,
     claims: Family<OutcomeLabels, Counter>,
     discoveries: Family<KindLabels, Counter>,
+    kv_tuples: Gauge,
+    kv_sync_rounds: Family<OutcomeLabels, Counter>,
+    kv_symbols: Counter,
+    kv_bytes: Family<DirectionLabels, Counter>,
+    kv_conflicts: Counter,
+    kv_rejected: Family<ReasonLabels, Counter>,
+    kv_sync_duration: Histogram,
     last_socket: std::sync::Mutex<SocketStats>,
 }
 
@@ -415,6 +423,68 @@ impl Metrics {
         for kind in ["new", "known"] {
             let _ = discoveries.get_or_create(&KindLabels { kind: kind.into() });
         }
+        let kv_tuples = Gauge::default();
+        registry.register(
+            "kv_tuples",
+            "Keys in this node's key-value replica",
+            kv_tuples.clone(),
+        );
+        let kv_sync_rounds = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "kv_sync_rounds",
+            "Key-value sync sessions this node started, by outcome (in_sync, reconciled, gave_up, protocol, failed)",
+            kv_sync_rounds.clone(),
+        );
+        for o in SyncOutcome::ALL {
+            let _ = kv_sync_rounds.get_or_create(&OutcomeLabels {
+                outcome: o.as_str().into(),
+            });
+        }
+        let kv_symbols = Counter::default();
+        registry.register(
+            "kv_symbols",
+            "Rateless IBLT coded symbols this node received (as initiator) or sent (as responder)",
+            kv_symbols.clone(),
+        );
+        let kv_bytes = Family::<DirectionLabels, Counter>::default();
+        // Named `kv` with the unit appended, as `relay` is: `chaosnet_kv_bytes_total`.
+        registry.register_with_unit(
+            "kv",
+            "Bytes of encoded key-value sync messages, by direction (in, out)",
+            Unit::Bytes,
+            kv_bytes.clone(),
+        );
+        for direction in ["in", "out"] {
+            let _ = kv_bytes.get_or_create(&DirectionLabels { direction });
+        }
+        let kv_conflicts = Counter::default();
+        registry.register(
+            "kv_conflicts",
+            "Tuples from peers that met ours at the same version with a different value (resolved by the signature rule)",
+            kv_conflicts.clone(),
+        );
+        let kv_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "kv_rejected",
+            "Tuples refused, by reason (bad_signature, key_too_long, value_too_long, empty_key, full)",
+            kv_rejected.clone(),
+        );
+        for r in [
+            "bad_signature",
+            "key_too_long",
+            "value_too_long",
+            "empty_key",
+            "full",
+        ] {
+            let _ = kv_rejected.get_or_create(&ReasonLabels { reason: r.into() });
+        }
+        let kv_sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register_with_unit(
+            "kv_sync_duration",
+            "Duration of key-value sync sessions this node started that ended in sync or reconciled",
+            Unit::Seconds,
+            kv_sync_duration.clone(),
+        );
         for o in ClaimOutcome::ALL {
             let _ = claims.get_or_create(&OutcomeLabels {
                 outcome: o.as_str().into(),
@@ -569,6 +639,13 @@ impl Metrics {
             dialback_served,
             claims,
             discoveries,
+            kv_tuples,
+            kv_sync_rounds,
+            kv_symbols,
+            kv_bytes,
+            kv_conflicts,
+            kv_rejected,
+            kv_sync_duration,
             last_socket: std::sync::Mutex::new(SocketStats::default()),
         }
     }
@@ -705,6 +782,47 @@ impl Metrics {
             Event::DialBackServed => {
                 self.dialback_served.inc();
             }
+            Event::KvSync { report, elapsed } => {
+                self.kv_sync_rounds
+                    .get_or_create(&OutcomeLabels {
+                        outcome: report.outcome.as_str().into(),
+                    })
+                    .inc();
+                if matches!(
+                    report.outcome,
+                    SyncOutcome::InSync | SyncOutcome::Reconciled
+                ) {
+                    self.kv_sync_duration.observe(elapsed.as_secs_f64());
+                }
+            }
+            Event::KvTraffic {
+                sent,
+                received,
+                symbols,
+            } => {
+                self.kv_symbols.inc_by(*symbols as u64);
+                for (direction, n) in [("out", *sent), ("in", *received)] {
+                    if n > 0 {
+                        self.kv_bytes
+                            .get_or_create(&DirectionLabels { direction })
+                            .inc_by(n as u64);
+                    }
+                }
+            }
+            Event::KvMerged {
+                conflicts,
+                rejected,
+                ..
+            } => {
+                self.kv_conflicts.inc_by(u64::from(*conflicts));
+                for r in rejected {
+                    self.kv_rejected
+                        .get_or_create(&ReasonLabels {
+                            reason: r.as_str().into(),
+                        })
+                        .inc();
+                }
+            }
             Event::Node(e) => {
                 self.node_events
                     .get_or_create(&KindLabels {
@@ -768,6 +886,7 @@ impl Metrics {
 
     /// Refreshes the state gauges from the core and the socket, just before a scrape.
     pub fn observe_state(&self, node: &Node, socket: SocketStats) {
+        self.kv_tuples.set(node.kv().len() as i64);
         self.relay_circuits_open
             .set(i64::from(node.relay_circuits()));
         let table: &RoutingTable = node.graph();

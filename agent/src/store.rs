@@ -28,6 +28,7 @@
 //! | `by_last_seen` | bucket (u8) ‖ last_seen (u64 BE) ‖ node id (32) | empty                          |
 //! | `default`      | `me`, `format`                                 | our node id, format byte       |
 //! | `default`      | `claim/` ‖ other node id (32 bytes)            | format byte ‖ postcard(Claim)  |
+//! | `default`      | `kv/` ‖ tuple key (UTF-8)                      | format byte ‖ postcard(Tuple)  |
 //!
 //! The bucket is relative to our own node id, so when the id changes (the key was regenerated) the
 //! index is rebuilt on [`GraphStore::open`]. Big-endian `last_seen` makes byte order equal time
@@ -51,6 +52,7 @@ use std::sync::Mutex;
 
 use chaosnet_proto::NodeId;
 use chaosnet_proto::Time;
+use chaosnet_proto::kv::tuple::Tuple;
 use chaosnet_proto::{Claim, Contact, GraphChange};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
@@ -66,6 +68,8 @@ const CF_BY_LAST_SEEN: &str = "by_last_seen";
 const META_ME: &[u8] = b"me";
 /// Key prefix of the node claims in the default column family (then the other node's id).
 const CLAIM_PREFIX: &[u8] = b"claim/";
+/// Key prefix of the key-value tuples in the default column family (then the tuple's key).
+const TUPLE_PREFIX: &[u8] = b"kv/";
 /// Meta key (default column family): the layout format of the whole store.
 const META_FORMAT: &[u8] = b"format";
 
@@ -400,11 +404,36 @@ impl GraphStore {
         let Some(other) = claim.other(&self.me) else {
             return Ok(());
         };
-        let mut key = CLAIM_PREFIX.to_vec();
-        key.extend_from_slice(&other.0);
+        self.put_record(CLAIM_PREFIX, &other.0, claim)
+    }
+
+    /// Every stored claim that decodes (the core checks their signatures on restore).
+    pub fn load_claims(&self) -> Result<Vec<Claim>, StoreError> {
+        self.load_records(CLAIM_PREFIX, "claim")
+    }
+
+    /// Keeps a key-value tuple, replacing the one stored for its key.
+    pub fn put_tuple(&self, tuple: &Tuple) -> Result<(), StoreError> {
+        self.put_record(TUPLE_PREFIX, tuple.key.as_bytes(), tuple)
+    }
+
+    /// Every stored tuple that decodes (the core checks their signatures on restore).
+    pub fn load_tuples(&self) -> Result<Vec<Tuple>, StoreError> {
+        self.load_records(TUPLE_PREFIX, "tuple")
+    }
+
+    /// Writes `prefix ‖ id` → format byte ‖ postcard(record) in the default column family.
+    fn put_record<T: serde::Serialize>(
+        &self,
+        prefix: &[u8],
+        id: &[u8],
+        record: &T,
+    ) -> Result<(), StoreError> {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(id);
         let mut value = vec![STORE_FORMAT];
         value.extend(
-            postcard::to_allocvec(claim)
+            postcard::to_allocvec(record)
                 .map_err(|e| StoreError::other(&self.path, e.to_string()))?,
         );
         let mut batch = WriteBatch::default();
@@ -412,22 +441,26 @@ impl GraphStore {
         self.write(batch)
     }
 
-    /// Every stored claim that decodes (the core checks their signatures on restore).
-    pub fn load_claims(&self) -> Result<Vec<Claim>, StoreError> {
+    /// Every record under `prefix` that decodes; the others are logged and skipped.
+    fn load_records<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        what: &str,
+    ) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(CLAIM_PREFIX) {
+        for item in self.db.prefix_iterator(prefix) {
             let (key, value) = item.map_err(|e| self.rerr(&e))?;
-            if !key.starts_with(CLAIM_PREFIX) {
+            if !key.starts_with(prefix) {
                 break;
             }
             match value.split_first() {
-                Some((&STORE_FORMAT, body)) => match postcard::from_bytes::<Claim>(body) {
-                    Ok(c) => out.push(c),
+                Some((&STORE_FORMAT, body)) => match postcard::from_bytes::<T>(body) {
+                    Ok(r) => out.push(r),
                     Err(e) => {
-                        warn!(store = %self.path.display(), error = %e, "skipping a corrupt claim")
+                        warn!(store = %self.path.display(), error = %e, "skipping a corrupt {what}")
                     }
                 },
-                _ => warn!(store = %self.path.display(), "skipping a claim of an unknown format"),
+                _ => warn!(store = %self.path.display(), "skipping a {what} of an unknown format"),
             }
         }
         Ok(out)

@@ -242,6 +242,39 @@ pub struct LookupAnswer {
     pub closest: Vec<String>,
 }
 
+/// `PUT /kv/{key}`: the value to write as this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvPut {
+    /// At most 4 KiB of UTF-8.
+    pub value: String,
+}
+
+/// One signed tuple, as `GET /kv/{key}` and `PUT /kv/{key}` answer it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvTuple {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+    /// Higher wins.
+    pub version: u64,
+    /// The author's node id (hex).
+    pub author: String,
+    /// The author's Ed25519 signature (hex).
+    pub signature: String,
+}
+
+/// `GET /kv`: the replica's size and order-independent digest; equal digests mean equal
+/// sets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvSummary {
+    /// Keys held.
+    pub count: usize,
+    /// XOR of the tuples' SHA-256 items (hex, 64 characters).
+    pub digest: String,
+}
+
 /// The body of every refusal: `{"error": "...", "reason": "..."}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -24,6 +24,11 @@ const DEFAULT_ECHO_BYTES: usize = 1024;
 const DEFAULT_BUCKET_REFRESH_MS: u64 = 3_600_000;
 const DEFAULT_GC_INTERVAL_MS: u64 = 30_000;
 const DEFAULT_MAX_CONNECTIONS: usize = 64;
+const DEFAULT_KV_SYNC_INTERVAL_MS: u64 = 2_000;
+
+fn default_kv_sync_interval_ms() -> u64 {
+    DEFAULT_KV_SYNC_INTERVAL_MS
+}
 const DEFAULT_LOG_FORMAT: &str = "text";
 
 /// `chaosnet-agent run` flags. The first seven are the stable contract used by the
@@ -96,6 +101,11 @@ pub struct AgentArgs {
     /// Connections kept open; the lowest-scoring idle ones are closed beyond it.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
+    /// How often the key-value replica is reconciled with one connected peer (Rateless
+    /// IBLT; the lower-RTT of two drawn at random), ±20% jitter; 0 turns syncing off.
+    #[arg(long, default_value_t = DEFAULT_KV_SYNC_INTERVAL_MS, value_name = "MS")]
+    #[serde(default = "default_kv_sync_interval_ms")]
+    pub kv_sync_interval_ms: u64,
     /// Log format.
     #[arg(long, default_value = DEFAULT_LOG_FORMAT, value_parser = ["text", "json"])]
     pub log_format: String,
@@ -162,6 +172,7 @@ impl AgentArgs {
             bucket_refresh_ms: DEFAULT_BUCKET_REFRESH_MS,
             gc_interval_ms: DEFAULT_GC_INTERVAL_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            kv_sync_interval_ms: DEFAULT_KV_SYNC_INTERVAL_MS,
             log_format: DEFAULT_LOG_FORMAT.to_string(),
             otlp_endpoint: None,
             mdns: false,
@@ -171,7 +182,8 @@ impl AgentArgs {
     /// The flags, in a fixed order: the network and its keys, `--listen`, the seeds,
     /// `--data-dir`, `--api`, the task and graph settings, then whatever is optional and
     /// set (`--otlp-endpoint`, `--mdns`, `--node-key-file`, `--api-token-file`, `--api-token`, and `--echo-bytes`,
-    /// `--max-connections`, `--log-format` when they differ from the defaults).
+    /// `--max-connections`, `--kv-sync-interval-ms`, `--log-format` when they differ from
+    /// the defaults).
     pub fn to_args(&self) -> Vec<String> {
         let mut v: Vec<String> = vec!["--network".into(), self.network.clone()];
         for k in &self.network_key_files {
@@ -220,6 +232,12 @@ impl AgentArgs {
         }
         if self.max_connections != DEFAULT_MAX_CONNECTIONS {
             v.extend(["--max-connections".into(), self.max_connections.to_string()]);
+        }
+        if self.kv_sync_interval_ms != DEFAULT_KV_SYNC_INTERVAL_MS {
+            v.extend([
+                "--kv-sync-interval-ms".into(),
+                self.kv_sync_interval_ms.to_string(),
+            ]);
         }
         if self.log_format != DEFAULT_LOG_FORMAT {
             v.extend(["--log-format".into(), self.log_format.clone()]);

@@ -36,9 +36,12 @@ fn len<T: serde::Serialize>(v: &T) -> usize {
     postcard::to_stdvec(v).map(|b| b.len()).unwrap_or(0)
 }
 
-/// Bytes each way and the report of one session between replicas `d` apart (half the
-/// differences on each side), with small tuples (16-byte keys, 8-byte values).
-fn session(seed: u64, d: usize) -> (usize, usize, usize, u32) {
+/// One session's cost: symbols received, bytes up, bytes down, rounds.
+type Cost = (usize, usize, usize, u32);
+
+/// What one session between replicas `d` apart (half the differences on each side) cost,
+/// with small tuples (about 20-byte keys, 8-byte values).
+fn session(seed: u64, d: usize) -> Cost {
     let ka = SecretKey::from_bytes([1; 32]);
     let kb = SecretKey::from_bytes([2; 32]);
     let mut a = KvSet::new("bench", 1_000_000);
@@ -116,9 +119,8 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for d in DIFFS {
-        let mut runs: Vec<(usize, usize, usize, u32)> =
-            (0..session_seeds as u64).map(|s| session(s, d)).collect();
-        let med = |f: &dyn Fn(&(usize, usize, usize, u32)) -> f64| {
+        let mut runs: Vec<Cost> = (0..session_seeds as u64).map(|s| session(s, d)).collect();
+        let med = |f: &dyn Fn(&Cost) -> f64| {
             let mut v: Vec<f64> = runs.iter().map(f).collect();
             v.sort_by(f64::total_cmp);
             percentile(&v, 0.5)

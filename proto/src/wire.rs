@@ -16,17 +16,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::claim::Claim;
 use crate::id::NodeId;
+use crate::kv::sync::{
+    KvRequest, KvResponse, MAX_SYMBOLS_PER_MESSAGE, MAX_TUPLE_BYTES_PER_MESSAGE,
+    MAX_WANT_PER_MESSAGE,
+};
 use crate::reach::{ConnMode, NatType};
 use crate::signal::{Countersign, MAX_SIGNAL_HOPS, SIGNATURE_LEN, Signal};
 
 /// The protocol version this build speaks (and writes).
 /// Version 2 added the optional trace context to `Signal` and `RelayOpen`; version 3 added
 /// the dial-back requests (`DialBack`, `DialBackVia`, `DialBackSent`) and node claims
-/// (`Claim`, `GetClaims`, `Claimed`, `Claims`).
-pub const PROTOCOL_VERSION: u8 = 3;
-/// The oldest version this build still reads. Version 3 only appended enum variants, which
-/// postcard numbers in order, so every version-2 frame decodes unchanged; a version-2 peer
-/// refuses our version-3 frames, and then only that stream fails.
+/// (`Claim`, `GetClaims`, `Claimed`, `Claims`); version 4 added key-value sync (`Kv`).
+pub const PROTOCOL_VERSION: u8 = 4;
+/// The oldest version this build still reads. Versions 3 and 4 only appended enum
+/// variants, which postcard numbers in order, so every version-2 frame decodes unchanged;
+/// an older peer refuses our newer frames, and then only that stream fails.
 pub const OLDEST_READABLE_VERSION: u8 = 2;
 /// Most claims one `Claims` answer carries.
 pub const MAX_CLAIMS_PER_RESPONSE: usize = 32;
@@ -132,6 +136,9 @@ pub enum Request {
     },
     /// The claims the responder holds. Answered with [`Response::Claims`].
     GetClaims,
+    /// One step of a key-value sync session (the responder keeps no session state).
+    /// Answered with [`Response::Kv`].
+    Kv(KvRequest),
 }
 
 /// A peer as described on the wire.
@@ -240,6 +247,8 @@ pub enum Response {
         /// Each one doubly signed (the requester checks).
         claims: Vec<Claim>,
     },
+    /// Answer to [`Request::Kv`].
+    Kv(KvResponse),
 }
 
 /// Connection-level hello, sent once by each side on its first unidirectional stream.
@@ -315,6 +324,8 @@ impl Request {
             Request::DialBackVia { .. } => "dial_back_via",
             Request::Claim { .. } => "claim",
             Request::GetClaims => "get_claims",
+            Request::Kv(KvRequest::Symbols { .. }) => "kv_symbols",
+            Request::Kv(KvRequest::Fetch { .. }) => "kv_fetch",
         }
     }
 }
@@ -342,6 +353,19 @@ impl Validate for Request {
             }
             Request::Claim { claim } if !claim.well_formed() => {
                 Err("claim signature of the wrong length".into())
+            }
+            Request::Kv(KvRequest::Symbols { count, .. })
+                if usize::from(*count) > MAX_SYMBOLS_PER_MESSAGE =>
+            {
+                Err(format!("{count} symbols asked for"))
+            }
+            Request::Kv(KvRequest::Fetch { want, .. }) if want.len() > MAX_WANT_PER_MESSAGE => {
+                Err(format!("{} items asked for", want.len()))
+            }
+            Request::Kv(KvRequest::Fetch { push, .. })
+                if tuple_bytes(push) > MAX_TUPLE_BYTES_PER_MESSAGE =>
+            {
+                Err("pushed tuples over the message budget".into())
             }
             _ => Ok(()),
         }
@@ -376,9 +400,24 @@ impl Validate for Response {
             Response::Claims { claims } if claims.iter().any(|c| !c.well_formed()) => {
                 Err("claim signature of the wrong length".into())
             }
+            Response::Kv(KvResponse::Symbols { symbols, .. })
+                if symbols.len() > MAX_SYMBOLS_PER_MESSAGE =>
+            {
+                Err(format!("{} symbols in one answer", symbols.len()))
+            }
+            Response::Kv(KvResponse::Tuples { tuples })
+                if tuple_bytes(tuples) > MAX_TUPLE_BYTES_PER_MESSAGE =>
+            {
+                Err("tuples over the message budget".into())
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// The message-budget size of `tuples` (signatures and sizes are checked on merge).
+fn tuple_bytes(tuples: &[crate::kv::tuple::Tuple]) -> usize {
+    tuples.iter().map(crate::kv::sync::tuple_size).sum()
 }
 
 impl Validate for Hello {
@@ -562,7 +601,30 @@ mod tests {
                 }
             }),
             Just(Request::GetClaims),
+            (any::<[u8; 32]>(), any::<u64>(), 0u16..=1024).prop_map(|(digest, start, count)| {
+                Request::Kv(KvRequest::Symbols {
+                    digest,
+                    start,
+                    count,
+                })
+            }),
+            (prop::collection::vec(any::<[u8; 32]>(), 0..8), 0usize..3).prop_map(|(want, n)| {
+                Request::Kv(KvRequest::Fetch {
+                    want,
+                    push: arb_tuples(n),
+                })
+            }),
         ]
+    }
+
+    fn arb_tuples(n: usize) -> Vec<crate::kv::tuple::Tuple> {
+        let key = crate::signal::SecretKey::from_bytes([3; 32]);
+        (0..n)
+            .map(|i| {
+                crate::kv::tuple::Tuple::sign(&key, "net", &format!("k{i}"), "v", i as u64)
+                    .expect("within limits")
+            })
+            .collect()
     }
 
     fn arb_response() -> impl Strategy<Value = Response> {
@@ -626,6 +688,24 @@ mod tests {
                         }
                     }
                 }),
+            (
+                any::<[u8; 32]>(),
+                prop::collection::vec((any::<[u8; 32]>(), any::<u64>(), any::<i64>()), 0..16)
+            )
+                .prop_map(|(digest, s)| Response::Kv(KvResponse::Symbols {
+                    digest,
+                    symbols: s
+                        .into_iter()
+                        .map(|(sum, checksum, count)| crate::kv::riblt::CodedSymbol {
+                            sum,
+                            checksum,
+                            count
+                        })
+                        .collect(),
+                })),
+            (0usize..4).prop_map(|n| Response::Kv(KvResponse::Tuples {
+                tuples: arb_tuples(n)
+            })),
         ]
     }
 

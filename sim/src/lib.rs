@@ -363,6 +363,15 @@ impl World {
         id
     }
 
+    /// Runs `f` on node `idx` now (a local key-value write, say) and carries out what it
+    /// asked for.
+    pub fn with_node<R>(&mut self, idx: usize, f: impl FnOnce(&mut Node, Time) -> R) -> R {
+        let now = self.now;
+        let r = f(&mut self.nodes[idx].node, now);
+        self.drain(idx);
+        r
+    }
+
     /// The result of a command, once it finished.
     pub fn result(&self, idx: usize, id: CommandId) -> Option<&CommandResult> {
         self.results.get(&(idx, id))
@@ -719,8 +728,9 @@ impl World {
                         self.net_conn_down(idx, p);
                     }
                 }
-                // The harness keeps no claims across restarts: nothing it tests needs them.
-                Output::StoreClaim(_) => {}
+                // The harness keeps no claims or tuples across restarts: nothing it tests
+                // needs them.
+                Output::StoreClaim(_) | Output::StoreTuple(_) => {}
                 Output::Persist(change) => match change {
                     GraphChange::Upsert(c) => {
                         self.nodes[idx].store.insert(c.id, c);

@@ -87,8 +87,8 @@ pub enum KvResponse {
 /// Counts from merging a batch of tuples.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MergeCounts {
-    /// Tuples that changed the set.
-    pub changed: u32,
+    /// Tuples that changed the set (to persist).
+    pub changed: Vec<Tuple>,
     /// Equal versions with different tuples.
     pub conflicts: u32,
     /// Refused tuples, by reason.
@@ -98,9 +98,11 @@ pub struct MergeCounts {
 impl MergeCounts {
     fn merge_all(&mut self, set: &mut KvSet, tuples: Vec<Tuple>) {
         for t in tuples {
-            match set.merge(t) {
+            match set.merge(t.clone()) {
                 Ok(m) => {
-                    self.changed += u32::from(m.changed());
+                    if m.changed() {
+                        self.changed.push(t);
+                    }
                     self.conflicts += u32::from(m.conflict());
                 }
                 Err(r) => self.rejected.push(r),
@@ -109,7 +111,7 @@ impl MergeCounts {
     }
 
     fn add(&mut self, other: MergeCounts) {
-        self.changed += other.changed;
+        self.changed.extend(other.changed);
         self.conflicts += other.conflicts;
         self.rejected.extend(other.rejected);
     }
@@ -158,7 +160,7 @@ pub fn respond(set: &mut KvSet, req: KvRequest, cfg: &SyncConfig) -> (KvResponse
 }
 
 /// An upper bound on a tuple's encoded size, for the message budget.
-fn tuple_size(t: &Tuple) -> usize {
+pub(crate) fn tuple_size(t: &Tuple) -> usize {
     t.key.len() + t.value.len() + t.signature.len() + 64
 }
 
@@ -166,7 +168,7 @@ fn tuple_size(t: &Tuple) -> usize {
 const _: () = assert!(MAX_KEY_LEN + MAX_VALUE_LEN + 64 + 64 <= MAX_TUPLE_BYTES_PER_MESSAGE);
 
 /// How a session ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SyncOutcome {
     /// The digests matched at the first request.
     InSync,
@@ -177,9 +179,20 @@ pub enum SyncOutcome {
     GaveUp,
     /// The peer answered with the wrong kind of message.
     Protocol,
+    /// A request failed or timed out (the shell's transport said so).
+    Failed,
 }
 
 impl SyncOutcome {
+    /// Every outcome, for label enumeration.
+    pub const ALL: [SyncOutcome; 5] = [
+        SyncOutcome::InSync,
+        SyncOutcome::Reconciled,
+        SyncOutcome::GaveUp,
+        SyncOutcome::Protocol,
+        SyncOutcome::Failed,
+    ];
+
     /// Bounded metric label.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -187,12 +200,13 @@ impl SyncOutcome {
             SyncOutcome::Reconciled => "reconciled",
             SyncOutcome::GaveUp => "gave_up",
             SyncOutcome::Protocol => "protocol",
+            SyncOutcome::Failed => "failed",
         }
     }
 }
 
 /// What a finished session did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SyncReport {
     /// How it ended.
     pub outcome: SyncOutcome,
@@ -202,8 +216,10 @@ pub struct SyncReport {
     pub differences: usize,
     /// Requests sent.
     pub rounds: u32,
-    /// Tuples fetched from the peer and merged here.
-    pub fetched: MergeCounts,
+    /// Fetched tuples that changed our set.
+    pub merged: usize,
+    /// Fetched tuples refused (each also in [`SyncSession::take_merged`]).
+    pub rejected: usize,
     /// Tuples pushed to the peer.
     pub pushed: usize,
 }
@@ -234,6 +250,8 @@ pub struct SyncSession {
     push: Vec<Item>,
     /// Items asked for in the last fetch, not answered yet.
     asked: Vec<Item>,
+    /// Merges since the last [`SyncSession::take_merged`].
+    merged: MergeCounts,
     report: SyncReport,
 }
 
@@ -250,12 +268,14 @@ impl SyncSession {
             want: Vec::new(),
             push: Vec::new(),
             asked: Vec::new(),
+            merged: MergeCounts::default(),
             report: SyncReport {
                 outcome: SyncOutcome::Reconciled,
                 symbols: 0,
                 differences: 0,
                 rounds: 0,
-                fetched: MergeCounts::default(),
+                merged: 0,
+                rejected: 0,
                 pushed: 0,
             },
         };
@@ -279,9 +299,22 @@ impl SyncSession {
         }
     }
 
+    /// Ends the session from outside (a request failed, or the answer was of the wrong
+    /// kind); the report says how far it got.
+    pub fn abort(&mut self, outcome: SyncOutcome) -> SyncReport {
+        self.report.outcome = outcome;
+        self.report.clone()
+    }
+
     fn done(&mut self, outcome: SyncOutcome) -> Step {
         self.report.outcome = outcome;
         Step::Done(self.report.clone())
+    }
+
+    /// What merging fetched tuples did since the last call: the changed tuples to persist,
+    /// conflicts and refusals to count.
+    pub fn take_merged(&mut self) -> MergeCounts {
+        std::mem::take(&mut self.merged)
     }
 
     /// Feeds the peer's answer; `set` is ours, and takes the fetched tuples.
@@ -343,7 +376,9 @@ impl SyncSession {
                 }
                 let mut counts = MergeCounts::default();
                 counts.merge_all(set, answered);
-                self.report.fetched.add(counts);
+                self.report.merged += counts.changed.len();
+                self.report.rejected += counts.rejected.len();
+                self.merged.add(counts);
                 // An answer that brought nothing means the peer no longer has the rest.
                 if !returned.is_empty() {
                     self.want.splice(0..0, unanswered);
@@ -450,7 +485,8 @@ mod tests {
         assert_eq!(a.len(), 300 + 120 + 250);
         assert_eq!(a.get("shared/0"), Some(&newer));
         assert_eq!(rep.differences, 120 + 250 + 2);
-        assert!(rep.fetched.rejected.is_empty() && at_b.rejected.is_empty());
+        assert_eq!(rep.rejected, 0);
+        assert!(at_b.rejected.is_empty());
         assert!(
             rep.symbols as f64 <= 2.0 * rep.differences as f64,
             "{rep:?}"
@@ -506,8 +542,11 @@ mod tests {
             }
         };
         assert_eq!(rep.outcome, SyncOutcome::Reconciled);
-        assert_eq!(rep.fetched.rejected, vec![TupleRefusal::BadSignature]);
-        assert_eq!(rep.fetched.changed, 2);
+        assert_eq!(rep.rejected, 1);
+        assert_eq!(rep.merged, 2);
+        let merged = s.take_merged();
+        assert_eq!(merged.rejected, vec![TupleRefusal::BadSignature]);
+        assert_eq!(merged.changed.len(), 2);
         assert!(a.get("k").is_none() && a.get("unasked").is_none());
         assert_eq!(a.len(), 12);
     }

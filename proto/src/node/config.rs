@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 
 use crate::id::NodeId;
+use crate::kv::set::DEFAULT_MAX_TUPLES;
+use crate::kv::sync::SyncConfig;
 use crate::signal::SecretKey;
 
 /// Relative weights of the autonomous tasks (defined in the controller-agent contract, so
@@ -100,6 +102,21 @@ pub struct NodeConfig {
     pub dialback_per_s: f64,
     /// What punching for others (signals addressed to us) may cost.
     pub punch: PunchLimits,
+    /// The network id key-value tuples are signed for (the agent's `--network`); tuples of
+    /// another network are refused. Default `testnet`.
+    pub kv_network: String,
+    /// Most keys the replica holds; a tuple for a new key past this is refused. Default
+    /// 100,000.
+    pub kv_max_tuples: usize,
+    /// How often the node reconciles its replica with one connected peer (lower RTT
+    /// preferred); 0 disables syncing. Each round waits ±20% of this. Default 2,000 ms.
+    pub kv_sync_interval_ms: u64,
+    /// Sync sessions one peer may make us answer: requests at once. Default 64.
+    pub kv_burst: u32,
+    /// Sustained sync requests per second per peer. Default 32.
+    pub kv_per_s: f64,
+    /// Bounds of one sync session.
+    pub kv_sync: SyncConfig,
 }
 
 impl NodeConfig {
@@ -145,6 +162,12 @@ impl NodeConfig {
             dialback_burst: 4,
             dialback_per_s: 0.1,
             punch: PunchLimits::default(),
+            kv_network: "testnet".into(),
+            kv_max_tuples: DEFAULT_MAX_TUPLES,
+            kv_sync_interval_ms: 2_000,
+            kv_burst: 64,
+            kv_per_s: 32.0,
+            kv_sync: SyncConfig::default(),
         }
     }
 }

@@ -9,8 +9,8 @@
 //! the request bookkeeping. Each sub-machine has a file of its own: `bootstrap`, `lookup`,
 //! `tasks` (operations and the task loop), `gc` (GC and bucket refresh), `connect` (the
 //! dialer's strategy), `signalling` (carrying and accepting signals), `relay` (circuit
-//! admission) and `peers` (what the node learns about its contacts). `config` and `types`
-//! hold the public types.
+//! admission), `peers` (what the node learns about its contacts) and `kv` (key-value sync
+//! sessions). `config` and `types` hold the public types.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +34,7 @@ mod config;
 mod connect;
 mod dialback;
 mod gc;
+mod kv;
 mod lookup;
 mod peers;
 mod relay;
@@ -67,6 +68,8 @@ enum Timer {
     DialBackWait(u64),
     /// A served dial-back still without its hello gives up.
     DialBackHello(u64),
+    /// Time for a key-value sync round.
+    KvSync,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -179,6 +182,8 @@ pub struct Node {
     dialback_global: RateLimiter,
     impairment: LinkImpairment,
     claims: claims::Claims,
+    kv: kv::Kv,
+    kv_limiter: RateLimiter,
 }
 
 impl Node {
@@ -195,6 +200,8 @@ impl Node {
             (cfg.signal_burst, cfg.signal_per_s, cfg.signal_max_age_ms);
         let (db_burst, db_per_s) = (cfg.dialback_burst, cfg.dialback_per_s);
         let punch = cfg.punch;
+        let (kv_network, kv_max_tuples) = (cfg.kv_network.clone(), cfg.kv_max_tuples);
+        let (kv_burst, kv_per_s) = (cfg.kv_burst, cfg.kv_per_s);
         Node {
             cfg,
             rng,
@@ -238,6 +245,8 @@ impl Node {
             dialback_global: RateLimiter::new(dialback::GLOBAL_BURST, dialback::GLOBAL_PER_S, 1),
             impairment: LinkImpairment::default(),
             claims: claims::Claims::new(),
+            kv: kv::Kv::new(&kv_network, kv_max_tuples),
+            kv_limiter: RateLimiter::new(kv_burst, kv_per_s, RATE_LIMIT_SOURCES),
         }
     }
 
@@ -256,6 +265,7 @@ impl Node {
         );
         self.set_timer(now + self.refresh_check_interval(), Timer::Refresh);
         self.schedule_task(now);
+        self.schedule_kv_sync(now);
         self.bootstrap(now);
     }
 
@@ -546,6 +556,7 @@ impl Node {
             Request::DialBackVia { token, to } => self.on_dialback_via(now, from, token, to),
             Request::Claim { claim } => self.on_claim(now, from, claim),
             Request::GetClaims => self.on_get_claims(),
+            Request::Kv(req) => self.on_kv(now, from, req),
             // A circuit reaches us only from a relay we are directly connected to: no circuits
             // over circuits. (Our own relay settings limit what we carry for others, not
             // what reaches us.)
@@ -722,6 +733,7 @@ impl Node {
                 Timer::DialBack => self.run_dialback(now),
                 Timer::DialBackWait(token) => self.dialback_wait(now, token),
                 Timer::DialBackHello(token) => self.dialback_hello_timeout(now, token),
+                Timer::KvSync => self.run_kv_sync(now),
             }
         }
     }

@@ -54,6 +54,10 @@ impl Node {
     }
 
     pub(super) fn op_answer(&mut self, now: Time, op: OpId, result: Result<Response, Failure>) {
+        if self.kv.runs(op) {
+            self.kv_answer(now, op, result);
+            return;
+        }
         if let Some(then) = self.ops.get(&op).and_then(|o| o.then) {
             self.claim_answer(now, op, then, result);
             return;
@@ -187,7 +191,7 @@ impl Node {
             TaskKind::Connect => self.start_connect(now, op, peer, false),
             TaskKind::Echo => self.start_echo(now, op, peer, self.cfg.echo_bytes),
             TaskKind::Claim => self.start_claim(now, op, peer, super::claims::Then::Claim),
-            TaskKind::Lookup => {}
+            TaskKind::Lookup | TaskKind::KvSync => {}
         }
     }
 }

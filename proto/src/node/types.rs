@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::claim::Claim;
 use crate::graph::GraphChange;
 use crate::id::NodeId;
+use crate::kv::sync::SyncReport;
+use crate::kv::tuple::{Tuple, TupleRefusal};
 use crate::reach::{ConnMode, Filtering, NatType};
 use crate::signal::BirthdayRole;
 use crate::time::Time;
@@ -172,16 +174,19 @@ pub enum TaskKind {
     Echo,
     /// Claim a random known node (the cross-signing exchange).
     Claim,
+    /// Reconcile the key-value replica with a connected peer (its own timer, not weighted).
+    KvSync,
 }
 
 impl TaskKind {
     /// Every kind, for label enumeration.
-    pub const ALL: [TaskKind; 5] = [
+    pub const ALL: [TaskKind; 6] = [
         TaskKind::Ping,
         TaskKind::Lookup,
         TaskKind::Connect,
         TaskKind::Echo,
         TaskKind::Claim,
+        TaskKind::KvSync,
     ];
 
     /// Bounded label for metrics.
@@ -192,6 +197,7 @@ impl TaskKind {
             TaskKind::Connect => "connect",
             TaskKind::Echo => "echo",
             TaskKind::Claim => "claim",
+            TaskKind::KvSync => "kv_sync",
         }
     }
 }
@@ -414,6 +420,31 @@ pub enum Event {
     Claim {
         /// What happened.
         outcome: ClaimOutcome,
+    },
+    /// A key-value sync session we started ended.
+    KvSync {
+        /// What it did.
+        report: SyncReport,
+        /// From the first request to the end.
+        elapsed: Duration,
+    },
+    /// Key-value sync messages crossed the wire (either role), in encoded bytes.
+    KvTraffic {
+        /// Bytes we sent.
+        sent: usize,
+        /// Bytes we received.
+        received: usize,
+        /// Coded symbols in them.
+        symbols: usize,
+    },
+    /// Tuples from a peer (fetched or pushed) were merged.
+    KvMerged {
+        /// Tuples that changed the replica.
+        changed: usize,
+        /// Equal versions with different tuples.
+        conflicts: u32,
+        /// Tuples refused, each with its reason.
+        rejected: Vec<TupleRefusal>,
     },
     /// This node served or helped with another node's dial-back test (probes sent or a
     /// helper asked).
@@ -708,6 +739,9 @@ pub enum Output {
     /// Keep this doubly signed claim (replacing any earlier one with the same other node);
     /// give it back with [`Node::restore_claims`](super::Node::restore_claims) after a restart.
     StoreClaim(Claim),
+    /// Keep this key-value tuple (replacing the stored one for its key); give the stored
+    /// tuples back with [`Node::restore_kv`](super::Node::restore_kv) after a restart.
+    StoreTuple(Tuple),
     /// Record this event.
     Event(Event),
 }
