@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 use chaosnet_contract::api::{
-    ConnectAnswer, ConnectFailure, ConnectRequest, Impairment, LookupAnswer, LookupRequest, Status,
+    ConnectAnswer, ConnectFailure, ConnectRequest, Impairment, KvPut, KvSummary, KvTuple,
+    LookupAnswer, LookupRequest, Status,
 };
 use serde::de::DeserializeOwned;
 
@@ -125,6 +126,27 @@ impl<'a> AgentApi<'a> {
     /// `GET /status`.
     pub fn status(&self, timeout: Duration) -> Result<Status, ApiError> {
         expect_ok(self.request(&Request::get("/status"), timeout)?)
+    }
+
+    /// `GET /kv`: the key-value replica's size and digest.
+    pub fn kv_summary(&self, timeout: Duration) -> Result<KvSummary, ApiError> {
+        expect_ok(self.request(&Request::get("/kv"), timeout)?)
+    }
+
+    /// `PUT /kv/{key}`: writes a tuple as the agent; `key` must be URL-safe as given.
+    pub fn kv_put(&self, key: &str, value: &str, timeout: Duration) -> Result<KvTuple, ApiError> {
+        let body = to_json(&KvPut {
+            value: value.to_string(),
+        });
+        let path = format!("/kv/{}", http::url_encode(key));
+        expect_ok(self.request(
+            &Request {
+                method: "PUT",
+                path: &path,
+                body: Some(&body),
+            },
+            timeout,
+        )?)
     }
 
     /// `POST /connect`.

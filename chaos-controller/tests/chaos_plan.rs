@@ -531,6 +531,7 @@ fn round(n: u32, t_ms: i64, phase: &str, active: Vec<u32>, ok: usize, tried: usi
             })
             .collect(),
         promql: BTreeMap::new(),
+        kv: None,
     }
 }
 

@@ -6,7 +6,8 @@
 //! network lets a connection through now, not whether an old one survived. A connect that
 //! fails or takes longer than the timeout counts as unreachable. Connection modes
 //! (`direct`, `punched`, `relayed`) come from the answers. PromQL probes are instant queries
-//! against the run's Prometheus (`up --monitor`).
+//! against the run's Prometheus (`up --monitor`). With a `converged` SLO, a round also asks
+//! every agent's `GET /kv` and counts who holds the most common digest.
 //!
 //! Work is bounded: at most [`PARALLEL`] agent calls at once, every call has a timeout, and a
 //! round samples at most `sample_pairs` pairs. What it does not do: judge SLOs (see `run`).
@@ -28,6 +29,8 @@ use crate::plan::AgentPlan;
 pub const PARALLEL: usize = 16;
 /// Timeout of an alive check.
 const ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Timeout of a `GET /kv`.
+const KV_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One attempted connection.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -63,6 +66,10 @@ pub struct Round {
     pub pairs: Vec<PairResult>,
     /// PromQL values by SLO name (`None`: no answer).
     pub promql: BTreeMap<String, Option<f64>>,
+    /// Key-value replicas, when a `converged` SLO asked: (agents holding the most common
+    /// digest, agents whose `GET /kv` answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv: Option<(usize, usize)>,
 }
 
 impl Round {
@@ -80,6 +87,17 @@ impl Round {
             return 1.0;
         }
         self.alive.0 as f64 / self.alive.1 as f64
+    }
+
+    /// Share of answering agents holding the most common key-value digest (`None` when
+    /// not measured; 1 when nobody answered, like [`Round::reach`] with no pairs).
+    pub fn converged(&self) -> Option<f64> {
+        let (same, answered) = self.kv?;
+        Some(if answered == 0 {
+            1.0
+        } else {
+            same as f64 / answered as f64
+        })
     }
 
     /// Share of successful connects in `mode` (0 when none succeeded).
@@ -140,6 +158,22 @@ pub fn alive(lab: &Lab) -> Vec<bool> {
     parallel(&lab.plan().agents, |a: &AgentPlan| {
         lab.agent(&a.name).status(ALIVE_TIMEOUT).is_ok()
     })
+}
+
+/// `GET /kv` on every agent: (agents holding the most common digest, agents that answered).
+pub fn kv_agreement(lab: &Lab) -> (usize, usize) {
+    let digests: Vec<Option<String>> = parallel(&lab.plan().agents, |a: &AgentPlan| {
+        lab.agent(&a.name)
+            .kv_summary(KV_TIMEOUT)
+            .ok()
+            .map(|s| s.digest)
+    });
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in digests.iter().flatten() {
+        *counts.entry(d.as_str()).or_default() += 1;
+    }
+    let answered = digests.iter().flatten().count();
+    (counts.values().copied().max().unwrap_or(0), answered)
 }
 
 /// Tries one fresh connection from `from` to `to`.

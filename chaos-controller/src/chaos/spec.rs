@@ -66,7 +66,7 @@ pub const FAULT_KINDS: &str =
 /// Partition shapes as written.
 pub const SHAPES: &str = "isolate, halves, majority, ring, bridge, sites";
 /// Probe kinds as written.
-pub const PROBES: &str = "reachability, alive, recovery, mode-share, promql";
+pub const PROBES: &str = "reachability, alive, recovery, mode-share, promql, converged";
 /// SLO evaluation modes as written.
 pub const WHENS: &str = "start, end, continuous, during-fault";
 /// Longest delay accepted, in ms (the agent's own limit is larger; this keeps runs sane).
@@ -277,6 +277,23 @@ pub enum ProbeKind {
         /// The query.
         query: String,
     },
+    /// Share of answering agents whose key-value replica has the most common digest: 1
+    /// when every live agent holds the same set.
+    Converged,
+}
+
+impl ProbeKind {
+    /// The name the scenario writes it with.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProbeKind::Reachability => "reachability",
+            ProbeKind::Alive => "alive",
+            ProbeKind::Recovery { .. } => "recovery",
+            ProbeKind::ModeShare { .. } => "mode-share",
+            ProbeKind::Promql { .. } => "promql",
+            ProbeKind::Converged => "converged",
+        }
+    }
 }
 
 /// When an SLO is judged.
@@ -995,6 +1012,7 @@ fn slo(index: usize, sp: Spanned<RawSlo>) -> Result<SloSpec, SpecError> {
     let probe = match s.probe.value.as_str() {
         "reachability" => ProbeKind::Reachability,
         "alive" => ProbeKind::Alive,
+        "converged" => ProbeKind::Converged,
         "recovery" => ProbeKind::Recovery {
             recover_to: match &s.recover_to {
                 None => 0.99,
@@ -1057,16 +1075,9 @@ fn slo(index: usize, sp: Spanned<RawSlo>) -> Result<SloSpec, SpecError> {
             return bad(here, "min and max must be finite numbers");
         }
     }
-    let name = s.name.unwrap_or_else(|| {
-        let p = match &probe {
-            ProbeKind::Reachability => "reachability",
-            ProbeKind::Alive => "alive",
-            ProbeKind::Recovery { .. } => "recovery",
-            ProbeKind::ModeShare { .. } => "mode-share",
-            ProbeKind::Promql { .. } => "promql",
-        };
-        format!("{p}-{index}")
-    });
+    let name = s
+        .name
+        .unwrap_or_else(|| format!("{}-{index}", probe.name()));
     Ok(SloSpec {
         name,
         at: At::of(here),

@@ -135,6 +135,8 @@ struct Drive<'a> {
     prom_url: Option<String>,
     /// PromQL SLOs: (SLO name, query).
     promql: Vec<(String, String)>,
+    /// A `converged` SLO asks every round for the agents' key-value digests.
+    kv_probe: bool,
     names: Vec<String>,
 }
 
@@ -224,6 +226,7 @@ impl Drive<'_> {
             alive: (alive.iter().filter(|x| **x).count(), alive.len()),
             pairs: results,
             promql: pq,
+            kv: self.kv_probe.then(|| probe::kv_agreement(self.lab)),
         }
     }
 
@@ -535,6 +538,7 @@ pub(super) fn drive(lab: &Lab, prepared: &Prepared, opts: &RunOptions) -> Outcom
         recover_to,
         prom_url,
         promql,
+        kv_probe: spec.slos.iter().any(|s| s.probe == ProbeKind::Converged),
         names: plan.agents.iter().map(|a| a.name.clone()).collect(),
     };
     d.serve_metrics(opts);
@@ -679,6 +683,7 @@ mod tests {
                 })
                 .collect(),
             promql: BTreeMap::new(),
+            kv: None,
         }
     }
 
@@ -721,5 +726,33 @@ mod tests {
         assert!(record_recoveries(&m, &all[..4], &mut pending, 0.99).is_empty());
         assert_eq!(pending.len(), 1);
         assert!(!m.encode().contains("chaosnet_fault_recovery_seconds{"));
+    }
+
+    #[test]
+    fn a_converged_slo_holds_only_when_every_answering_agent_agrees() {
+        let slo = crate::chaos::spec::SloSpec {
+            name: "kv".into(),
+            at: crate::chaos::spec::At { line: 1, column: 1 },
+            probe: ProbeKind::Converged,
+            when: crate::chaos::spec::When::End,
+            min: Some(1.0),
+            max: None,
+        };
+        let end = |kv| Round {
+            phase: "end".into(),
+            kv,
+            ..round(10_000, 1, 1)
+        };
+        let judge = |r: Round| super::super::judge::judge(std::slice::from_ref(&slo), &[r], &[]);
+        let v = judge(end(Some((11, 12))));
+        assert!(!v[0].pass, "one agent of 12 disagrees: {v:?}");
+        assert_eq!(v[0].probe, "converged");
+        assert!(judge(end(Some((12, 12))))[0].pass);
+        assert!(!judge(end(None))[0].pass, "no measurement is no pass");
+        assert_eq!(
+            round(0, 1, 1).converged(),
+            None,
+            "not measured without the SLO"
+        );
     }
 }

@@ -23,24 +23,18 @@ fn value_of(slo: &SloSpec, r: &Round) -> Option<f64> {
         ProbeKind::Alive => Some(r.alive_share()),
         ProbeKind::ModeShare { mode } => Some(r.mode_share(mode)),
         ProbeKind::Promql { .. } => r.promql.get(&slo.name).copied().flatten(),
+        ProbeKind::Converged => r.converged(),
         ProbeKind::Recovery { .. } => None,
     }
 }
 
 /// Judges every SLO against the rounds and fault records.
 pub fn judge(slos: &[SloSpec], rounds: &[Round], faults: &[FaultRecord]) -> Vec<Verdict> {
-    let probe_name = |s: &SloSpec| match &s.probe {
-        ProbeKind::Reachability => "reachability",
-        ProbeKind::Alive => "alive",
-        ProbeKind::Recovery { .. } => "recovery",
-        ProbeKind::ModeShare { .. } => "mode-share",
-        ProbeKind::Promql { .. } => "promql",
-    };
     slos.iter()
         .map(|s| {
             let mut v = Verdict {
                 slo: s.name.clone(),
-                probe: probe_name(s).to_string(),
+                probe: s.probe.name().to_string(),
                 when: s.when,
                 bound: s.bound_text(),
                 pass: true,
@@ -114,7 +108,7 @@ pub fn judge(slos: &[SloSpec], rounds: &[Round], faults: &[FaultRecord]) -> Vec<
                         v.message = format!(
                             "SLO {:?} failed: {} had no value at {:+.1} s ({})",
                             s.name,
-                            probe_name(s),
+                            s.probe.name(),
                             r.t_ms as f64 / 1000.0,
                             r.phase
                         );
@@ -127,7 +121,7 @@ pub fn judge(slos: &[SloSpec], rounds: &[Round], faults: &[FaultRecord]) -> Vec<
                         v.message = format!(
                             "SLO {:?} failed: {} = {x:.3} at {:+.1} s ({}), needs {}",
                             s.name,
-                            probe_name(s),
+                            s.probe.name(),
                             r.t_ms as f64 / 1000.0,
                             r.phase,
                             s.bound_text()
@@ -149,7 +143,7 @@ pub fn judge(slos: &[SloSpec], rounds: &[Round], faults: &[FaultRecord]) -> Vec<
             }
             v.message = format!(
                 "{} = {:.3} ({})",
-                probe_name(s),
+                s.probe.name(),
                 v.value.unwrap_or(f64::NAN),
                 s.bound_text()
             );
