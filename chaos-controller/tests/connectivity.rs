@@ -96,9 +96,22 @@ fn every_pair_reaches_its_best_path_warm_cold_and_without_seeds() {
 
     // --- cold: conntrack flushed on both sites' routers before each pair
     let (code, pairs, out) = matrix(&runs, &["--cold"]);
-    if code != Some(0) {
+    // Birthday punching is probabilistic (the rate is asserted below, over 20 tries): one of
+    // the matrix's eight birthday pairs may fall back to a relay, once; nothing else may miss.
+    let missed: Vec<&Value> = pairs.iter().filter(|p| p["pass"] != true).collect();
+    let tolerated = missed.len() == 1
+        && missed[0]["expected"]["birthday"] == true
+        && mode(missed[0]) == "relayed";
+    if code != Some(0) && !tolerated {
         down();
         panic!("cold matrix failed:\n{}\n{out}", summary(&pairs));
+    }
+    if tolerated {
+        eprintln!(
+            "cold matrix: one birthday pair fell back to a relay: {} -> {}",
+            name(missed[0], "from"),
+            name(missed[0], "to")
+        );
     }
     let punched = pairs.iter().filter(|p| mode(p) == "punched").count();
     assert!(
