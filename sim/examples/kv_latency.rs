@@ -76,6 +76,9 @@ fn main() {
         all.last().copied().unwrap_or(f64::NAN),
     );
     if all.len() < writes {
-        println!("{} of {writes} writes never reached every node", writes - all.len());
+        println!(
+            "{} of {writes} writes never reached every node",
+            writes - all.len()
+        );
     }
 }
