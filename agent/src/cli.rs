@@ -321,6 +321,7 @@ async fn setup_and_run(args: AgentArgs) -> anyhow::Result<()> {
     node_cfg.max_connections = args.max_connections;
     node_cfg.kv_network = network.to_string();
     node_cfg.kv_sync_interval_ms = args.kv_sync_interval_ms;
+    node_cfg.kv_max_tuples = args.kv_max_tuples;
     let claims = store.load_claims().map_err(|e| cfg(e.into()))?;
     let tuples = store.load_tuples().map_err(|e| cfg(e.into()))?;
     let mut node = Node::new(node_cfg, report.contacts);

@@ -192,3 +192,21 @@ async fn a_forged_tuple_from_a_hostile_peer_is_refused_counted_and_never_forward
     });
     conn.close(quinn::VarInt::from_u32(0), b"done");
 }
+
+#[test]
+fn a_full_replica_refuses_new_keys_but_takes_new_versions() {
+    let mut c = AgentConfig::mainnet(95);
+    c.extra.extend(["--kv-max-tuples".into(), "1".into()]);
+    let a = Agent::start_ready("small", c);
+    assert_eq!(put(&a, "one", r#"{"value": "1"}"#).status, 200);
+    let r = put(&a, "two", r#"{"value": "2"}"#);
+    assert_eq!(
+        (r.status, r.json()["reason"].clone()),
+        (400, "full".into()),
+        "{}",
+        r.body
+    );
+    let r = put(&a, "one", r#"{"value": "1b"}"#);
+    assert_eq!(r.json()["version"], 2, "{}", r.body);
+    assert_eq!(summary(&a).0, 1);
+}

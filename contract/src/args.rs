@@ -25,9 +25,14 @@ const DEFAULT_BUCKET_REFRESH_MS: u64 = 3_600_000;
 const DEFAULT_GC_INTERVAL_MS: u64 = 30_000;
 const DEFAULT_MAX_CONNECTIONS: usize = 64;
 const DEFAULT_KV_SYNC_INTERVAL_MS: u64 = 2_000;
+const DEFAULT_KV_MAX_TUPLES: usize = 100_000;
 
 fn default_kv_sync_interval_ms() -> u64 {
     DEFAULT_KV_SYNC_INTERVAL_MS
+}
+
+fn default_kv_max_tuples() -> usize {
+    DEFAULT_KV_MAX_TUPLES
 }
 const DEFAULT_LOG_FORMAT: &str = "text";
 
@@ -106,6 +111,11 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = DEFAULT_KV_SYNC_INTERVAL_MS, value_name = "MS")]
     #[serde(default = "default_kv_sync_interval_ms")]
     pub kv_sync_interval_ms: u64,
+    /// Most keys the key-value replica holds; a write or a peer's tuple for a new key past
+    /// it is refused (`full`).
+    #[arg(long, default_value_t = DEFAULT_KV_MAX_TUPLES, value_name = "N")]
+    #[serde(default = "default_kv_max_tuples")]
+    pub kv_max_tuples: usize,
     /// Log format.
     #[arg(long, default_value = DEFAULT_LOG_FORMAT, value_parser = ["text", "json"])]
     pub log_format: String,
@@ -173,6 +183,7 @@ impl AgentArgs {
             gc_interval_ms: DEFAULT_GC_INTERVAL_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             kv_sync_interval_ms: DEFAULT_KV_SYNC_INTERVAL_MS,
+            kv_max_tuples: DEFAULT_KV_MAX_TUPLES,
             log_format: DEFAULT_LOG_FORMAT.to_string(),
             otlp_endpoint: None,
             mdns: false,
@@ -182,8 +193,8 @@ impl AgentArgs {
     /// The flags, in a fixed order: the network and its keys, `--listen`, the seeds,
     /// `--data-dir`, `--api`, the task and graph settings, then whatever is optional and
     /// set (`--otlp-endpoint`, `--mdns`, `--node-key-file`, `--api-token-file`, `--api-token`, and `--echo-bytes`,
-    /// `--max-connections`, `--kv-sync-interval-ms`, `--log-format` when they differ from
-    /// the defaults).
+    /// `--max-connections`, `--kv-sync-interval-ms`, `--kv-max-tuples`, `--log-format` when
+    /// they differ from the defaults).
     pub fn to_args(&self) -> Vec<String> {
         let mut v: Vec<String> = vec!["--network".into(), self.network.clone()];
         for k in &self.network_key_files {
@@ -238,6 +249,9 @@ impl AgentArgs {
                 "--kv-sync-interval-ms".into(),
                 self.kv_sync_interval_ms.to_string(),
             ]);
+        }
+        if self.kv_max_tuples != DEFAULT_KV_MAX_TUPLES {
+            v.extend(["--kv-max-tuples".into(), self.kv_max_tuples.to_string()]);
         }
         if self.log_format != DEFAULT_LOG_FORMAT {
             v.extend(["--log-format".into(), self.log_format.clone()]);
@@ -304,6 +318,8 @@ mod tests {
         b.bucket_refresh_ms = 100;
         b.gc_interval_ms = 200;
         b.max_connections = 3;
+        b.kv_sync_interval_ms = 0;
+        b.kv_max_tuples = 10;
         b.log_format = "json".into();
         b.otlp_endpoint = Some("http://198.18.0.1:4318/v1/traces".into());
         b.mdns = true;
