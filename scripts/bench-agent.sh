@@ -2,7 +2,9 @@
 # Agent benchmarks on 127.0.0.1 (release build), run by `make bench`:
 #   1. idle RSS and CPU of one agent with 20 peers at 1 task/s (and of the seed);
 #   2. lookup latency p50/p95/max and found ratio with 50 agents (500 lookups from 10 agents);
-#   3. QUIC echo throughput between two endpoints (agent/examples/quic_throughput.rs).
+#   3. QUIC echo throughput between two endpoints (agent/examples/quic_throughput.rs);
+#   4. key-value per-update latency with 50 agents: a write at one agent until 95% and all of
+#      them hold it (GET /kv/{key} polled on every agent in parallel; needs python3).
 # Ends with a summary block to paste into BENCHMARKS.md. Takes ~4-5 minutes.
 #
 # Every agent runs from a mktemp data dir and is killed at exit, even on failure or Ctrl-C.
@@ -17,12 +19,13 @@ bin=$target_dir/release/chaosnet-agent
 example=$target_dir/release/examples/quic_throughput
 p2p_base=${BENCH_P2P_BASE:-27000}
 api_base=${BENCH_API_BASE:-28000}
-only=${BENCH_ONLY:-1 2 3}
+only=${BENCH_ONLY:-1 2 3 4}
 
 # Benchmark parameters (fixed; the summary states them).
 idle_peers=20 idle_rate=1 idle_settle_s=20 idle_window_s=60
 lk_agents=50 lk_rate=0.2 lk_settle_s=10 lk_from=10 lk_each=50
 tp_mib=256 tp_chunk_kib=64 tp_runs=5
+kv_agents=50 kv_rate=0.2 kv_settle_s=20 kv_writes=20
 join_timeout_s=90
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/chaosnet-bench.XXXXXX")
@@ -306,14 +309,75 @@ bench_throughput() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# 4. Key-value per-update latency
+# ---------------------------------------------------------------------------------------------
+bench_kv() {
+  local n=$kv_agents p2p=$((p2p_base + 300)) api=$((api_base + 300))
+  command -v python3 >/dev/null || { echo "  needs python3" >&2; return 1; }
+  log "4. kv: $n agents at $kv_rate task/s (sync every 2 s), $kv_writes writes"
+  start_fleet kv "$n" "$kv_rate" "$p2p" "$api"
+  wait_joined "$n" "$api"
+  sleep "$kv_settle_s"
+  python3 - "$api" "$n" "$kv_writes" >"$work/result4" <<'PY'
+import json, sys, threading, time, urllib.request
+api, n, writes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def call(i, method, path, body=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{api + i}{path}", method=method,
+                                 data=body, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+def holders(key):
+    got = [0] * n
+    def one(i):
+        got[i] = call(i, "GET", f"/kv/{key}") == 200
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    return sum(got)
+t95, t100, missed = [], [], 0
+for w in range(writes):
+    key = f"bench-{w}"
+    at = (w * 7 + 1) % n
+    if call(at, "PUT", f"/kv/{key}", json.dumps({"value": "v"}).encode()) != 200:
+        missed += 1
+        continue
+    start, d95 = time.monotonic(), None
+    while time.monotonic() - start < 60:
+        h = holders(key)
+        t = time.monotonic() - start
+        if d95 is None and h * 100 >= 95 * n:
+            d95 = t
+        if h == n:
+            t100.append(t)
+            break
+    if d95 is not None:
+        t95.append(d95)
+    else:
+        missed += 1
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, max(0, round((len(v) - 1) * p)))] if v else float("nan")
+print(f"  to 95% of {n}: p50 {pct(t95, .5):.1f} s, p95 {pct(t95, .95):.1f} s, max {max(t95, default=float('nan')):.1f} s; "
+      f"to all: p50 {pct(t100, .5):.1f} s, max {max(t100, default=float('nan')):.1f} s; "
+      f"{len(t100)}/{writes} reached all, {missed} missed 95% within 60 s (polls every agent in parallel, about 0.1 s per round)")
+PY
+  cat "$work/result4" >&2
+}
+
+# ---------------------------------------------------------------------------------------------
 # Run
 # ---------------------------------------------------------------------------------------------
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 t_start=$SECONDS
 declare -A status
-for b in 1 2 3; do
+for b in 1 2 3 4; do
   [[ " $only " == *" $b "* ]] || { status[$b]=skipped; continue; }
-  case $b in 1) fn=bench_idle ;; 2) fn=bench_lookup ;; 3) fn=bench_throughput ;; esac
+  case $b in 1) fn=bench_idle ;; 2) fn=bench_lookup ;; 3) fn=bench_throughput ;; 4) fn=bench_kv ;; esac
   # A subshell with its own `set -e`, so one failing benchmark does not stop the others. It
   # runs in the background so that a signal to this script runs the trap at once (bash defers
   # traps until a foreground child ends).
@@ -357,7 +421,9 @@ $(result 2)
    (agent TLS + transport config; tokio current_thread runtime per side, each in its own OS thread;
    MiB/s = one direction's payload / wall time)
 $(result 3)
+4. Key-value per-update latency, $kv_agents agents, --task-rate $kv_rate, joined + ${kv_settle_s} s, $kv_writes writes at different agents
+$(result 4)
 =====================================================================
 EOF
 
-for b in 1 2 3; do [ "${status[$b]}" = ok ] || [ "${status[$b]}" = skipped ] || exit 1; done
+for b in 1 2 3 4; do [ "${status[$b]}" = ok ] || [ "${status[$b]}" = skipped ] || exit 1; done
