@@ -1,15 +1,17 @@
 //! Tier 2: node claims between real agents on loopback. `POST /claim` runs the
 //! cross-signing exchange; both agents keep the doubly signed claim (across a restart),
 //! `GET /claims/{id}` fetches a peer's claims over the network and checks them, and the
-//! claims metrics count what happened.
+//! claims metrics count what happened. A hostile peer's forged offer, and the forged and
+//! singly signed claims it serves when asked for its own, are refused and counted.
 
 mod common;
 
 use std::time::Duration;
 
-use chaosnet_proto::{Claim, NodeId};
-use common::{Agent, AgentConfig, metric_sum};
+use chaosnet_proto::{Claim, NodeId, Request, Response, SecretKey, decode_body, encode, frame_len};
+use common::{Agent, AgentConfig, metric_sum, plain_hello, raw_connection};
 use serde_json::Value;
+use tokio::task::block_in_place;
 
 /// A claim from its JSON form, checked for shape.
 fn parse(v: &Value) -> Claim {
@@ -98,4 +100,94 @@ fn two_agents_cross_sign_a_claim_keep_it_and_fetch_each_others() {
     let r = peer.get("/claims").expect("GET /claims");
     let held = claims_of(&r);
     assert_eq!(held, vec![claim], "after a restart: {}", r.body);
+}
+
+/// Reads one frame (header, then body) off `recv`.
+async fn read_request(recv: &mut quinn::RecvStream) -> Option<Request> {
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.ok()?;
+    let len = frame_len(header).ok()?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.ok()?;
+    decode_body::<Request>(&body).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_peers_forged_and_singly_signed_claims_are_refused_and_counted() {
+    let a = block_in_place(|| Agent::start_ready("target", AgentConfig::mainnet(73)));
+    let target: NodeId = a.node_id.parse().expect("node id");
+    let (_ep, conn, hostile) = raw_connection(&a, &plain_hello()).await;
+    let stranger = SecretKey::from_bytes([0x33; 32]);
+
+    // 1. An offer from the hostile peer in a stranger's name (signed by the stranger).
+    let offer = Claim::offer(&stranger, target, 0);
+    let (mut send, mut recv) = conn.open_bi().await.expect("open a stream");
+    let req = Request::Claim { claim: offer };
+    send.write_all(&encode(&req).expect("encode"))
+        .await
+        .expect("write");
+    send.finish().expect("finish");
+    let answer = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 16))
+        .await
+        .unwrap_or_else(|_| a.fail("no answer to the forged offer"))
+        .unwrap_or_else(|e| a.fail(&format!("the offer stream failed: {e}")));
+    match chaosnet_proto::decode::<Response>(&answer) {
+        Ok(Response::Error { .. }) => {}
+        other => a.fail(&format!("a forged offer must be refused, got {other:?}")),
+    }
+
+    // 2. The target fetches the hostile peer's claims; the peer serves a singly signed one
+    //    and one whose second signature is garbage.
+    let mut singly = Claim::offer(&stranger, hostile, 1);
+    singly.sig_b.clear();
+    let mut forged = Claim::offer(&stranger, hostile, 2);
+    forged.sig_b = vec![7; 64];
+    let serve = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                    return false;
+                };
+                if let Some(Request::GetClaims) = read_request(&mut recv).await {
+                    let resp = Response::Claims {
+                        claims: vec![singly.clone(), forged.clone()],
+                    };
+                    let _ = send.write_all(&encode(&resp).expect("encode")).await;
+                    let _ = send.finish();
+                    return true;
+                }
+            }
+        })
+    };
+    let r = block_in_place(|| a.get(&format!("/claims/{}", hostile.to_hex())))
+        .expect("GET /claims/{id}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(claims_of(&r), Vec::<Claim>::new(), "{}", r.body);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), serve)
+            .await
+            .is_ok_and(|j| j.unwrap_or(false)),
+        "the target asked the hostile peer for its claims"
+    );
+
+    block_in_place(|| {
+        let m = a.metrics();
+        let n = |o: &str| metric_sum(&m, "chaosnet_claims_total", &[("outcome", o)]);
+        assert_eq!(
+            n("forged"),
+            2.0,
+            "the offer and the bad countersignature:\n{m}"
+        );
+        assert_eq!(n("singly_signed"), 1.0, "{m}");
+        assert_eq!(n("stored") + n("verified"), 0.0, "{m}");
+        let r = a.get("/claims").expect("GET /claims");
+        assert_eq!(
+            claims_of(&r),
+            Vec::<Claim>::new(),
+            "nothing kept: {}",
+            r.body
+        );
+    });
+    conn.close(quinn::VarInt::from_u32(0), b"done");
 }
