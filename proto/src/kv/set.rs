@@ -54,7 +54,8 @@ impl Merged {
 pub struct KvSet {
     network: String,
     max_tuples: usize,
-    by_key: BTreeMap<String, Tuple>,
+    /// Each tuple with its item, hashed once on entry: every sync request lists the items.
+    by_key: BTreeMap<String, (Tuple, Item)>,
     by_item: HashMap<Item, String>,
     digest: Item,
 }
@@ -95,28 +96,28 @@ impl KvSet {
 
     /// The tuple for `key`.
     pub fn get(&self, key: &str) -> Option<&Tuple> {
-        self.by_key.get(key)
+        self.by_key.get(key).map(|(t, _)| t)
     }
 
     /// The tuple whose item is `item`.
     pub fn by_item(&self, item: &Item) -> Option<&Tuple> {
-        self.by_item.get(item).and_then(|k| self.by_key.get(k))
+        self.by_item.get(item).and_then(|k| self.get(k))
     }
 
     /// Every item, in key order.
     pub fn items(&self) -> Vec<Item> {
-        self.by_key.values().map(Tuple::item).collect()
+        self.by_key.values().map(|(_, i)| *i).collect()
     }
 
     /// Every tuple, in key order.
     pub fn tuples(&self) -> impl Iterator<Item = &Tuple> {
-        self.by_key.values()
+        self.by_key.values().map(|(t, _)| t)
     }
 
     /// Checks `t` and keeps it if it wins its key.
     pub fn merge(&mut self, t: Tuple) -> Result<Merged, TupleRefusal> {
         t.check(&self.network)?;
-        match self.by_key.get(&t.key) {
+        match self.get(&t.key) {
             None if self.by_key.len() >= self.max_tuples => Err(TupleRefusal::Full),
             None => {
                 self.insert(t);
@@ -143,10 +144,7 @@ impl KvSet {
         key: &str,
         value: &str,
     ) -> Result<Tuple, TupleRefusal> {
-        let version = self
-            .by_key
-            .get(key)
-            .map_or(1, |t| t.version.saturating_add(1));
+        let version = self.get(key).map_or(1, |t| t.version.saturating_add(1));
         let t = Tuple::sign(signer, &self.network, key, value, version)?;
         self.merge(t.clone())?;
         Ok(t)
@@ -154,14 +152,13 @@ impl KvSet {
 
     fn insert(&mut self, t: Tuple) {
         let item = t.item();
-        if let Some(old) = self.by_key.remove(&t.key) {
-            let old_item = old.item();
+        if let Some((_, old_item)) = self.by_key.remove(&t.key) {
             self.by_item.remove(&old_item);
             xor(&mut self.digest, &old_item);
         }
         xor(&mut self.digest, &item);
         self.by_item.insert(item, t.key.clone());
-        self.by_key.insert(t.key.clone(), t);
+        self.by_key.insert(t.key.clone(), (t, item));
     }
 }
 
