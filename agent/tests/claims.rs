@@ -8,8 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use chaosnet_proto::{Claim, NodeId, Request, Response, SecretKey, decode_body, encode, frame_len};
-use common::{Agent, AgentConfig, metric_sum, plain_hello, raw_connection};
+use chaosnet_proto::{Claim, NodeId, Request, Response, SecretKey, encode};
+use common::{Agent, AgentConfig, ask_raw, metric_sum, plain_hello, raw_connection, read_frame};
 use serde_json::Value;
 use tokio::task::block_in_place;
 
@@ -102,16 +102,6 @@ fn two_agents_cross_sign_a_claim_keep_it_and_fetch_each_others() {
     assert_eq!(held, vec![claim], "after a restart: {}", r.body);
 }
 
-/// Reads one frame (header, then body) off `recv`.
-async fn read_request(recv: &mut quinn::RecvStream) -> Option<Request> {
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header).await.ok()?;
-    let len = frame_len(header).ok()?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.ok()?;
-    decode_body::<Request>(&body).ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_peers_forged_and_singly_signed_claims_are_refused_and_counted() {
     let a = block_in_place(|| Agent::start_ready("target", AgentConfig::mainnet(73)));
@@ -121,17 +111,8 @@ async fn a_hostile_peers_forged_and_singly_signed_claims_are_refused_and_counted
 
     // 1. An offer from the hostile peer in a stranger's name (signed by the stranger).
     let offer = Claim::offer(&stranger, target, 0);
-    let (mut send, mut recv) = conn.open_bi().await.expect("open a stream");
     let req = Request::Claim { claim: offer };
-    send.write_all(&encode(&req).expect("encode"))
-        .await
-        .expect("write");
-    send.finish().expect("finish");
-    let answer = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 16))
-        .await
-        .unwrap_or_else(|_| a.fail("no answer to the forged offer"))
-        .unwrap_or_else(|e| a.fail(&format!("the offer stream failed: {e}")));
-    match chaosnet_proto::decode::<Response>(&answer) {
+    match ask_raw(&conn, &req).await {
         Ok(Response::Error { .. }) => {}
         other => a.fail(&format!("a forged offer must be refused, got {other:?}")),
     }
@@ -149,7 +130,7 @@ async fn a_hostile_peers_forged_and_singly_signed_claims_are_refused_and_counted
                 let Ok((mut send, mut recv)) = conn.accept_bi().await else {
                     return false;
                 };
-                if let Some(Request::GetClaims) = read_request(&mut recv).await {
+                if let Some(Request::GetClaims) = read_frame::<Request>(&mut recv).await {
                     let resp = Response::Claims {
                         claims: vec![singly.clone(), forged.clone()],
                     };

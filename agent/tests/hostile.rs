@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use chaosnet_agent::relay::MAX_INCOMING_PER_RELAY;
 use chaosnet_agent::tls::{MAX_BIDI_STREAMS, MAX_UNI_STREAMS};
 use chaosnet_proto::NodeId;
-use chaosnet_proto::{
-    MAX_FRAME_LEN, PROTOCOL_VERSION, Request, Response, decode_body, encode, frame_len,
-};
+use chaosnet_proto::{MAX_FRAME_LEN, PROTOCOL_VERSION, Request, Response, encode};
 use common::{
     Agent, AgentConfig, fail_fleet, metric_sum, plain_hello, raw_connection, rss_kib,
     wait_all_joined,
@@ -140,15 +138,10 @@ async fn stalled_streams_cannot_pin_memory() {
 
 /// Reads one frame off `recv` (header, then body), bounded by `GUARD`.
 async fn read_answer(recv: &mut quinn::RecvStream) -> Option<Response> {
-    let read = async {
-        let mut header = [0u8; 4];
-        recv.read_exact(&mut header).await.ok()?;
-        let len = frame_len(header).ok()?;
-        let mut body = vec![0u8; len];
-        recv.read_exact(&mut body).await.ok()?;
-        decode_body::<Response>(&body).ok()
-    };
-    tokio::time::timeout(GUARD, read).await.ok().flatten()
+    tokio::time::timeout(GUARD, common::read_frame::<Response>(recv))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Guard against a hang in the test's own reads; not a timing assertion.

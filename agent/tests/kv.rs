@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use chaosnet_proto::kv::sync::{KvRequest, KvResponse};
 use chaosnet_proto::kv::tuple::Tuple;
-use chaosnet_proto::{Request, Response, SecretKey, decode, encode};
-use common::{Agent, AgentConfig, http_with, metric_sum, plain_hello, raw_connection};
+use chaosnet_proto::{Request, Response, SecretKey};
+use common::{Agent, AgentConfig, ask_raw, http_with, metric_sum, plain_hello, raw_connection};
 use serde_json::Value;
 use tokio::task::block_in_place;
 
@@ -147,20 +147,11 @@ async fn a_forged_tuple_from_a_hostile_peer_is_refused_counted_and_never_forward
     let other_net = Tuple::sign(&attacker, "testnet", "other-net", "x", 1).expect("sign");
 
     let (_ep, conn, _) = raw_connection(&t, &plain_hello()).await;
-    let (mut send, mut recv) = conn.open_bi().await.expect("open a stream");
     let req = Request::Kv(KvRequest::Fetch {
         want: vec![],
         push: vec![forged.clone(), valid.clone(), other_net],
     });
-    send.write_all(&encode(&req).expect("encode"))
-        .await
-        .expect("write");
-    send.finish().expect("finish");
-    let answer = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 16))
-        .await
-        .unwrap_or_else(|_| t.fail("no answer to the push"))
-        .unwrap_or_else(|e| t.fail(&format!("the push stream failed: {e}")));
-    match decode::<Response>(&answer) {
+    match ask_raw(&conn, &req).await {
         Ok(Response::Kv(KvResponse::Tuples { tuples })) => assert!(tuples.is_empty()),
         other => t.fail(&format!("expected an empty Tuples answer, got {other:?}")),
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use chaosnet_agent::identity::Identity;
 use chaosnet_agent::socket::{ChaosSocket, endpoint};
 use chaosnet_agent::tls::{self, NetworkId};
-use chaosnet_proto::{NatType, NodeId, Request, Response, Signal, decode, encode};
+use chaosnet_proto::{NatType, NodeId, Request, Response, Signal};
 use common::{Agent, AgentConfig, http_unix, plain_hello};
 
 const TARGET_IP: &str = "198.18.0.2";
@@ -227,17 +227,7 @@ async fn a_signal_naming_a_victim_gets_it_no_probes() {
             hops: Vec::new(),
             trace: None,
         };
-        let (mut send, mut recv) = conn.open_bi().await.expect("bi");
-        send.write_all(&encode(&req).expect("encode"))
-            .await
-            .expect("write");
-        send.finish().expect("finish");
-        let body = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 16))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        let answer = decode::<Response>(&body).ok();
+        let answer = common::ask_raw(&conn, &req).await.ok();
         answers.push(answer);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -862,3 +862,35 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Reads one frame (header, then body) off `recv` and decodes it; `None` when the stream
+/// ends early or the frame does not decode. Callers bound how long they wait.
+pub async fn read_frame<T: serde::de::DeserializeOwned + chaosnet_proto::Validate>(
+    recv: &mut quinn::RecvStream,
+) -> Option<T> {
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.ok()?;
+    let len = chaosnet_proto::frame_len(header).ok()?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.ok()?;
+    chaosnet_proto::decode_body::<T>(&body).ok()
+}
+
+/// Sends `req` on a new stream of `conn` and returns the decoded answer, waiting at most
+/// 15 s (a guard against a hang, not a timing assertion), or why there is none.
+pub async fn ask_raw(
+    conn: &quinn::Connection,
+    req: &chaosnet_proto::Request,
+) -> Result<chaosnet_proto::Response, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("open: {e}"))?;
+    let frame = chaosnet_proto::encode(req).map_err(|e| format!("encode: {e}"))?;
+    send.write_all(&frame)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    send.finish().map_err(|e| format!("finish: {e}"))?;
+    let body = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 16))
+        .await
+        .map_err(|_| "no answer within 15 s".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    chaosnet_proto::decode(&body).map_err(|e| format!("decode: {e}"))
+}
