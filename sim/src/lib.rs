@@ -75,6 +75,9 @@ pub struct SimConfig {
     pub unreachable_after_ms: u64,
     /// Keep every node's events (memory grows with the run). Default true.
     pub record_events: bool,
+    /// Also queue every event for [`World::take_events`], which the caller drains (so memory
+    /// stays bounded by how often it does). Default false.
+    pub tap_events: bool,
 }
 
 impl Default for SimConfig {
@@ -84,6 +87,7 @@ impl Default for SimConfig {
             link: LinkModel::default(),
             unreachable_after_ms: 3_000,
             record_events: true,
+            tap_events: false,
         }
     }
 }
@@ -184,6 +188,9 @@ pub struct World {
     rng: StdRng,
     nodes: Vec<SimNode>,
     by_addr: HashMap<SocketAddr, usize>,
+    /// Node index by id: requests and connects name peers by id, and a linear search made
+    /// 10,000-node worlds quadratic.
+    by_id: HashMap<NodeId, usize>,
     links: HashMap<(usize, usize), LinkModel>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
@@ -195,8 +202,66 @@ pub struct World {
     hosts: HashMap<(Option<usize>, IpAddr), Host>,
     lan_hosts: HashMap<usize, u32>,
     net: NetState,
+    /// Partitions in force, by id.
+    cuts: BTreeMap<u64, Cut>,
+    next_cut: u64,
+    /// Extra impairment of every message to or from a node, by node index.
+    impaired: HashMap<usize, Impairment>,
+    tapped: Vec<(Time, usize, Event)>,
     /// Network counters.
     pub stats: SimStats,
+}
+
+/// Which pairs of groups a [`Cut`] separates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CutRule {
+    /// Every two different groups.
+    Distinct,
+    /// Groups 1 and 2 only (a third group, a bridge, reaches both).
+    FirstTwo,
+    /// Groups are ring positions 1..=n; only ring neighbours reach each other.
+    Ring(u32),
+}
+
+/// A partition: nodes in groups (0: not involved), and which groups it cuts apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Group of each node by index (missing or 0: not involved).
+    pub group: Vec<u32>,
+    /// Which groups are cut apart.
+    pub rule: CutRule,
+    /// Only the lower group's sends are dropped.
+    pub oneway: bool,
+}
+
+impl Cut {
+    fn blocks(&self, from: usize, to: usize) -> bool {
+        let g = |i: usize| self.group.get(i).copied().unwrap_or(0);
+        let (a, b) = (g(from), g(to));
+        if a == 0 || b == 0 || a == b || (self.oneway && a > b) {
+            return false;
+        }
+        match self.rule {
+            CutRule::Distinct => true,
+            CutRule::FirstTwo => a.min(b) == 1 && a.max(b) == 2,
+            CutRule::Ring(n) => {
+                let next = |x: u32| x % n + 1;
+                next(a) != b && next(b) != a
+            }
+        }
+    }
+}
+
+/// Extra loss and delay on every message a node sends or receives (the simulator's
+/// counterpart of the lab's loss and delay faults).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Impairment {
+    /// Chance of losing a message, in percent.
+    pub loss_pct: f64,
+    /// Added one-way delay.
+    pub delay_ms: u64,
+    /// Uniform extra delay in `0..=jitter_ms`.
+    pub jitter_ms: u64,
 }
 
 impl World {
@@ -209,6 +274,7 @@ impl World {
             rng,
             nodes: Vec::new(),
             by_addr: HashMap::new(),
+            by_id: HashMap::new(),
             links: HashMap::new(),
             queue: BinaryHeap::new(),
             seq: 0,
@@ -220,8 +286,49 @@ impl World {
             hosts: HashMap::new(),
             lan_hosts: HashMap::new(),
             net: NetState::default(),
+            cuts: BTreeMap::new(),
+            next_cut: 0,
+            impaired: HashMap::new(),
+            tapped: Vec::new(),
             stats: SimStats::default(),
         }
+    }
+
+    /// Puts a partition in force; returns its id for [`World::heal_cut`].
+    pub fn cut(&mut self, cut: Cut) -> u64 {
+        self.next_cut += 1;
+        self.cuts.insert(self.next_cut, cut);
+        self.next_cut
+    }
+
+    /// Lifts a partition (unknown ids are ignored).
+    pub fn heal_cut(&mut self, id: u64) {
+        self.cuts.remove(&id);
+    }
+
+    /// Sets (or with `None` lifts) the extra impairment of node `idx`.
+    pub fn impair(&mut self, idx: usize, imp: Option<Impairment>) {
+        match imp {
+            Some(i) => self.impaired.insert(idx, i),
+            None => self.impaired.remove(&idx),
+        };
+    }
+
+    /// Switches NAT `nat` to `behaviour` and forgets its mappings, as the lab's nat-swap
+    /// reloads the router's rules and flushes conntrack.
+    pub fn swap_nat(&mut self, nat: usize, behaviour: NatBehaviour) {
+        self.nats[nat].reset(behaviour);
+    }
+
+    /// Index of the node with id `id`.
+    pub fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.peer_index(id)
+    }
+
+    /// Every event queued since the last call (with [`SimConfig::tap_events`]), with its
+    /// time and node.
+    pub fn take_events(&mut self) -> Vec<(Time, usize, Event)> {
+        std::mem::take(&mut self.tapped)
     }
 
     /// Current virtual time.
@@ -309,6 +416,7 @@ impl World {
         if realm.is_none() {
             self.by_addr.insert(addr, idx);
         }
+        self.by_id.insert(node.id(), idx);
         self.hosts.insert((realm, addr.ip()), Host::Node(idx));
         self.nodes.push(SimNode {
             node,
@@ -455,10 +563,23 @@ impl World {
     }
 
     fn link(&self, a: usize, b: usize) -> LinkModel {
-        self.links
+        let mut link = self
+            .links
             .get(&(a.min(b), a.max(b)))
             .copied()
-            .unwrap_or(self.cfg.link)
+            .unwrap_or(self.cfg.link);
+        if self.cuts.values().any(|c| c.blocks(a, b)) {
+            link.loss_pct = 100.0;
+        }
+        for i in [a, b] {
+            if let Some(imp) = self.impaired.get(&i) {
+                let kept = (1.0 - link.loss_pct / 100.0) * (1.0 - imp.loss_pct / 100.0);
+                link.loss_pct = 100.0 * (1.0 - kept);
+                link.latency_ms += imp.delay_ms;
+                link.jitter_ms += imp.jitter_ms;
+            }
+        }
+        link
     }
 
     /// One-way delay of a message on the a-b link, or `None` if it is lost.
@@ -744,6 +865,9 @@ impl World {
                     if let Event::CommandFinished { id, result } = &e {
                         self.results.insert((idx, *id), result.clone());
                     }
+                    if self.cfg.tap_events {
+                        self.tapped.push((now, idx, e.clone()));
+                    }
                     if self.cfg.record_events {
                         self.nodes[idx].events.push((now, e));
                     }
@@ -759,8 +883,7 @@ impl World {
     }
 
     fn peer_index(&self, peer: NodeId) -> Option<usize> {
-        // Linear in the node count; fine for the sizes tests use.
-        self.nodes.iter().position(|n| n.node.id() == peer)
+        self.by_id.get(&peer).copied()
     }
 
     fn carry_request(

@@ -152,6 +152,13 @@ impl Nat {
         }
     }
 
+    /// Takes `behaviour` and drops every mapping.
+    pub fn reset(&mut self, behaviour: NatBehaviour) {
+        self.behaviour = behaviour;
+        self.by_port.clear();
+        self.index.clear();
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.behaviour.mapping_timeout_ms)
     }
