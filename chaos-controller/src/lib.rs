@@ -13,6 +13,8 @@
 //!   fleet under those runtimes, its directory) that every command goes through.
 //! - [`chaos`]: the fault engine, probes, SLO verdicts and reports (`chaosnet run`);
 //!   [`matrix`]: the NAT-pair connectivity matrix (theory, judging, measuring).
+//! - [`simulate`]: `chaosnet sim`, a scenario in virtual time on the protocol cores
+//!   (`chaosnet-sim`), with the same timeline, verdicts and report as a lab run.
 //! - [`monitor`]: Prometheus, Grafana and the scrape proxy of a run.
 //! - [`http`]: the one HTTP/1.1 client (and server halves) of the controller;
 //!   [`agentapi`]: the agents' control API, typed by `chaosnet-contract`.
@@ -36,3 +38,4 @@ pub mod plan;
 pub mod planner;
 pub mod runtime;
 pub mod scenario;
+pub mod simulate;

@@ -34,7 +34,7 @@ fn main() {
     let mut w = World::new(SimConfig {
         seed,
         record_events: false,
-        tap_events: true,
+        tap: Some(|e| matches!(e, Event::TaskFinished { .. } | Event::Joined)),
         ..SimConfig::default()
     });
     let seeds: Vec<usize> = (0..3)

@@ -75,9 +75,9 @@ pub struct SimConfig {
     pub unreachable_after_ms: u64,
     /// Keep every node's events (memory grows with the run). Default true.
     pub record_events: bool,
-    /// Also queue every event for [`World::take_events`], which the caller drains (so memory
-    /// stays bounded by how often it does). Default false.
-    pub tap_events: bool,
+    /// Also queue the events this filter keeps for [`World::take_events`], which the caller
+    /// drains (so memory stays bounded by how often it does). Default none.
+    pub tap: Option<fn(&Event) -> bool>,
 }
 
 impl Default for SimConfig {
@@ -87,7 +87,7 @@ impl Default for SimConfig {
             link: LinkModel::default(),
             unreachable_after_ms: 3_000,
             record_events: true,
-            tap_events: false,
+            tap: None,
         }
     }
 }
@@ -320,13 +320,20 @@ impl World {
         self.nats[nat].reset(behaviour);
     }
 
+    /// Makes NAT `nat` forget its idle flows to `remote` ([`nat::Nat::forget`]): a cold
+    /// start for the next connection between the two, as the lab's `matrix --cold` makes
+    /// by deleting conntrack entries.
+    pub fn forget_flows(&mut self, nat: usize, remote: IpAddr) {
+        self.nats[nat].forget(remote);
+    }
+
     /// Index of the node with id `id`.
     pub fn index_of(&self, id: NodeId) -> Option<usize> {
         self.peer_index(id)
     }
 
-    /// Every event queued since the last call (with [`SimConfig::tap_events`]), with its
-    /// time and node.
+    /// Every event queued since the last call (see [`SimConfig::tap`]), with its time and
+    /// node.
     pub fn take_events(&mut self) -> Vec<(Time, usize, Event)> {
         std::mem::take(&mut self.tapped)
     }
@@ -387,6 +394,11 @@ impl World {
     /// Public IP of NAT `nat`.
     pub fn nat_ip(&self, nat: usize) -> IpAddr {
         self.nats[nat].public_ip
+    }
+
+    /// The NAT that NAT `nat` sits behind (a carrier's), if any.
+    pub fn nat_parent(&self, nat: usize) -> Option<usize> {
+        self.nats[nat].parent
     }
 
     /// Live mappings of NAT `nat`.
@@ -865,7 +877,7 @@ impl World {
                     if let Event::CommandFinished { id, result } = &e {
                         self.results.insert((idx, *id), result.clone());
                     }
-                    if self.cfg.tap_events {
+                    if self.cfg.tap.is_some_and(|keep| keep(&e)) {
                         self.tapped.push((now, idx, e.clone()));
                     }
                     if self.cfg.record_events {

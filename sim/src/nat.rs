@@ -299,6 +299,25 @@ impl Nat {
         Some(SocketAddr::new(self.public_ip, port))
     }
 
+    /// Forgets the flows to `remote` (any port), as deleting their conntrack entries does:
+    /// their permits go, live connections' too (the harness carries established
+    /// connections' streams without the NAT, so they survive), and an endpoint-dependent
+    /// mapping made only for them goes as well. Endpoint-independent mappings keep their port.
+    pub fn forget(&mut self, remote: IpAddr) {
+        let mut dead = Vec::new();
+        for (port, e) in &mut self.by_port {
+            e.permits.retain(|a, _| a.ip() != remote);
+            if e.key.1.is_some_and(|d| d.ip() == remote) && e.permits.is_empty() {
+                dead.push(*port);
+            }
+        }
+        for p in dead {
+            if let Some(e) = self.by_port.remove(&p) {
+                self.index.remove(&e.key);
+            }
+        }
+    }
+
     /// Live mappings.
     pub fn mappings(&self, now: Time) -> usize {
         self.by_port.values().filter(|e| e.alive(now)).count()

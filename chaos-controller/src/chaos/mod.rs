@@ -45,6 +45,20 @@ pub fn check(
     scenario: &Scenario,
     plan: &Plan,
 ) -> Result<(spec::ChaosSpec, schedule::Timeline), ScenarioError> {
+    check_targets(scenario, &select::targets(plan), |_| {})
+}
+
+/// [`check`] against a list of agents rather than a plan (the simulator's agents, which no
+/// lab plan could hold), with `adjust` applied to the checked section before the timeline is
+/// drawn (the simulator's `--duration-s`).
+///
+/// # Errors
+/// As [`check`].
+pub fn check_targets(
+    scenario: &Scenario,
+    targets: &[select::Target],
+    adjust: impl FnOnce(&mut spec::ChaosSpec),
+) -> Result<(spec::ChaosSpec, schedule::Timeline), ScenarioError> {
     let err = |at: spec::At, message: String| ScenarioError::Invalid {
         at: Source {
             file: scenario.file.clone(),
@@ -55,12 +69,12 @@ pub fn check(
         },
         problem: Problem::Chaos(message),
     };
-    let targets = select::targets(plan);
-    let chaos = match &scenario.chaos {
+    let mut chaos = match &scenario.chaos {
         None => spec::ChaosSpec::default(),
-        Some(raw) => spec::validate(raw.clone(), &targets).map_err(|e| err(e.at, e.message))?,
+        Some(raw) => spec::validate(raw.clone(), targets).map_err(|e| err(e.at, e.message))?,
     };
+    adjust(&mut chaos);
     let timeline =
-        schedule::timeline(&chaos, &targets, scenario.seed).map_err(|e| err(e.at, e.message))?;
+        schedule::timeline(&chaos, targets, scenario.seed).map_err(|e| err(e.at, e.message))?;
     Ok((chaos, timeline))
 }

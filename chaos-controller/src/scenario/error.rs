@@ -230,7 +230,7 @@ pub enum ScaleError {
     /// Scaling would put more agents on a LAN than it holds.
     #[error(
         "--agents {requested} would put {agents} agents on site {site:?}, more than a LAN \
-         holds ({MAX_HOSTS_PER_LAN})"
+         holds ({limit})"
     )]
     LanFull {
         /// N.
@@ -239,13 +239,17 @@ pub enum ScaleError {
         site: String,
         /// Its share.
         agents: usize,
+        /// Hosts a LAN holds.
+        limit: usize,
     },
     /// Too many agents in total.
-    #[error("--agents {requested} plus {seeds} seeds is more than the limit of {MAX_TOTAL_AGENTS}")]
+    #[error("--agents {requested} plus {seeds} seeds is more than the limit of {limit}")]
     TooMany {
         /// N.
         requested: usize,
         /// Seeds.
         seeds: usize,
+        /// The limit.
+        limit: usize,
     },
 }

@@ -466,6 +466,17 @@ impl Scenario {
     /// least one agent (taken from the largest site, earlier site first). Deterministic;
     /// with N equal to the current total it changes nothing. On error nothing changes.
     pub fn scale_agents(&mut self, total_non_seed: usize) -> Result<(), ScaleError> {
+        self.scale_agents_within(total_non_seed, MAX_TOTAL_AGENTS, MAX_HOSTS_PER_LAN)
+    }
+
+    /// [`Scenario::scale_agents`] with other limits: the simulator has no LANs to fill
+    /// and no processes to start, so it allows far more agents than a lab.
+    pub fn scale_agents_within(
+        &mut self,
+        total_non_seed: usize,
+        max_total: usize,
+        max_per_site: usize,
+    ) -> Result<(), ScaleError> {
         let n = total_non_seed;
         let k = self.sites.len();
         if n < k {
@@ -474,15 +485,17 @@ impl Scenario {
                 sites: k,
             });
         }
-        if n.saturating_add(self.seeds) > MAX_TOTAL_AGENTS {
+        if n.saturating_add(self.seeds) > max_total {
             return Err(ScaleError::TooMany {
                 requested: n,
                 seeds: self.seeds,
+                limit: max_total,
             });
         }
         let counts: Vec<usize> = self.sites.iter().map(|s| s.agents.max(1)).collect();
         let current: usize = counts.iter().sum();
-        // n <= 1000 and counts <= 245 each, so n * c fits easily in usize.
+        // n <= max_total (at most the simulator's 100,000) and counts <= 245 each, so n * c
+        // fits easily in usize.
         let mut shares: Vec<usize> = counts.iter().map(|c| n * c / current).collect();
         let mut order: Vec<usize> = (0..k).collect();
         // Largest remainder first; the sort is stable, so ties keep site order.
@@ -505,15 +518,12 @@ impl Scenario {
                 shares[i] = 1;
             }
         }
-        if let Some((i, &agents)) = shares
-            .iter()
-            .enumerate()
-            .find(|(_, a)| **a > MAX_HOSTS_PER_LAN)
-        {
+        if let Some((i, &agents)) = shares.iter().enumerate().find(|(_, a)| **a > max_per_site) {
             return Err(ScaleError::LanFull {
                 requested: n,
                 site: self.sites[i].name.clone(),
                 agents,
+                limit: max_per_site,
             });
         }
         for (site, agents) in self.sites.iter_mut().zip(shares) {
