@@ -66,8 +66,8 @@ pub struct Counts {
     /// Relay circuits opened, by relay node.
     #[serde(skip)]
     pub circuits_by_relay: BTreeMap<usize, u64>,
-    /// Agents that reported joining.
-    pub joined: u64,
+    /// Join events (a restarted agent joins again).
+    pub joins: u64,
 }
 
 impl Counts {
@@ -102,7 +102,7 @@ impl Counts {
             Event::Relay {
                 event: RelayEvent::Opened,
             } => *self.circuits_by_relay.entry(node).or_default() += 1,
-            Event::Joined => self.joined += 1,
+            Event::Joined => self.joins += 1,
             _ => {}
         }
     }
@@ -126,7 +126,7 @@ impl Counts {
         for (k, v) in &o.circuits_by_relay {
             *self.circuits_by_relay.entry(*k).or_default() += v;
         }
-        self.joined += o.joined;
+        self.joins += o.joins;
     }
 }
 
@@ -170,6 +170,8 @@ pub struct Simulated {
     pub max_circuits_per_relay: u64,
     /// Faults of kinds the simulator has no model for (recorded, not applied).
     pub not_simulated: Vec<String>,
+    /// Agents that had joined when the join phase ended.
+    pub joined: usize,
 }
 
 /// What the drive needs besides the world.
@@ -901,6 +903,7 @@ pub fn drive(inp: &Inputs<'_>, mut built: Built) -> Simulated {
         digest,
         max_circuits_per_relay,
         not_simulated: d.not_simulated.into_iter().collect(),
+        joined,
     }
 }
 

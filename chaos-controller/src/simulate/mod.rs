@@ -72,8 +72,8 @@ pub struct Summary {
     pub seed: u64,
     /// Agents simulated, seeds included.
     pub agents: usize,
-    /// Agents that joined.
-    pub joined: u64,
+    /// Agents that had joined when the join phase ended.
+    pub joined: usize,
     /// Virtual time simulated, seconds.
     pub virtual_s: f64,
     /// Wall time of the run, seconds.
@@ -249,7 +249,7 @@ pub fn run(scenario: Scenario, opts: &SimOptions) -> Result<SimRun, SimError> {
         scenario: scenario.name.clone(),
         seed: scenario.seed,
         agents,
-        joined: t.joined,
+        joined: simulated.joined,
         virtual_s,
         wall_s,
         speedup: if wall_s > 0.0 {
