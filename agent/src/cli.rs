@@ -22,7 +22,7 @@ use crate::api_access;
 use crate::driver::{Clock, Driver, INPUT_CAPACITY};
 use crate::events::Events;
 use crate::identity::Identity;
-use crate::metrics::Metrics;
+use chaosnet_metrics::Metrics;
 use crate::network::{self, KeyFiles, KeyReloader};
 use crate::socket::{self, ChaosSocket};
 use crate::store::GraphStore;

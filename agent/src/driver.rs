@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tracing::field::Empty;
 
 use crate::events::Events;
-use crate::metrics::Metrics;
+use chaosnet_metrics::Metrics;
 use crate::socket::SocketHandle;
 use crate::store::GraphStore;
 use crate::transport::{Transport, adopt_remote_parent};

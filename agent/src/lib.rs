@@ -8,8 +8,9 @@
 //! - [`transport`]: dialing, accepting, hellos, request streams; [`punch`]: hole punching
 //!   and birthday probing on the QUIC socket; [`relay`]: relay circuits.
 //! - [`driver`]: the task that owns the core; [`api`]: the control API, [`api_access`]: who
-//!   may reach it; [`metrics`]; [`events`]: the node events stream (`GET /events`); [`mdns`]:
-//!   local discovery.
+//!   may reach it (its metrics come from the `chaosnet-metrics` crate, shared with the
+//!   simulator); [`events`]: the node events stream (`GET /events`); [`mdns`]: local
+//!   discovery.
 //! - [`network`]: the data dir's network, and a private network's key files at run time.
 //!
 //! The shell owns no protocol decisions: it feeds inputs to the core and carries out its
@@ -22,7 +23,6 @@ pub mod driver;
 pub mod events;
 pub mod identity;
 pub mod mdns;
-pub mod metrics;
 pub mod network;
 pub mod punch;
 pub mod relay;

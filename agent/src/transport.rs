@@ -35,7 +35,7 @@ use tracing::field::Empty;
 
 use crate::driver::Input;
 use crate::identity::Identity;
-use crate::metrics::Metrics;
+use chaosnet_metrics::Metrics;
 use crate::punch::Puncher;
 use crate::relay;
 use crate::socket::SocketHandle;

@@ -225,8 +225,17 @@ fn the_binary_writes_the_report_and_a_json_summary() {
         "events.jsonl",
         "series.json",
         "summary.json",
+        "metrics.prom",
     ] {
         assert!(run.join(f).is_file(), "{f} written");
+    }
+    // The agent's recorder, fed by every simulated agent: the agent's names and labels.
+    let prom = std::fs::read_to_string(run.join("metrics.prom")).expect("metrics");
+    for m in [
+        "chaosnet_tasks_total{task=\"lookup\",outcome=\"ok\"}",
+        "chaosnet_connect_attempts_total{",
+    ] {
+        assert!(prom.contains(m), "{m} in metrics.prom:\n{prom}");
     }
 }
 

@@ -102,8 +102,8 @@ enum Cmd {
     /// Reads the same scenario file as `run` (sites, NAT types, conntrack timeouts, the
     /// `chaos:` faults and SLOs) and writes the same report (reachability over time, the
     /// NAT-pair matrix, recovery per fault, verdicts) to <runs-dir>/sim-<name>-<seed>/,
-    /// with `events.jsonl` (the same seed gives the same bytes), `series.json` and
-    /// `summary.json`. Scales to 10,000 agents and more (--agents). Exit code 0 every SLO
+    /// with `events.jsonl` (the same seed gives the same bytes), `series.json`,
+    /// `summary.json` and `metrics.prom` (the agents' own metrics, summed over the fleet). Scales to 10,000 agents and more (--agents). Exit code 0 every SLO
     /// held, 1 an SLO failed, 2 the run could not happen. With --matrix, measures the cold
     /// NAT-pair matrix instead (as `chaosnet matrix --cold`), exit 1 when a pair falls short.
     Sim(sim::SimArgs),

@@ -106,7 +106,8 @@ pub fn build(scenario: &Scenario, world_seed: u64) -> Built {
     let mut world = World::new(SimConfig {
         seed: world_seed,
         record_events: false,
-        tap: Some(super::drive::tapped),
+        // Every event: the metrics recorder sees what an agent's would.
+        tap: Some(|_| true),
         ..SimConfig::default()
     });
     let settings = &scenario.agent;

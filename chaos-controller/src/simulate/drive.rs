@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use chaosnet_proto::{Command, Event, NodeId, RelayEvent, TaskKind, TaskOutcome, Time};
+use chaosnet_metrics::Metrics;
 use chaosnet_sim::{Cut, CutRule, Impairment};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -33,18 +34,6 @@ pub const JOIN_GRACE_MS: u64 = 60_000;
 /// Longest step of virtual time between two looks at the world (events drained, progress
 /// shown), ms.
 const STEP_MS: u64 = 1_000;
-
-/// The events the run counts (the world queues only these).
-pub(super) fn tapped(e: &Event) -> bool {
-    matches!(
-        e,
-        Event::TaskFinished { .. }
-            | Event::ConnectAttempt { .. }
-            | Event::LookupFinished { .. }
-            | Event::Relay { .. }
-            | Event::Joined
-    )
-}
 
 /// What the agents did, counted from their events.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -172,6 +161,10 @@ pub struct Simulated {
     pub not_simulated: Vec<String>,
     /// Agents that had joined when the join phase ended.
     pub joined: usize,
+    /// The fleet's metrics in the Prometheus text format: every agent's events through the
+    /// agent's own recorder (counters and histograms summed over the fleet; the state
+    /// gauges an agent sets before each scrape are not set).
+    pub metrics: String,
 }
 
 /// What the drive needs besides the world.
@@ -230,6 +223,7 @@ struct Drive<'a> {
     records: Vec<FaultRecord>,
     not_simulated: BTreeSet<String>,
     kv_probe: bool,
+    metrics: Metrics,
 }
 
 fn ms(t: Time) -> u64 {
@@ -271,6 +265,7 @@ impl Drive<'_> {
             self.built.world.run_until(Time::from_millis(next));
             for (_, node, e) in self.built.world.take_events() {
                 self.interval.add(node, &e);
+                self.metrics.record(&e);
             }
             self.inp.progress.set_position(next);
         }
@@ -665,6 +660,7 @@ pub fn join(
     built: &mut Built,
     last_start: u64,
     counts: &mut Counts,
+    metrics: &Metrics,
     progress: &ProgressBar,
 ) -> (usize, u64) {
     let deadline = last_start + JOIN_GRACE_MS;
@@ -673,6 +669,7 @@ pub fn join(
         built.world.run_until(Time::from_millis(next));
         for (_, node, e) in built.world.take_events() {
             counts.add(node, &e);
+            metrics.record(&e);
         }
         progress.set_position(next);
         let joined = built
@@ -708,6 +705,7 @@ pub fn drive(inp: &Inputs<'_>, mut built: Built) -> Simulated {
         records: Vec::new(),
         not_simulated: BTreeSet::new(),
         kv_probe,
+        metrics: Metrics::new(&inp.scenario.network.to_string()),
     };
     d.log(
         "run",
@@ -721,7 +719,13 @@ pub fn drive(inp: &Inputs<'_>, mut built: Built) -> Simulated {
         last_start + JOIN_GRACE_MS + spec.warmup_ms + timeline.phase_ms + spec.settle_ms,
     );
     inp.progress.set_message("joining");
-    let (joined, join_ms) = join(&mut d.built, last_start, &mut d.interval, &inp.progress);
+    let (joined, join_ms) = join(
+        &mut d.built,
+        last_start,
+        &mut d.interval,
+        &d.metrics,
+        &inp.progress,
+    );
     d.inp.progress.set_length(
         join_ms
             + spec.warmup_ms
@@ -904,6 +908,7 @@ pub fn drive(inp: &Inputs<'_>, mut built: Built) -> Simulated {
         max_circuits_per_relay,
         not_simulated: d.not_simulated.into_iter().collect(),
         joined,
+        metrics: d.metrics.encode(),
     }
 }
 

@@ -126,8 +126,8 @@ impl SimRun {
         if self.summary.pass { 0 } else { 1 }
     }
 
-    /// Writes the report (Markdown, JSON, HTML), `events.jsonl`, `series.json` and
-    /// `summary.json` into `dir`; returns the paths written.
+    /// Writes the report (Markdown, JSON, HTML), `events.jsonl`, `series.json`,
+    /// `summary.json` and the fleet's `metrics.prom` into `dir`; returns the paths written.
     ///
     /// # Errors
     /// The first file that could not be written.
@@ -138,6 +138,7 @@ impl SimRun {
             ("events.jsonl", self.simulated.log.clone()),
             ("series.json", pretty(&self.series)),
             ("summary.json", pretty(&self.summary)),
+            ("metrics.prom", self.simulated.metrics.clone()),
         ] {
             let p = dir.join(name);
             std::fs::write(&p, text)?;
@@ -299,6 +300,7 @@ pub fn run_matrix(
     let (scenario, mut built, _, _, _) = prepare(scenario, opts)?;
     let last = built.start_all();
     let mut counts = Counts::default();
-    drive::join(&mut built, last, &mut counts, &ProgressBar::hidden());
+    let metrics = chaosnet_metrics::Metrics::new(&scenario.network.to_string());
+    drive::join(&mut built, last, &mut counts, &metrics, &ProgressBar::hidden());
     Ok(matrix::measure(&scenario, &mut built, progress))
 }

@@ -1,13 +1,15 @@
 //! Prometheus metrics of the agent, recorded at the edge from core events.
 //!
-//! One [`Metrics`] value owns a `prometheus-client` registry. The driver feeds it every
+//! A crate of its own so that the agent and the simulator (`chaosnet sim`) record the same
+//! names and labels from the same events. One [`Metrics`] value owns a `prometheus-client`
+//! registry. The agent's driver (or the simulator, for the whole fleet) feeds it every
 //! [`Event`] the core emits ([`Metrics::record`]) and refreshes the gauges that describe
 //! state (graph size, connections, socket counters) just before each scrape
 //! ([`Metrics::observe_state`]). Labels are bounded enums: mode, outcome, reason, task,
 //! direction, the peer's advertised NAT type. Node ids never appear in labels. Relay bytes
 //! are counted by the relay's splice as they pass ([`Metrics::relay_bytes`]), not here.
 //!
-//! It does not serve HTTP; the `api` module does.
+//! It does not serve HTTP (the agent's `api` module does), or know where events come from.
 
 use chaosnet_proto::RoutingTable;
 use chaosnet_proto::kv::sync::SyncOutcome;
