@@ -148,3 +148,10 @@ def test_series_frame_without_pandas(py_run, monkeypatch):
     with pytest.raises(ImportError, match="needs pandas"):
         chaosnet_sim.series_frame(py_run)
 
+
+def test_notebook_example_runs():
+    # The example is documentation: run it so it cannot rot.
+    example = REPO / "python" / "examples" / "sim_notebook.py"
+    p = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "digest" in p.stdout and "phase" in p.stdout
