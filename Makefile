@@ -5,7 +5,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: chaosnet up down status build release test manifests soak lint fmt bench deps clean image fuzz fuzz-seeds
+.PHONY: chaosnet up down status build release test manifests soak lint fmt bench deps clean image fuzz fuzz-seeds python python-test
 
 # Options for `make chaosnet up`: SCENARIO=path.yaml, AGENTS=N, MONITOR=1.
 # The lab runs release binaries: a debug agent costs several times the CPU, and 100 of them
@@ -27,10 +27,21 @@ release: deps
 	$(CARGO) build --release --workspace --bins
 
 ## Tests: core in virtual time, agents on loopback with real QUIC and RocksDB, promtool,
-## then the Kubernetes manifests (kustomize + kubernetes-validate --strict, no cluster).
+## then the Python bindings and the Kubernetes manifests (kustomize + kubernetes-validate
+## --strict, no cluster).
 test: deps
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) python-test
 	bash scripts/check-manifests.sh
+
+## The Python bindings (python/, module chaosnet_sim): `maturin develop` (debug) into the venv
+## CHAOSNET_VENV (default /var/cache/chaosnet/venv), installing a pinned maturin first when
+## it is missing; python-test then runs python/tests with pytest against the `chaosnet` CLI.
+python: deps
+	CARGO="$(CARGO)" bash scripts/python.sh develop
+
+python-test: deps
+	CARGO="$(CARGO)" bash scripts/python.sh test
 
 ## The Kubernetes manifests alone: every overlay built and validated (no cluster needed).
 manifests:
