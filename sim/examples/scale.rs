@@ -83,6 +83,8 @@ fn main() {
         rss / 1024,
         rss as f64 / (n + 3) as f64
     );
+    // Equal digests mean equal runs: a change meant to be behaviour-neutral keeps it.
+    println!("  digest {:016x}", w.digest());
     for ((k, ok), c) in tasks {
         println!("  task {k} {} {c}", if ok { "ok" } else { "failed" });
     }
