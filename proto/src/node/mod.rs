@@ -511,7 +511,7 @@ impl Node {
                     info.live = true;
                     peers.push(info);
                 }
-                for c in self.table.closest(&target, max + 2) {
+                for c in self.table.closest_refs(&target, max + 2) {
                     if peers.len() >= max {
                         break;
                     }
