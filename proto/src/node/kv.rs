@@ -94,17 +94,16 @@ impl Node {
 
     /// The lower-RTT of two connected peers drawn at random.
     fn kv_peer(&mut self) -> Option<NodeId> {
-        let peers: Vec<NodeId> = self
-            .conns
-            .keys()
-            .copied()
-            .filter(|p| *p != self.cfg.id)
-            .collect();
-        if peers.is_empty() {
+        // Drawn by position in the ordered connections, as from a list of them, without
+        // building the list on every round.
+        let me = self.cfg.id;
+        let len = self.conns.len() - usize::from(self.conns.contains_key(&me));
+        if len == 0 {
             return None;
         }
-        let a = peers[self.rng.random_range(0..peers.len())];
-        let b = peers[self.rng.random_range(0..peers.len())];
+        let (i, j) = (self.rng.random_range(0..len), self.rng.random_range(0..len));
+        let nth = |n: usize| self.conns.keys().copied().filter(|p| *p != me).nth(n);
+        let (a, b) = (nth(i)?, nth(j)?);
         let rtt = |p: &NodeId| {
             self.table
                 .get(p)
