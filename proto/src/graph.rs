@@ -125,8 +125,45 @@ pub enum Observed {
 #[derive(Clone, Debug, Default)]
 struct Bucket {
     entries: Vec<Contact>,
+    /// `tag` of each entry's id, in the same order: a lookup scans these 8-byte words
+    /// rather than a 104-byte contact per entry, which in a large world is a cache miss
+    /// each.
+    tags: Vec<u64>,
     pending: VecDeque<Contact>,
     last_activity: Time,
+}
+
+/// The last 8 bytes of an id: the first ones are shared with our own id in the low
+/// buckets, the last ones differ between any two ids but by a 2^-64 chance (and a match is
+/// checked against the whole id).
+fn tag(id: &NodeId) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&id.0[24..]);
+    u64::from_ne_bytes(w)
+}
+
+impl Bucket {
+    fn position(&self, id: &NodeId) -> Option<usize> {
+        let t = tag(id);
+        self.tags
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| **x == t)
+            .map(|(i, _)| i)
+            .find(|&i| self.entries[i].id == *id)
+    }
+
+    fn push(&mut self, c: Contact, k: usize) {
+        reserve_bounded(&mut self.entries, k);
+        reserve_bounded(&mut self.tags, k);
+        self.tags.push(tag(&c.id));
+        self.entries.push(c);
+    }
+
+    fn swap_remove(&mut self, pos: usize) -> Contact {
+        self.tags.swap_remove(pos);
+        self.entries.swap_remove(pos)
+    }
 }
 
 /// The routing table. Bounded: at most `k` contacts and `pending_cap` pending per bucket.
@@ -179,7 +216,7 @@ impl RoutingTable {
         let cap = self.pending_cap;
         let bucket = self.bucket_mut(b);
         bucket.last_activity = now;
-        if let Some(existing) = bucket.entries.iter_mut().find(|c| c.id == contact.id) {
+        if let Some(existing) = bucket.position(&contact.id).map(|i| &mut bucket.entries[i]) {
             merge(existing, &contact);
             existing.last_seen = now;
             return Observed::Updated;
@@ -187,8 +224,7 @@ impl RoutingTable {
         if bucket.entries.len() < k {
             let mut c = contact;
             c.last_seen = now;
-            reserve_bounded(&mut bucket.entries, k);
-            bucket.entries.push(c);
+            bucket.push(c, k);
             return Observed::Inserted;
         }
         if let Some(p) = bucket.pending.iter_mut().find(|c| c.id == contact.id) {
@@ -212,18 +248,16 @@ impl RoutingTable {
     /// Mutable access to a contact in a bucket (not the pending list).
     pub fn get_mut(&mut self, id: &NodeId) -> Option<&mut Contact> {
         let b = self.me.bucket_of(id)?;
-        let i = BUCKETS - 1 - b;
-        self.buckets
-            .get_mut(i)?
-            .entries
-            .iter_mut()
-            .find(|c| c.id == *id)
+        let bucket = self.buckets.get_mut(BUCKETS - 1 - b)?;
+        let i = bucket.position(id)?;
+        Some(&mut bucket.entries[i])
     }
 
     /// A contact in a bucket (not the pending list).
     pub fn get(&self, id: &NodeId) -> Option<&Contact> {
         let b = self.me.bucket_of(id)?;
-        self.bucket(b)?.entries.iter().find(|c| c.id == *id)
+        let bucket = self.bucket(b)?;
+        Some(&bucket.entries[bucket.position(id)?])
     }
 
     /// Removes `id` from its bucket and promotes the most recently seen pending contact into
@@ -232,17 +266,18 @@ impl RoutingTable {
         let Some(b) = self.me.bucket_of(id) else {
             return (None, None);
         };
+        let k = self.k;
         let Some(bucket) = self.buckets.get_mut(BUCKETS - 1 - b) else {
             return (None, None);
         };
-        let Some(pos) = bucket.entries.iter().position(|c| c.id == *id) else {
+        let Some(pos) = bucket.position(id) else {
             bucket.pending.retain(|c| c.id != *id);
             return (None, None);
         };
-        let removed = bucket.entries.swap_remove(pos);
+        let removed = bucket.swap_remove(pos);
         let promoted = bucket.pending.pop_back();
         if let Some(p) = &promoted {
-            bucket.entries.push(p.clone());
+            bucket.push(p.clone(), k);
         }
         (Some(removed), promoted)
     }
