@@ -120,6 +120,9 @@ struct Pending {
     purpose: Purpose,
 }
 
+/// Output slots kept once the queue is drained.
+const OUTPUTS_KEPT: usize = 16;
+
 /// Sources the signal rate limiter tracks.
 const RATE_LIMIT_SOURCES: usize = 1024;
 
@@ -743,7 +746,13 @@ impl Node {
     /// The next thing for the shell to do.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        // A burst (a lookup's first queries, a bootstrap) leaves the queue's buffer at its
+        // largest for good, hundreds of bytes per slot; once drained, a large one is let go.
+        if out.is_none() && self.outputs.capacity() > OUTPUTS_KEPT {
+            self.outputs = VecDeque::new();
+        }
+        out
     }
 
     /// When [`Node::handle_timeout`] should next be called.
