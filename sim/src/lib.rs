@@ -109,10 +109,62 @@ pub struct SimNode {
     /// the activity each serves, if the world records events.
     pub sent: Vec<(Time, &'static str, Option<Activity>)>,
     /// Its persisted node graph, as the shell would keep it on disk.
-    pub store: BTreeMap<NodeId, Contact>,
+    pub store: Store,
     /// Ordered: a kill or a disconnect tells the peers in this order, the same in every run.
     conns: BTreeSet<usize>,
     wake: Option<Time>,
+}
+
+/// A node's persisted graph: one contact per id, in id order.
+///
+/// A sorted vector rather than a map: every node of a large world keeps one, and a B-tree
+/// costs about twice the contacts' own size. Most writes replace a contact in place; only a
+/// new or forgotten peer shifts the ones after it.
+#[derive(Debug, Default)]
+pub struct Store {
+    contacts: Vec<Contact>,
+}
+
+impl Store {
+    /// The contacts, in id order.
+    pub fn values(&self) -> impl Iterator<Item = &Contact> {
+        self.contacts.iter()
+    }
+
+    /// The contact of `id`.
+    pub fn get(&self, id: &NodeId) -> Option<&Contact> {
+        let i = self.contacts.binary_search_by(|c| c.id.cmp(id)).ok()?;
+        self.contacts.get(i)
+    }
+
+    /// Number of contacts.
+    pub fn len(&self) -> usize {
+        self.contacts.len()
+    }
+
+    /// True when nothing is persisted.
+    pub fn is_empty(&self) -> bool {
+        self.contacts.is_empty()
+    }
+
+    fn upsert(&mut self, c: Contact) {
+        match self.contacts.binary_search_by(|x| x.id.cmp(&c.id)) {
+            Ok(i) => self.contacts[i] = c,
+            Err(i) => {
+                if self.contacts.len() == self.contacts.capacity() {
+                    // Grow by a quarter: doubling would leave up to half of it unused.
+                    self.contacts.reserve_exact(self.contacts.len() / 4 + 4);
+                }
+                self.contacts.insert(i, c);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &NodeId) {
+        if let Ok(i) = self.contacts.binary_search_by(|c| c.id.cmp(id)) {
+            self.contacts.remove(i);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -442,7 +494,7 @@ impl World {
             up: false,
             events: Vec::new(),
             sent: Vec::new(),
-            store: BTreeMap::new(),
+            store: Store::default(),
             conns: BTreeSet::new(),
             wake: None,
         });
@@ -873,7 +925,7 @@ impl World {
                 Output::StoreClaim(_) | Output::StoreTuple(_) => {}
                 Output::Persist(change) => match change {
                     GraphChange::Upsert(c) => {
-                        self.nodes[idx].store.insert(c.id, c);
+                        self.nodes[idx].store.upsert(c);
                     }
                     GraphChange::Remove(id) => {
                         self.nodes[idx].store.remove(&id);
