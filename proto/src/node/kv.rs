@@ -29,8 +29,10 @@ const MAX_SESSIONS: usize = 1;
 #[derive(Debug)]
 pub(super) struct Kv {
     pub(super) set: KvSet,
-    /// Our sessions, by the operation that runs them.
-    sessions: HashMap<OpId, (NodeId, SyncSession)>,
+    /// Our sessions, by the operation that runs them. Boxed: a map keeps room for a few
+    /// entries once used, and a session is half a kilobyte, so every node would hold
+    /// kilobytes of empty slots between sessions.
+    sessions: HashMap<OpId, (NodeId, Box<SyncSession>)>,
 }
 
 impl Kv {
@@ -127,7 +129,7 @@ impl Node {
         };
         let op = self.new_op(now, Origin::Task(TaskKind::KvSync));
         let (session, req) = SyncSession::start(&self.kv.set, self.cfg.kv_sync.clone());
-        self.kv.sessions.insert(op, (peer, session));
+        self.kv.sessions.insert(op, (peer, Box::new(session)));
         self.kv_send(now, op, peer, req);
     }
 
