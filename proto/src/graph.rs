@@ -129,6 +129,10 @@ struct Bucket {
     /// rather than a 104-byte contact per entry, which in a large world is a cache miss
     /// each.
     tags: Vec<u64>,
+    /// When each entry was last handed to the shell to persist, in the same order: the
+    /// node rate-limits those writes per contact, and a map beside the table would cost
+    /// several times this.
+    persisted: Vec<Option<Time>>,
     pending: VecDeque<Contact>,
     last_activity: Time,
 }
@@ -156,12 +160,15 @@ impl Bucket {
     fn push(&mut self, c: Contact, k: usize) {
         reserve_bounded(&mut self.entries, k);
         reserve_bounded(&mut self.tags, k);
+        reserve_bounded(&mut self.persisted, k);
         self.tags.push(tag(&c.id));
+        self.persisted.push(None);
         self.entries.push(c);
     }
 
     fn swap_remove(&mut self, pos: usize) -> Contact {
         self.tags.swap_remove(pos);
+        self.persisted.swap_remove(pos);
         self.entries.swap_remove(pos)
     }
 }
@@ -258,6 +265,22 @@ impl RoutingTable {
         let b = self.me.bucket_of(id)?;
         let bucket = self.bucket(b)?;
         Some(&bucket.entries[bucket.position(id)?])
+    }
+
+    /// When `id`'s entry was last marked with [`RoutingTable::mark_persisted`] (never
+    /// since it entered its bucket: `None`).
+    pub(crate) fn persisted_at(&self, id: &NodeId) -> Option<Time> {
+        let bucket = self.bucket(self.me.bucket_of(id)?)?;
+        bucket.persisted[bucket.position(id)?]
+    }
+
+    /// Notes that `id`'s entry is being persisted at `now`; returns it.
+    pub(crate) fn mark_persisted(&mut self, id: &NodeId, now: Time) -> Option<&Contact> {
+        let b = self.me.bucket_of(id)?;
+        let bucket = self.buckets.get_mut(BUCKETS - 1 - b)?;
+        let i = bucket.position(id)?;
+        bucket.persisted[i] = Some(now);
+        Some(&bucket.entries[i])
     }
 
     /// Removes `id` from its bucket and promotes the most recently seen pending contact into
@@ -479,6 +502,28 @@ mod tests {
         assert_eq!(promoted.map(|c| c.id), Some(c));
         assert!(t.get(&c).is_some());
         assert_eq!(t.pending_len(), 0);
+    }
+
+    #[test]
+    fn persist_marks_follow_their_entry() {
+        let me = NodeId([0; 32]);
+        let mut t = RoutingTable::new(me, 2, 2);
+        let (a, b) = (id_in_bucket(&me, 200, 1), id_in_bucket(&me, 200, 2));
+        for id in [a, b] {
+            t.observe(Contact::new(id, None, Time(0)), Time(0));
+        }
+        assert_eq!(t.persisted_at(&a), None);
+        assert!(t.mark_persisted(&a, Time(5)).is_some());
+        assert!(t.mark_persisted(&b, Time(7)).is_some());
+        // The swap in eviction moves b's mark with it.
+        t.evict(&a);
+        assert_eq!(t.persisted_at(&b), Some(Time(7)));
+        t.observe(Contact::new(a, None, Time(9)), Time(9));
+        assert_eq!(t.persisted_at(&a), None, "a new entry was never persisted");
+        assert!(
+            t.mark_persisted(&id_in_bucket(&me, 10, 3), Time(1))
+                .is_none()
+        );
     }
 
     #[test]

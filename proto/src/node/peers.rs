@@ -74,13 +74,12 @@ impl Node {
     pub(super) fn persist(&mut self, now: Time, id: NodeId, force: bool) {
         let interval = Duration::from_millis(self.cfg.persist_interval_ms);
         if !force
-            && let Some(last) = self.last_persist.get(&id)
-            && now.since(*last) < interval
+            && let Some(last) = self.table.persisted_at(&id)
+            && now.since(last) < interval
         {
             return;
         }
-        if let Some(c) = self.table.get(&id) {
-            self.last_persist.insert(id, now);
+        if let Some(c) = self.table.mark_persisted(&id, now) {
             self.outputs
                 .push_back(Output::Persist(GraphChange::Upsert(c.clone())));
         }
@@ -118,7 +117,6 @@ impl Node {
         if removed.is_some() {
             self.emit(Event::ContactEvicted);
             self.consecutive_failures.remove(&peer);
-            self.last_persist.remove(&peer);
             self.outputs
                 .push_back(Output::Persist(GraphChange::Remove(peer)));
         }
