@@ -125,8 +125,52 @@ pub enum Observed {
 #[derive(Clone, Debug, Default)]
 struct Bucket {
     entries: Vec<Contact>,
+    /// `tag` of each entry's id, in the same order: a lookup scans these 8-byte words
+    /// rather than a 104-byte contact per entry, which in a large world is a cache miss
+    /// each.
+    tags: Vec<u64>,
+    /// When each entry was last handed to the shell to persist, in the same order: the
+    /// node rate-limits those writes per contact, and a map beside the table would cost
+    /// several times this.
+    persisted: Vec<Option<Time>>,
     pending: VecDeque<Contact>,
     last_activity: Time,
+}
+
+/// The last 8 bytes of an id: the first ones are shared with our own id in the low
+/// buckets, the last ones differ between any two ids but by a 2^-64 chance (and a match is
+/// checked against the whole id).
+fn tag(id: &NodeId) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&id.0[24..]);
+    u64::from_ne_bytes(w)
+}
+
+impl Bucket {
+    fn position(&self, id: &NodeId) -> Option<usize> {
+        let t = tag(id);
+        self.tags
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| **x == t)
+            .map(|(i, _)| i)
+            .find(|&i| self.entries[i].id == *id)
+    }
+
+    fn push(&mut self, c: Contact, k: usize) {
+        reserve_bounded(&mut self.entries, k);
+        reserve_bounded(&mut self.tags, k);
+        reserve_bounded(&mut self.persisted, k);
+        self.tags.push(tag(&c.id));
+        self.persisted.push(None);
+        self.entries.push(c);
+    }
+
+    fn swap_remove(&mut self, pos: usize) -> Contact {
+        self.tags.swap_remove(pos);
+        self.persisted.swap_remove(pos);
+        self.entries.swap_remove(pos)
+    }
 }
 
 /// The routing table. Bounded: at most `k` contacts and `pending_cap` pending per bucket.
@@ -135,6 +179,9 @@ pub struct RoutingTable {
     me: NodeId,
     k: usize,
     pending_cap: usize,
+    /// Bucket `BUCKETS - 1 - i` at index `i`, only down to the lowest bucket ever used: with
+    /// uniform ids a table of n peers only uses the top log2(n) or so, and 256 empty buckets
+    /// would cost 16 KiB per node.
     buckets: Vec<Bucket>,
 }
 
@@ -145,8 +192,20 @@ impl RoutingTable {
             me,
             k,
             pending_cap,
-            buckets: vec![Bucket::default(); BUCKETS],
+            buckets: Vec::new(),
         }
+    }
+
+    fn bucket(&self, b: usize) -> Option<&Bucket> {
+        self.buckets.get(BUCKETS.checked_sub(b + 1)?)
+    }
+
+    fn bucket_mut(&mut self, b: usize) -> &mut Bucket {
+        let i = BUCKETS - 1 - b.min(BUCKETS - 1);
+        if self.buckets.len() <= i {
+            self.buckets.resize_with(i + 1, Bucket::default);
+        }
+        &mut self.buckets[i]
     }
 
     /// Our own id.
@@ -162,9 +221,9 @@ impl RoutingTable {
         };
         let k = self.k;
         let cap = self.pending_cap;
-        let bucket = &mut self.buckets[b];
+        let bucket = self.bucket_mut(b);
         bucket.last_activity = now;
-        if let Some(existing) = bucket.entries.iter_mut().find(|c| c.id == contact.id) {
+        if let Some(existing) = bucket.position(&contact.id).map(|i| &mut bucket.entries[i]) {
             merge(existing, &contact);
             existing.last_seen = now;
             return Observed::Updated;
@@ -172,7 +231,7 @@ impl RoutingTable {
         if bucket.entries.len() < k {
             let mut c = contact;
             c.last_seen = now;
-            bucket.entries.push(c);
+            bucket.push(c, k);
             return Observed::Inserted;
         }
         if let Some(p) = bucket.pending.iter_mut().find(|c| c.id == contact.id) {
@@ -181,6 +240,10 @@ impl RoutingTable {
         } else {
             if bucket.pending.len() >= cap {
                 bucket.pending.pop_front();
+            } else if bucket.pending.len() == bucket.pending.capacity() {
+                // Doubling would overshoot the bound (10 would take 16 slots).
+                let want = (bucket.pending.len() * 2).max(4).min(cap);
+                bucket.pending.reserve_exact(want - bucket.pending.len());
             }
             let mut c = contact;
             c.last_seen = now;
@@ -192,13 +255,32 @@ impl RoutingTable {
     /// Mutable access to a contact in a bucket (not the pending list).
     pub fn get_mut(&mut self, id: &NodeId) -> Option<&mut Contact> {
         let b = self.me.bucket_of(id)?;
-        self.buckets[b].entries.iter_mut().find(|c| c.id == *id)
+        let bucket = self.buckets.get_mut(BUCKETS - 1 - b)?;
+        let i = bucket.position(id)?;
+        Some(&mut bucket.entries[i])
     }
 
     /// A contact in a bucket (not the pending list).
     pub fn get(&self, id: &NodeId) -> Option<&Contact> {
         let b = self.me.bucket_of(id)?;
-        self.buckets[b].entries.iter().find(|c| c.id == *id)
+        let bucket = self.bucket(b)?;
+        Some(&bucket.entries[bucket.position(id)?])
+    }
+
+    /// When `id`'s entry was last marked with [`RoutingTable::mark_persisted`] (never
+    /// since it entered its bucket: `None`).
+    pub(crate) fn persisted_at(&self, id: &NodeId) -> Option<Time> {
+        let bucket = self.bucket(self.me.bucket_of(id)?)?;
+        bucket.persisted[bucket.position(id)?]
+    }
+
+    /// Notes that `id`'s entry is being persisted at `now`; returns it.
+    pub(crate) fn mark_persisted(&mut self, id: &NodeId, now: Time) -> Option<&Contact> {
+        let b = self.me.bucket_of(id)?;
+        let bucket = self.buckets.get_mut(BUCKETS - 1 - b)?;
+        let i = bucket.position(id)?;
+        bucket.persisted[i] = Some(now);
+        Some(&bucket.entries[i])
     }
 
     /// Removes `id` from its bucket and promotes the most recently seen pending contact into
@@ -207,22 +289,28 @@ impl RoutingTable {
         let Some(b) = self.me.bucket_of(id) else {
             return (None, None);
         };
-        let bucket = &mut self.buckets[b];
-        let Some(pos) = bucket.entries.iter().position(|c| c.id == *id) else {
+        let k = self.k;
+        let Some(bucket) = self.buckets.get_mut(BUCKETS - 1 - b) else {
+            return (None, None);
+        };
+        let Some(pos) = bucket.position(id) else {
             bucket.pending.retain(|c| c.id != *id);
             return (None, None);
         };
-        let removed = bucket.entries.swap_remove(pos);
+        let removed = bucket.swap_remove(pos);
         let promoted = bucket.pending.pop_back();
         if let Some(p) = &promoted {
-            bucket.entries.push(p.clone());
+            bucket.push(p.clone(), k);
         }
         (Some(removed), promoted)
     }
 
     /// The `n` contacts of bucket `b` seen longest ago.
     pub fn oldest(&self, b: usize, n: usize) -> Vec<NodeId> {
-        let mut entries: Vec<&Contact> = self.buckets[b].entries.iter().collect();
+        let Some(bucket) = self.bucket(b) else {
+            return Vec::new();
+        };
+        let mut entries: Vec<&Contact> = bucket.entries.iter().collect();
         entries.sort_by_key(|c| c.last_seen);
         entries.into_iter().take(n).map(|c| c.id).collect()
     }
@@ -230,7 +318,7 @@ impl RoutingTable {
     /// Buckets that have contacts waiting in their pending list.
     pub fn buckets_with_pending(&self) -> Vec<usize> {
         (0..BUCKETS)
-            .filter(|&b| !self.buckets[b].pending.is_empty())
+            .filter(|&b| self.bucket(b).is_some_and(|x| !x.pending.is_empty()))
             .collect()
     }
 
@@ -241,22 +329,47 @@ impl RoutingTable {
 
     /// The `n` known contacts closest to `target`, nearest first.
     pub fn closest(&self, target: &NodeId, n: usize) -> Vec<Contact> {
-        let mut all: Vec<([u8; 32], &Contact)> =
-            self.iter().map(|c| (c.id.distance(target), c)).collect();
+        self.closest_refs(target, n).into_iter().cloned().collect()
+    }
+
+    /// [`RoutingTable::closest`] without cloning the contacts.
+    ///
+    /// Every bucket holds one contiguous range of distances to `target` and the ranges do
+    /// not overlap, so visiting buckets in the order of their ranges and sorting each one
+    /// yields contacts in global distance order: the walk stops at the bucket that brings
+    /// the count to `n` instead of ranking the whole table. Ids are unique, so distances
+    /// are too, and the result is exactly the `n` smallest.
+    pub fn closest_refs(&self, target: &NodeId, n: usize) -> Vec<&Contact> {
         if n == 0 {
             return Vec::new();
         }
-        if all.len() > n {
-            all.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
-            all.truncate(n);
+        let mut found: Vec<(DistanceKey, &Contact)> = Vec::with_capacity(n + self.k);
+        for b in bucket_order(&self.me, target) {
+            let Some(bucket) = self.bucket(b) else {
+                continue;
+            };
+            if bucket.entries.is_empty() {
+                continue;
+            }
+            let start = found.len();
+            found.extend(
+                bucket
+                    .entries
+                    .iter()
+                    .map(|c| (DistanceKey::new(&c.id, target), c)),
+            );
+            found[start..].sort_unstable_by_key(|x| x.0);
+            if found.len() >= n {
+                break;
+            }
         }
-        all.sort_unstable_by_key(|a| a.0);
-        all.into_iter().map(|(_, c)| c.clone()).collect()
+        found.truncate(n);
+        found.into_iter().map(|(_, c)| c).collect()
     }
 
     /// Every contact in the buckets.
     pub fn iter(&self) -> impl Iterator<Item = &Contact> {
-        self.buckets.iter().flat_map(|b| b.entries.iter())
+        self.buckets.iter().rev().flat_map(|b| b.entries.iter())
     }
 
     /// Number of contacts in the buckets.
@@ -271,30 +384,74 @@ impl RoutingTable {
 
     /// Contacts per bucket, indexed by bucket.
     pub fn fill(&self) -> Vec<usize> {
-        self.buckets.iter().map(|b| b.entries.len()).collect()
+        (0..BUCKETS)
+            .map(|b| self.bucket(b).map_or(0, |x| x.entries.len()))
+            .collect()
     }
 
     /// When bucket `b` last saw activity.
     pub fn last_activity(&self, b: usize) -> Time {
-        self.buckets[b].last_activity
+        self.bucket(b).map_or(Time::ZERO, |x| x.last_activity)
     }
 
     /// Marks bucket `b` as active now (after a refresh lookup).
     pub fn touch(&mut self, b: usize, now: Time) {
-        self.buckets[b].last_activity = now;
+        self.bucket_mut(b).last_activity = now;
     }
 
     /// Index of the highest non-empty bucket, if any.
     pub fn highest_nonempty(&self) -> Option<usize> {
         (0..BUCKETS)
             .rev()
-            .find(|&b| !self.buckets[b].entries.is_empty())
+            .find(|&b| self.bucket(b).is_some_and(|x| !x.entries.is_empty()))
     }
 
     /// Index of the lowest non-empty bucket, if any: our nearest neighbours live there.
     pub fn lowest_nonempty(&self) -> Option<usize> {
-        (0..BUCKETS).find(|&b| !self.buckets[b].entries.is_empty())
+        (0..BUCKETS).find(|&b| self.bucket(b).is_some_and(|x| !x.entries.is_empty()))
     }
+}
+
+/// Grows `v` towards `bound` without doubling past it: a full bucket of 20 would otherwise
+/// hold room for 32.
+fn reserve_bounded<T>(v: &mut Vec<T>, bound: usize) {
+    if v.len() == v.capacity() && v.len() < bound {
+        let want = (v.len() * 2).max(4).min(bound);
+        v.reserve_exact(want - v.len());
+    }
+}
+
+/// A XOR distance as four big-endian words: ordered like the 32-byte distance, compared
+/// without a call to `memcmp`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct DistanceKey([u64; 4]);
+
+impl DistanceKey {
+    fn new(a: &NodeId, b: &NodeId) -> DistanceKey {
+        let d = a.distance(b);
+        DistanceKey(std::array::from_fn(|i| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&d[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(w)
+        }))
+    }
+}
+
+/// Buckets in increasing order of their distance range to `target`. With `d` the distance
+/// from us to `target` and `t` its top bit (the target's bucket): bucket `t` holds every
+/// distance below 2^t; a lower bucket `b` shares `d`'s bits above `b` and flips bit `b`, so
+/// those where `d` has bit `b` set come next, highest first, then those where it is clear,
+/// lowest first; a higher bucket `b` holds distances in [2^b, 2^(b+1)), lowest first.
+fn bucket_order(me: &NodeId, target: &NodeId) -> impl Iterator<Item = usize> {
+    let d = me.distance(target);
+    let bit = move |b: usize| d[31 - b / 8] >> (b % 8) & 1 == 1;
+    let top = me.bucket_of(target);
+    let below = top.unwrap_or(0);
+    let own = top.into_iter();
+    let set = (0..below).rev().filter(move |&b| bit(b));
+    let clear = (0..below).filter(move |&b| !bit(b));
+    let above = top.map_or(0, |t| t + 1)..BUCKETS;
+    own.chain(set).chain(clear).chain(above)
 }
 
 fn merge(existing: &mut Contact, new: &Contact) {
@@ -348,6 +505,28 @@ mod tests {
     }
 
     #[test]
+    fn persist_marks_follow_their_entry() {
+        let me = NodeId([0; 32]);
+        let mut t = RoutingTable::new(me, 2, 2);
+        let (a, b) = (id_in_bucket(&me, 200, 1), id_in_bucket(&me, 200, 2));
+        for id in [a, b] {
+            t.observe(Contact::new(id, None, Time(0)), Time(0));
+        }
+        assert_eq!(t.persisted_at(&a), None);
+        assert!(t.mark_persisted(&a, Time(5)).is_some());
+        assert!(t.mark_persisted(&b, Time(7)).is_some());
+        // The swap in eviction moves b's mark with it.
+        t.evict(&a);
+        assert_eq!(t.persisted_at(&b), Some(Time(7)));
+        t.observe(Contact::new(a, None, Time(9)), Time(9));
+        assert_eq!(t.persisted_at(&a), None, "a new entry was never persisted");
+        assert!(
+            t.mark_persisted(&id_in_bucket(&me, 10, 3), Time(1))
+                .is_none()
+        );
+    }
+
+    #[test]
     fn pending_list_is_bounded() {
         let me = NodeId([0; 32]);
         let mut t = RoutingTable::new(me, 1, 3);
@@ -388,6 +567,60 @@ mod tests {
         for w in got.windows(2) {
             assert!(w[0].distance(&target) <= w[1].distance(&target));
         }
+    }
+
+    #[test]
+    fn closest_matches_ranking_the_whole_table() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for round in 0..40u8 {
+            let me = NodeId(std::array::from_fn(|_| rng.random()));
+            let mut t = RoutingTable::new(me, 4, 2);
+            let mut ids = Vec::new();
+            for i in 0..300 {
+                // Near ids too (low buckets), not only the far half a uniform draw gives.
+                let id = if i % 3 == 0 {
+                    me.random_in_bucket(rng.random_range(0..BUCKETS), &mut rng)
+                } else {
+                    NodeId(std::array::from_fn(|_| rng.random()))
+                };
+                t.observe(Contact::new(id, None, Time(0)), Time(0));
+                ids.push(id);
+            }
+            let mut targets: Vec<NodeId> = vec![me, ids[round as usize]];
+            targets.extend((0..10).map(|_| NodeId(std::array::from_fn(|_| rng.random()))));
+            targets.extend(
+                (0..10).map(|_| me.random_in_bucket(rng.random_range(0..BUCKETS), &mut rng)),
+            );
+            for target in targets {
+                for n in [0, 1, 3, 20, 22, 1000] {
+                    let mut all: Vec<NodeId> = t.iter().map(|c| c.id).collect();
+                    all.sort_by_key(|id| id.distance(&target));
+                    all.truncate(n);
+                    let got: Vec<NodeId> =
+                        t.closest(&target, n).into_iter().map(|c| c.id).collect();
+                    assert_eq!(got, all, "round {round} n {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn buckets_do_not_grow_past_their_bounds() {
+        let me = NodeId([0; 32]);
+        let mut t = RoutingTable::new(me, 20, 10);
+        for salt in 0..40 {
+            t.observe(
+                Contact::new(id_in_bucket(&me, 255, salt), None, Time(0)),
+                Time(0),
+            );
+        }
+        let b = t.bucket(255).expect("used");
+        assert_eq!((b.entries.len(), b.entries.capacity()), (20, 20));
+        assert_eq!((b.pending.len(), b.pending.capacity()), (10, 10));
+        assert_eq!(t.fill()[255], 20);
+        assert_eq!(t.last_activity(3), Time::ZERO);
+        assert_eq!(t.lowest_nonempty(), Some(255));
     }
 
     #[test]

@@ -10,8 +10,48 @@ use serde::{Deserialize, Serialize};
 
 /// A node's identity: its Ed25519 public key. Shown as lowercase hex (64 chars); parsing
 /// also accepts unpadded base32 (RFC 4648, 52 chars, any case).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Serialize, Deserialize)]
 pub struct NodeId(pub [u8; 32]);
+
+impl NodeId {
+    /// The id as four big-endian words: they compare like the bytes do.
+    fn words(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .map(|w| u64::from_be_bytes(*w))
+    }
+}
+
+// Ordered by hand rather than derived: ids are ordered in every map lookup, and the derived
+// order calls `memcmp` on 32 bytes. Same order as the bytes' lexicographic one; equality
+// stays the bytes' (the compiler inlines that one).
+impl PartialEq for NodeId {
+    fn eq(&self, other: &NodeId) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for NodeId {}
+
+impl std::hash::Hash for NodeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &NodeId) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NodeId {
+    fn cmp(&self, other: &NodeId) -> std::cmp::Ordering {
+        self.words().cmp(other.words())
+    }
+}
 
 /// Why a string is not a [`NodeId`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,13 +79,13 @@ impl NodeId {
     /// zero bits of the XOR distance, so bucket 255 holds the far half of the id space.
     /// `None` for `self`.
     pub fn bucket_of(&self, other: &NodeId) -> Option<usize> {
-        let d = self.distance(other);
         let mut zeros = 0usize;
-        for byte in d {
-            if byte == 0 {
-                zeros += 8;
+        for (x, y) in self.words().zip(other.words()) {
+            let w = x ^ y;
+            if w == 0 {
+                zeros += 64;
             } else {
-                zeros += byte.leading_zeros() as usize;
+                zeros += w.leading_zeros() as usize;
                 return Some(255 - zeros);
             }
         }
@@ -126,6 +166,26 @@ impl FromStr for NodeId {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn order_and_equality_follow_the_bytes() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut ids: Vec<NodeId> = (0..200)
+            .map(|i| {
+                let mut b: [u8; 32] = std::array::from_fn(|_| rand::RngExt::random(&mut rng));
+                // Long shared prefixes, so every word gets compared.
+                b[..(i % 32)].fill(0);
+                NodeId(b)
+            })
+            .collect();
+        ids.push(ids[5]);
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0));
+                assert_eq!(a == b, a.0 == b.0);
+            }
+        }
+    }
 
     #[test]
     fn text_forms_round_trip() {

@@ -17,7 +17,7 @@
 pub mod nat;
 mod net;
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -109,11 +109,62 @@ pub struct SimNode {
     /// the activity each serves, if the world records events.
     pub sent: Vec<(Time, &'static str, Option<Activity>)>,
     /// Its persisted node graph, as the shell would keep it on disk.
-    pub store: BTreeMap<NodeId, Contact>,
-    config: NodeConfig,
+    pub store: Store,
     /// Ordered: a kill or a disconnect tells the peers in this order, the same in every run.
     conns: BTreeSet<usize>,
     wake: Option<Time>,
+}
+
+/// A node's persisted graph: one contact per id, in id order.
+///
+/// A sorted vector rather than a map: every node of a large world keeps one, and a B-tree
+/// costs about twice the contacts' own size. Most writes replace a contact in place; only a
+/// new or forgotten peer shifts the ones after it.
+#[derive(Debug, Default)]
+pub struct Store {
+    contacts: Vec<Contact>,
+}
+
+impl Store {
+    /// The contacts, in id order.
+    pub fn values(&self) -> impl Iterator<Item = &Contact> {
+        self.contacts.iter()
+    }
+
+    /// The contact of `id`.
+    pub fn get(&self, id: &NodeId) -> Option<&Contact> {
+        let i = self.contacts.binary_search_by(|c| c.id.cmp(id)).ok()?;
+        self.contacts.get(i)
+    }
+
+    /// Number of contacts.
+    pub fn len(&self) -> usize {
+        self.contacts.len()
+    }
+
+    /// True when nothing is persisted.
+    pub fn is_empty(&self) -> bool {
+        self.contacts.is_empty()
+    }
+
+    fn upsert(&mut self, c: Contact) {
+        match self.contacts.binary_search_by(|x| x.id.cmp(&c.id)) {
+            Ok(i) => self.contacts[i] = c,
+            Err(i) => {
+                if self.contacts.len() == self.contacts.capacity() {
+                    // Grow by a quarter: doubling would leave up to half of it unused.
+                    self.contacts.reserve_exact(self.contacts.len() / 4 + 4);
+                }
+                self.contacts.insert(i, c);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &NodeId) {
+        if let Ok(i) = self.contacts.binary_search_by(|c| c.id.cmp(id)) {
+            self.contacts.remove(i);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -142,28 +193,42 @@ enum Msg {
     Net(NetEv),
 }
 
-#[derive(Debug)]
+/// A queue entry: when, in what order, and where its message waits in the slab. The heap
+/// moves entries on every push and pop, so they are kept small; messages stay put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Scheduled {
     at: Time,
     seq: u64,
-    to: usize,
-    msg: Msg,
+    slot: u32,
 }
 
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
+/// The queue's messages by slot, with freed slots reused: memory follows the messages in
+/// flight, as the heap's did.
+#[derive(Debug, Default)]
+struct Slab {
+    msgs: Vec<Option<(usize, Msg)>>,
+    free: Vec<u32>,
 }
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+
+impl Slab {
+    fn put(&mut self, to: usize, msg: Msg) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.msgs[slot as usize] = Some((to, msg));
+                slot
+            }
+            None => {
+                self.msgs.push(Some((to, msg)));
+                // More than 4 billion messages in flight would not fit in memory anyway.
+                u32::try_from(self.msgs.len() - 1).expect("fewer than 2^32 messages in flight")
+            }
+        }
     }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+
+    fn take(&mut self, slot: u32) -> Option<(usize, Msg)> {
+        let m = self.msgs.get_mut(slot as usize)?.take();
+        self.free.push(slot);
+        m
     }
 }
 
@@ -193,6 +258,7 @@ pub struct World {
     by_id: HashMap<NodeId, usize>,
     links: HashMap<(usize, usize), LinkModel>,
     queue: BinaryHeap<Reverse<Scheduled>>,
+    slab: Slab,
     seq: u64,
     inbound: HashMap<(usize, InboundId), (usize, Reply)>,
     next_inbound: u64,
@@ -277,6 +343,7 @@ impl World {
             by_id: HashMap::new(),
             links: HashMap::new(),
             queue: BinaryHeap::new(),
+            slab: Slab::default(),
             seq: 0,
             inbound: HashMap::new(),
             next_inbound: 0,
@@ -424,7 +491,9 @@ impl World {
             .map(|&s| (self.nodes[s].node.id(), self.nodes[s].addr))
             .collect();
         tweak(&mut cfg);
-        let node = Node::new(cfg.clone(), Vec::new());
+        // The core keeps its config unchanged, so a restart takes it from there rather than
+        // from a second copy per node.
+        let node = Node::new(cfg, Vec::new());
         if realm.is_none() {
             self.by_addr.insert(addr, idx);
         }
@@ -437,8 +506,7 @@ impl World {
             up: false,
             events: Vec::new(),
             sent: Vec::new(),
-            store: BTreeMap::new(),
-            config: cfg,
+            store: Store::default(),
             conns: BTreeSet::new(),
             wake: None,
         });
@@ -532,7 +600,7 @@ impl World {
     /// Restarts a killed node from its persisted graph, as the agent does after a crash.
     pub fn restart(&mut self, idx: usize) {
         let restored: Vec<Contact> = self.nodes[idx].store.values().cloned().collect();
-        let cfg = self.nodes[idx].config.clone();
+        let cfg = self.nodes[idx].node.config().clone();
         self.nodes[idx].node = Node::new(cfg, restored);
         self.nodes[idx].wake = None;
         self.start_at(idx, self.now);
@@ -548,10 +616,13 @@ impl World {
                 break;
             };
             self.now = ev.at;
-            match ev.msg {
+            let Some((to, msg)) = self.slab.take(ev.slot) else {
+                continue;
+            };
+            match msg {
                 Msg::Packet(p) => self.arrive(p),
                 Msg::Net(e) => self.net_event(e),
-                msg => self.deliver(ev.to, msg),
+                msg => self.deliver(to, msg),
             }
         }
         self.now = self.now.max(until);
@@ -566,11 +637,11 @@ impl World {
 
     fn schedule(&mut self, at: Time, to: usize, msg: Msg) {
         self.seq += 1;
+        let slot = self.slab.put(to, msg);
         self.queue.push(Reverse(Scheduled {
             at,
             seq: self.seq,
-            to,
-            msg,
+            slot,
         }));
     }
 
@@ -720,7 +791,7 @@ impl World {
                 // The peer's hello carries its listen addresses (how LAN neighbours find
                 // each other's private address).
                 if self.packet_level() && mode != ConnMode::Relayed {
-                    let listen = self.nodes[peer].config.listen_addrs.clone();
+                    let listen = self.nodes[peer].node.config().listen_addrs.clone();
                     self.nodes[idx].node.handle_listen_addrs(now, pid, &listen);
                 }
             }
@@ -866,7 +937,7 @@ impl World {
                 Output::StoreClaim(_) | Output::StoreTuple(_) => {}
                 Output::Persist(change) => match change {
                     GraphChange::Upsert(c) => {
-                        self.nodes[idx].store.insert(c.id, c);
+                        self.nodes[idx].store.upsert(c);
                     }
                     GraphChange::Remove(id) => {
                         self.nodes[idx].store.remove(&id);

@@ -1405,7 +1405,7 @@ impl World {
     pub fn open_circuit(&mut self, dialer: usize, relay: usize, target: usize) -> u64 {
         let (r, t) = (self.nodes[relay].node.id(), self.nodes[target].node.id());
         let addrs = vec![self.nodes[relay].addr];
-        let timeout = self.nodes[dialer].config.relay_timeout_ms;
+        let timeout = self.nodes[dialer].node.config().relay_timeout_ms;
         let before = self.net.next_id;
         self.net_relay(dialer, None, t, r, &addrs, timeout);
         // `net_relay` takes the next id for the circuit.

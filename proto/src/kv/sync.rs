@@ -244,6 +244,10 @@ enum Phase {
 pub struct SyncSession {
     cfg: SyncConfig,
     decoder: Decoder,
+    /// Our items at the start, until the first symbols arrive: building the decoder hashes
+    /// every one of them, and a session between equal replicas (the usual one) ends at the
+    /// first answer without needing it.
+    local: Option<Vec<Item>>,
     window: usize,
     phase: Phase,
     want: Vec<Item>,
@@ -261,7 +265,8 @@ impl SyncSession {
         let window = cfg.first_window.clamp(1, MAX_SYMBOLS_PER_MESSAGE);
         let max_differences = cfg.max_symbols;
         let mut s = SyncSession {
-            decoder: Decoder::new(set.items(), max_differences),
+            decoder: Decoder::new(Vec::new(), max_differences),
+            local: Some(set.items()),
             window,
             cfg,
             phase: Phase::Symbols,
@@ -330,6 +335,9 @@ impl SyncSession {
                     };
                 }
                 self.report.symbols += symbols.len();
+                if let Some(local) = self.local.take() {
+                    self.decoder = Decoder::new(local, self.cfg.max_symbols);
+                }
                 let room = self.cfg.max_symbols.saturating_sub(self.decoder.received());
                 for s in symbols.into_iter().take(room) {
                     self.decoder.add_symbol(s);

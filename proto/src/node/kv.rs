@@ -29,8 +29,10 @@ const MAX_SESSIONS: usize = 1;
 #[derive(Debug)]
 pub(super) struct Kv {
     pub(super) set: KvSet,
-    /// Our sessions, by the operation that runs them.
-    sessions: HashMap<OpId, (NodeId, SyncSession)>,
+    /// Our sessions, by the operation that runs them. Boxed: a map keeps room for a few
+    /// entries once used, and a session is half a kilobyte, so every node would hold
+    /// kilobytes of empty slots between sessions.
+    sessions: HashMap<OpId, (NodeId, Box<SyncSession>)>,
 }
 
 impl Kv {
@@ -94,17 +96,16 @@ impl Node {
 
     /// The lower-RTT of two connected peers drawn at random.
     fn kv_peer(&mut self) -> Option<NodeId> {
-        let peers: Vec<NodeId> = self
-            .conns
-            .keys()
-            .copied()
-            .filter(|p| *p != self.cfg.id)
-            .collect();
-        if peers.is_empty() {
+        // Drawn by position in the ordered connections, as from a list of them, without
+        // building the list on every round.
+        let me = self.cfg.id;
+        let len = self.conns.len() - usize::from(self.conns.contains_key(&me));
+        if len == 0 {
             return None;
         }
-        let a = peers[self.rng.random_range(0..peers.len())];
-        let b = peers[self.rng.random_range(0..peers.len())];
+        let (i, j) = (self.rng.random_range(0..len), self.rng.random_range(0..len));
+        let nth = |n: usize| self.conns.keys().copied().filter(|p| *p != me).nth(n);
+        let (a, b) = (nth(i)?, nth(j)?);
         let rtt = |p: &NodeId| {
             self.table
                 .get(p)
@@ -128,7 +129,7 @@ impl Node {
         };
         let op = self.new_op(now, Origin::Task(TaskKind::KvSync));
         let (session, req) = SyncSession::start(&self.kv.set, self.cfg.kv_sync.clone());
-        self.kv.sessions.insert(op, (peer, session));
+        self.kv.sessions.insert(op, (peer, Box::new(session)));
         self.kv_send(now, op, peer, req);
     }
 

@@ -57,7 +57,7 @@ impl Node {
     pub(super) fn start_lookup(&mut self, now: Time, target: NodeId, purpose: LookupPurpose) {
         let cands: Vec<Cand> = self
             .table
-            .closest(&target, self.cfg.k)
+            .closest_refs(&target, self.cfg.k)
             .into_iter()
             .map(|c| Cand {
                 id: c.id,

@@ -120,6 +120,9 @@ struct Pending {
     purpose: Purpose,
 }
 
+/// Output slots kept once the queue is drained.
+const OUTPUTS_KEPT: usize = 16;
+
 /// Sources the signal rate limiter tracks.
 const RATE_LIMIT_SOURCES: usize = 1024;
 
@@ -160,7 +163,6 @@ pub struct Node {
     lookups: HashMap<LookupId, Lookup>,
     gc_probing: HashSet<NodeId>,
     consecutive_failures: HashMap<NodeId, u32>,
-    last_persist: HashMap<NodeId, Time>,
     next_refresh: Vec<Time>,
     observed: VecDeque<(SocketAddr, NodeId)>,
     joined: bool,
@@ -216,7 +218,6 @@ impl Node {
             lookups: HashMap::new(),
             gc_probing: HashSet::new(),
             consecutive_failures: HashMap::new(),
-            last_persist: HashMap::new(),
             next_refresh: vec![Time::ZERO; BUCKETS],
             observed: VecDeque::new(),
             joined: false,
@@ -511,7 +512,7 @@ impl Node {
                     info.live = true;
                     peers.push(info);
                 }
-                for c in self.table.closest(&target, max + 2) {
+                for c in self.table.closest_refs(&target, max + 2) {
                     if peers.len() >= max {
                         break;
                     }
@@ -743,7 +744,13 @@ impl Node {
     /// The next thing for the shell to do.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        // A burst (a lookup's first queries, a bootstrap) leaves the queue's buffer at its
+        // largest for good, hundreds of bytes per slot; once drained, a large one is let go.
+        if out.is_none() && self.outputs.capacity() > OUTPUTS_KEPT {
+            self.outputs = VecDeque::new();
+        }
+        out
     }
 
     /// When [`Node::handle_timeout`] should next be called.

@@ -74,13 +74,12 @@ impl Node {
     pub(super) fn persist(&mut self, now: Time, id: NodeId, force: bool) {
         let interval = Duration::from_millis(self.cfg.persist_interval_ms);
         if !force
-            && let Some(last) = self.last_persist.get(&id)
-            && now.since(*last) < interval
+            && let Some(last) = self.table.persisted_at(&id)
+            && now.since(last) < interval
         {
             return;
         }
-        if let Some(c) = self.table.get(&id) {
-            self.last_persist.insert(id, now);
+        if let Some(c) = self.table.mark_persisted(&id, now) {
             self.outputs
                 .push_back(Output::Persist(GraphChange::Upsert(c.clone())));
         }
@@ -118,7 +117,6 @@ impl Node {
         if removed.is_some() {
             self.emit(Event::ContactEvicted);
             self.consecutive_failures.remove(&peer);
-            self.last_persist.remove(&peer);
             self.outputs
                 .push_back(Output::Persist(GraphChange::Remove(peer)));
         }
@@ -137,12 +135,22 @@ impl Node {
     /// Keeps at most `max_connections`, closing the lowest-scoring idle ones.
     pub(super) fn prune_connections(&mut self, now: Time, keep: NodeId) {
         while self.conns.len() > self.cfg.max_connections {
-            let worst = self
-                .conns
-                .keys()
-                .filter(|p| **p != keep && !self.busy.contains_key(p))
-                .map(|p| (*p, self.table.get(p).map_or(0.0, |c| c.score(now))))
-                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            // The lowest score, ties to the lowest id. Scores are cheap and `busy` is a hash
+            // lookup, so only a peer that would beat the current worst is checked for being
+            // busy. Connections are walked in id order, so a tie never replaces the worst.
+            let mut worst: Option<(NodeId, f64)> = None;
+            for p in self.conns.keys() {
+                if *p == keep {
+                    continue;
+                }
+                let score = self.table.get(p).map_or(0.0, |c| c.score(now));
+                if worst.is_some_and(|(_, w)| score.total_cmp(&w).is_ge()) {
+                    continue;
+                }
+                if !self.busy.contains_key(p) {
+                    worst = Some((*p, score));
+                }
+            }
             let Some((peer, _)) = worst else { break };
             if let Some(c) = self.conns.remove(&peer) {
                 self.emit(Event::Node(NodeEvent::PeerDisconnected {
