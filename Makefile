@@ -61,6 +61,7 @@ bench: release
 	bash scripts/bench-connect.sh
 	bash scripts/bench-chaos.sh
 	bash scripts/bench-kv.sh
+	bash scripts/bench-sim.sh
 	@if docker info >/dev/null 2>&1; then bash scripts/bench-docker.sh; else echo "bench-docker: skipped, no Docker engine"; fi
 
 ## The soak: 30 agents, one fault every 10 s for 30 minutes (DURATION_S to change), with RSS,

@@ -22,12 +22,12 @@ use crate::api_access;
 use crate::driver::{Clock, Driver, INPUT_CAPACITY};
 use crate::events::Events;
 use crate::identity::Identity;
-use chaosnet_metrics::Metrics;
 use crate::network::{self, KeyFiles, KeyReloader};
 use crate::socket::{self, ChaosSocket};
 use crate::store::GraphStore;
 use crate::tls::{self, NetworkId};
 use crate::transport::{Transport, TransportTimeouts};
+use chaosnet_metrics::Metrics;
 
 /// The chaosnet P2P agent: a peer and a relay over QUIC.
 ///

@@ -31,10 +31,10 @@ use tokio::time::Instant;
 use tracing::field::Empty;
 
 use crate::events::Events;
-use chaosnet_metrics::Metrics;
 use crate::socket::SocketHandle;
 use crate::store::GraphStore;
 use crate::transport::{Transport, adopt_remote_parent};
+use chaosnet_metrics::Metrics;
 
 /// Capacity of the driver's input channel. Senders wait when it is full, which pushes back
 /// on the transport rather than growing memory.

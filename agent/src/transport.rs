@@ -35,11 +35,11 @@ use tracing::field::Empty;
 
 use crate::driver::Input;
 use crate::identity::Identity;
-use chaosnet_metrics::Metrics;
 use crate::punch::Puncher;
 use crate::relay;
 use crate::socket::SocketHandle;
 use crate::tls::{self, NetworkId, NetworkKey, Refusal};
+use chaosnet_metrics::Metrics;
 
 /// Application close code for a connection we drop to keep better peers.
 const CLOSE_PRUNED: u32 = 0x5001;

@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use chaosnet_proto::{Command, Event, NodeId, RelayEvent, TaskKind, TaskOutcome, Time};
 use chaosnet_metrics::Metrics;
+use chaosnet_proto::{Command, Event, NodeId, RelayEvent, TaskKind, TaskOutcome, Time};
 use chaosnet_sim::{Cut, CutRule, Impairment};
 use indicatif::ProgressBar;
 use serde::Serialize;

@@ -301,6 +301,12 @@ pub fn run_matrix(
     let last = built.start_all();
     let mut counts = Counts::default();
     let metrics = chaosnet_metrics::Metrics::new(&scenario.network.to_string());
-    drive::join(&mut built, last, &mut counts, &metrics, &ProgressBar::hidden());
+    drive::join(
+        &mut built,
+        last,
+        &mut counts,
+        &metrics,
+        &ProgressBar::hidden(),
+    );
     Ok(matrix::measure(&scenario, &mut built, progress))
 }
