@@ -17,6 +17,8 @@
 # machine has none >= 1.27 (Debian's kubernetes-client 1.20 cannot build these overlays).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
 
 die() {
     echo "check-manifests: error: $*" >&2
@@ -74,24 +76,7 @@ kubectl_ok() { # path: a kubectl whose kustomize takes `labels:` and `replicas:`
         sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -n1)
     [ -n "$minor" ] && [ "$minor" -ge 27 ]
 }
-if [ ! -x "$venv/bin/pip" ]; then
-    echo "check-manifests: creating the venv $venv (for kubernetes-validate from PyPI)"
-    rm -rf "$venv"
-    if ! python3 -m venv "$venv" 2>"${TMPDIR:-/tmp}/chaosnet-venv.err"; then
-        # Debian's python3 ships venv without ensurepip: that is the python3-venv package.
-        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-            echo "check-manifests: installing python3-venv (Debian's python3 needs it to create a venv)"
-            export DEBIAN_FRONTEND=noninteractive
-            apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null ||
-                die "apt-get install python3-venv failed"
-            rm -rf "$venv"
-            /usr/bin/python3 -m venv "$venv" || die "python3 -m venv failed even with python3-venv"
-        else
-            cat "${TMPDIR:-/tmp}/chaosnet-venv.err" >&2
-            die "python3 -m venv failed: install python3-venv (apt-get install python3-venv) or run as root"
-        fi
-    fi
-fi
+ensure_venv "$venv" check-manifests "for kubernetes-validate from PyPI"
 if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$validate_version"; then
     echo "check-manifests: installing kubernetes-validate==$validate_version from PyPI"
     "$venv/bin/pip" install -q "kubernetes-validate==$validate_version" ||

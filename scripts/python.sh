@@ -11,6 +11,8 @@
 # when set, else to cargo's default target/, as every other Makefile target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
 
 maturin_version=1.16.0
 pytest_version=9.2.0
@@ -29,25 +31,7 @@ develop | test) ;;
 *) die "usage: $0 develop|test" ;;
 esac
 
-if [ ! -x "$venv/bin/pip" ]; then
-    echo "python: creating the venv $venv"
-    rm -rf "$venv"
-    mkdir -p "$(dirname "$venv")"
-    if ! python3 -m venv "$venv" 2>"${TMPDIR:-/tmp}/chaosnet-venv.err"; then
-        # Debian's python3 ships venv without ensurepip: that is the python3-venv package.
-        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-            echo "python: installing python3-venv (Debian's python3 needs it to create a venv)"
-            export DEBIAN_FRONTEND=noninteractive
-            apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null ||
-                die "apt-get install python3-venv failed"
-            rm -rf "$venv"
-            /usr/bin/python3 -m venv "$venv" || die "python3 -m venv failed even with python3-venv"
-        else
-            cat "${TMPDIR:-/tmp}/chaosnet-venv.err" >&2
-            die "python3 -m venv failed: install python3-venv (apt-get install python3-venv) or run as root"
-        fi
-    fi
-fi
+ensure_venv "$venv" python
 
 # pip's own check (`pip show`) is quick and asks no registry when both are there already.
 want=()

@@ -321,39 +321,39 @@ pub fn measure(
 }
 
 fn failed_row(from: Endpoint, to: Endpoint, error: String) -> Row {
-    let same_lan = from.site == to.site && from.site != SEED_SITE;
-    Row {
-        expected: theory(from.behaviour, to.behaviour, same_lan),
-        from,
-        to,
-        same_lan,
-        outcome: Outcome {
-            mode: None,
-            elapsed_ms: 0.0,
-            relay: None,
-            birthday_probes: None,
-            attempts: Vec::new(),
-            error: Some(error),
-        },
-        pass: false,
-    }
+    let outcome = Outcome {
+        mode: None,
+        elapsed_ms: 0.0,
+        relay: None,
+        birthday_probes: None,
+        attempts: Vec::new(),
+        error: Some(error),
+    };
+    Row::judged(from, to, outcome)
 }
 
 fn measure_one(lab: &Lab, from: Endpoint, to: Endpoint, timeout: Duration) -> Row {
-    let same_lan = from.site == to.site && from.site != SEED_SITE;
-    let expected = theory(from.behaviour, to.behaviour, same_lan);
     let outcome = outcome(
         lab.agent(&from.agent)
             .connect(&ConnectRequest::fresh(&to.node_id), timeout),
     );
-    let pass = judge(expected, &outcome);
-    Row {
-        from,
-        to,
-        same_lan,
-        expected,
-        outcome,
-        pass,
+    Row::judged(from, to, outcome)
+}
+
+impl Row {
+    /// The pair `from` -> `to` that gave `outcome`, with what theory allows and the verdict.
+    pub fn judged(from: Endpoint, to: Endpoint, outcome: Outcome) -> Row {
+        let same_lan = from.site == to.site && from.site != SEED_SITE;
+        let expected = theory(from.behaviour, to.behaviour, same_lan);
+        let pass = judge(expected, &outcome);
+        Row {
+            from,
+            to,
+            same_lan,
+            expected,
+            outcome,
+            pass,
+        }
     }
 }
 

@@ -81,6 +81,21 @@ impl Round {
         self.pairs.iter().filter(|p| p.ok).count() as f64 / self.pairs.len() as f64
     }
 
+    /// `reachability 95%, alive 12/12, faults active: [2]`, as progress lines say it.
+    pub fn describe(&self) -> String {
+        format!(
+            "reachability {:.0}%, alive {}/{}{}",
+            self.reach() * 100.0,
+            self.alive.0,
+            self.alive.1,
+            if self.active.is_empty() {
+                String::new()
+            } else {
+                format!(", faults active: {:?}", self.active)
+            }
+        )
+    }
+
     /// Share of agents alive.
     pub fn alive_share(&self) -> f64 {
         if self.alive.1 == 0 {

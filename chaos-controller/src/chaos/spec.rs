@@ -112,6 +112,20 @@ impl Default for ChaosSpec {
     }
 }
 
+impl ChaosSpec {
+    /// Reachability that counts as recovered after a heal: the first recovery SLO's
+    /// `recover_to`, else 0.99.
+    pub fn recover_to(&self) -> f64 {
+        self.slos
+            .iter()
+            .find_map(|s| match s.probe {
+                ProbeKind::Recovery { recover_to } => Some(recover_to),
+                _ => None,
+            })
+            .unwrap_or(0.99)
+    }
+}
+
 /// Where something was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct At {

@@ -17,8 +17,9 @@ pub(super) struct SimArgs {
     /// Scenario file (default: the embedded default scenario, every NAT type).
     #[arg(short = 'f', long = "file", value_name = "SCENARIO.yaml")]
     file: Option<PathBuf>,
-    /// Scale the non-seed agents to N, spread over the sites in proportion (up to 100,000;
-    /// a lab takes 1,000).
+    /// Scale the non-seed agents to N (up to 100,000; a lab takes 1,000). Past the
+    /// scenario's count the fleet grows by copies of its sites (`<site>-r<k>`, same NAT,
+    /// conntrack and labels), so LANs keep their size; below it, sites shrink in proportion.
     #[arg(long, value_name = "N")]
     agents: Option<usize>,
     /// Length of the fault phase in virtual seconds (default: the scenario's

@@ -469,6 +469,41 @@ impl Scenario {
         self.scale_agents_within(total_non_seed, MAX_TOTAL_AGENTS, MAX_HOSTS_PER_LAN)
     }
 
+    /// `--agents N` for the simulator: a fleet larger than the scenario's grows by whole
+    /// sites, as the internet does (copies of the scenario's sites, in file order, named
+    /// `<site>-r<k>`, with the same NAT, conntrack and labels), then [`Scenario::scale_agents`]'s
+    /// proportional rule trims the total to exactly N, keeping every LAN within
+    /// [`MAX_HOSTS_PER_LAN`]. Scaling one site's LAN to thousands of hosts behind a single
+    /// NAT would measure that NAT's port table, not the protocol. A smaller N shrinks the
+    /// sites as `scale_agents` does.
+    pub fn grow_sites(
+        &mut self,
+        total_non_seed: usize,
+        max_total: usize,
+    ) -> Result<(), ScaleError> {
+        if total_non_seed.saturating_add(self.seeds) > max_total {
+            // Before any copy: on error nothing changes.
+            return Err(ScaleError::TooMany {
+                requested: total_non_seed,
+                seeds: self.seeds,
+                limit: max_total,
+            });
+        }
+        let current: usize = self.sites.iter().map(|s| s.agents.max(1)).sum();
+        if total_non_seed > current && current > 0 {
+            let copies = total_non_seed.div_ceil(current);
+            let originals = self.sites.clone();
+            for k in 1..copies {
+                for site in &originals {
+                    let mut c = site.clone();
+                    c.name = format!("{}-r{k}", site.name);
+                    self.sites.push(c);
+                }
+            }
+        }
+        self.scale_agents_within(total_non_seed, max_total, MAX_HOSTS_PER_LAN)
+    }
+
     /// [`Scenario::scale_agents`] with other limits: the simulator has no LANs to fill
     /// and no processes to start, so it allows far more agents than a lab.
     pub fn scale_agents_within(
@@ -690,6 +725,45 @@ mod tests {
         assert_eq!(s.sites[1].nat, NatKind::Symmetric);
         let plan = crate::planner::plan(&s, &crate::plan::RunId("abc123".into())).expect("plan");
         assert_eq!(plan.sites[1].nat_label(), "cgnat");
+    }
+
+    #[test]
+    fn growing_adds_sites_of_the_same_size_rather_than_bigger_lans() {
+        let mut s = Scenario::default_scenario();
+        let originals = s.sites.clone();
+        s.grow_sites(10_000, 100_000).expect("grows");
+        assert_eq!(s.site_agents(), 10_000);
+        assert_eq!(s.seeds, 3);
+        // 10,000 / 23 rounds up to 435 copies of the 7 sites.
+        assert_eq!(s.sites.len(), 7 * 435);
+        let mut names: Vec<&str> = s.sites.iter().map(|x| x.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), s.sites.len(), "site names stay unique");
+        for (i, site) in s.sites.iter().enumerate() {
+            let o = &originals[i % originals.len()];
+            assert_eq!(
+                (site.nat, site.cgnat, site.conntrack),
+                (o.nat, o.cgnat, o.conntrack)
+            );
+            assert!(
+                site.agents >= 1 && site.agents <= o.agents,
+                "{}: {}",
+                site.name,
+                site.agents
+            );
+        }
+        assert_eq!(s.sites[7].name, "open1-r1");
+        // Shrinking is the lab's rule.
+        let mut small = Scenario::default_scenario();
+        small.grow_sites(10, 100_000).expect("shrinks");
+        assert_eq!((small.sites.len(), small.site_agents()), (7, 10));
+        let mut big = Scenario::default_scenario();
+        assert!(matches!(
+            big.grow_sites(200_000, 100_000),
+            Err(ScaleError::TooMany { .. })
+        ));
+        assert_eq!(big, Scenario::default_scenario(), "unchanged on error");
     }
 
     #[test]

@@ -743,6 +743,16 @@ pub fn drive(inp: &Inputs<'_>, mut built: Built) -> Simulated {
         "joined",
         serde_json::json!({"joined": joined, "agents": total_agents}),
     );
+    if joined < total_agents {
+        // The lab's `run` stops here unless --allow-unjoined; measuring a fleet that joins
+        // slowly is what a simulator is for, so it goes on and says so.
+        d.inp.progress.suspend(|| {
+            eprintln!(
+                "chaosnet: warning: {joined}/{total_agents} agents joined within {} s of the last start; the run goes on (as `run --allow-unjoined` would)",
+                JOIN_GRACE_MS / 1000
+            )
+        });
+    }
     d.inp.progress.set_message("warm-up");
     let warm_end = d.now() + spec.warmup_ms;
     d.advance(warm_end);
@@ -755,11 +765,9 @@ pub fn drive(inp: &Inputs<'_>, mut built: Built) -> Simulated {
     start.t_ms = -(spec.connect_timeout_ms as i64);
     d.log_round(&start);
     d.say(&format!(
-        "start probe: reachability {:.0}% ({} pairs), alive {}/{}",
-        start.reach() * 100.0,
+        "start probe ({} pairs): {}",
         start.pairs.len(),
-        start.alive.0,
-        start.alive.1
+        start.describe()
     ));
     let mut series = vec![interval(&start, std::mem::take(&mut d.interval))];
     d.totals.merge(&series[0].counts);
@@ -818,17 +826,7 @@ pub fn drive(inp: &Inputs<'_>, mut built: Built) -> Simulated {
                 if let Some(p) = pending.remove(&k) {
                     let r = d.end_round(p);
                     d.log_round(&r);
-                    d.say(&format!(
-                        "probe {k}: reachability {:.0}%, alive {}/{}{}",
-                        r.reach() * 100.0,
-                        r.alive.0,
-                        r.alive.1,
-                        if r.active.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", faults active: {:?}", r.active)
-                        }
-                    ));
+                    d.say(&format!("probe {k}: {}", r.describe()));
                     let iv = interval(&r, std::mem::take(&mut d.interval));
                     d.totals.merge(&iv.counts);
                     series.push(iv);
@@ -848,14 +846,7 @@ pub fn drive(inp: &Inputs<'_>, mut built: Built) -> Simulated {
     }
     rounds.sort_by_key(|r| r.n);
     series.sort_by_key(|s| s.round);
-    let recover_to = spec
-        .slos
-        .iter()
-        .find_map(|s| match s.probe {
-            ProbeKind::Recovery { recover_to } => Some(recover_to),
-            _ => None,
-        })
-        .unwrap_or(0.99);
+    let recover_to = spec.recover_to();
     let mut records = std::mem::take(&mut d.records);
     for r in &mut records {
         r.recovery_s = r

@@ -16,8 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use chaosnet_proto::{Command, TaskOutcome, Time};
 
 use super::build::Built;
-use crate::matrix::{Behaviour, Endpoint, Outcome, Row, judge, theory};
-use crate::plan::SEED_SITE;
+use crate::matrix::{Behaviour, Endpoint, Outcome, Row};
 use crate::scenario::Scenario;
 
 /// Virtual time a pair may take, ms (the lab matrix's default `--timeout-s` is 60).
@@ -126,8 +125,6 @@ pub fn measure(scenario: &Scenario, built: &mut Built, progress: &dyn Fn(&Row)) 
             // The run counts nothing here; keep the tap from growing.
             let _ = built.world.take_events();
         }
-        let same_lan = from.site == to.site && from.site != SEED_SITE;
-        let expected = theory(from.behaviour, to.behaviour, same_lan);
         let outcome = match built.world.result(fi, cmd) {
             Some(r) => Outcome {
                 mode: (r.outcome == TaskOutcome::Ok).then_some(r.mode).flatten(),
@@ -162,15 +159,7 @@ pub fn measure(scenario: &Scenario, built: &mut Built, progress: &dyn Fn(&Row)) 
                 error: Some("timeout".into()),
             },
         };
-        let pass = judge(expected, &outcome);
-        let row = Row {
-            from,
-            to,
-            same_lan,
-            expected,
-            outcome,
-            pass,
-        };
+        let row = Row::judged(from, to, outcome);
         progress(&row);
         rows.push(row);
     }

@@ -36,7 +36,8 @@ pub const MAX_SIM_AGENTS: usize = 100_000;
 /// How to run.
 #[derive(Clone, Debug, Default)]
 pub struct SimOptions {
-    /// Scale the site agents to this many (`--agents`), up to [`MAX_SIM_AGENTS`].
+    /// Scale the site agents to this many (`--agents`), up to [`MAX_SIM_AGENTS`]: more sites
+    /// rather than bigger ones ([`Scenario::grow_sites`]).
     pub agents: Option<usize>,
     /// Length of the fault phase, seconds (`--duration-s`); default the scenario's
     /// `chaos.duration_s`.
@@ -187,7 +188,7 @@ pub fn prepare(
         scenario.seed = s;
     }
     if let Some(n) = opts.agents {
-        scenario.scale_agents_within(n, MAX_SIM_AGENTS, MAX_SIM_AGENTS)?;
+        scenario.grow_sites(n, MAX_SIM_AGENTS)?;
     }
     if opts.duration_s == Some(0) {
         return Err(SimError::ZeroDuration);

@@ -271,20 +271,7 @@ impl Drive<'_> {
                 .clone();
             let r = self.round(t0, n, &phase, active);
             self.log_round(&r);
-            say(
-                t0,
-                &format!(
-                    "probe {n}: reachability {:.0}%, alive {}/{}{}",
-                    r.reach() * 100.0,
-                    r.alive.0,
-                    r.alive.1,
-                    if r.active.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", faults active: {:?}", r.active)
-                    }
-                ),
-            );
+            say(t0, &format!("probe {n}: {}", r.describe()));
             let mut rounds = shared.rounds.lock().unwrap_or_else(PoisonError::into_inner);
             rounds.push(r);
             self.announce_recoveries(shared, t0, &rounds);
@@ -504,14 +491,7 @@ pub(super) fn drive(lab: &Lab, prepared: &Prepared, opts: &RunOptions) -> Outcom
         "run",
         serde_json::json!({"run_id": plan.run_id.0, "seed": prepared.scenario.seed, "occurrences": timeline.occurrences.len()}),
     );
-    let recover_to = spec
-        .slos
-        .iter()
-        .find_map(|s| match s.probe {
-            ProbeKind::Recovery { recover_to } => Some(recover_to),
-            _ => None,
-        })
-        .unwrap_or(0.99);
+    let recover_to = spec.recover_to();
     let prom_url = MonitorState::load(run_dir).prometheus_url;
     let promql: Vec<(String, String)> = spec
         .slos
