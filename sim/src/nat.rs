@@ -19,9 +19,11 @@ use chaosnet_proto::Time;
 
 /// Lowest port a NAT allocates; EDM mappings get random ports in `PORT_MIN..=65535`.
 pub const PORT_MIN: u16 = 1024;
-/// Mappings a NAT keeps before it sweeps expired ones (a bound on memory, not a limit of
-/// the model: a sweep frees everything that is no longer alive).
-const SWEEP_ABOVE: usize = 8_192;
+/// Mappings (or one mapping's permits) kept before the first sweep of expired ones. After a
+/// sweep the next comes at twice what survived, so sweeping costs O(1) amortized and memory
+/// stays within twice what is alive. A bound on memory, not a limit of the model: expired
+/// state lets nothing through, so freeing it changes no outcome.
+const SWEEP_FIRST: usize = 64;
 
 /// How a NAT chooses the public port of an outbound flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,6 +114,8 @@ struct Entry {
     key: (SocketAddr, Option<SocketAddr>),
     expires: Time,
     permits: HashMap<SocketAddr, Permit>,
+    /// Permits held before the next sweep of expired ones.
+    sweep_permits_at: usize,
 }
 
 impl Entry {
@@ -132,6 +136,8 @@ pub struct Nat {
     rng: StdRng,
     by_port: HashMap<u16, Entry>,
     index: HashMap<(SocketAddr, Option<SocketAddr>), u16>,
+    /// Mappings held before the next sweep of expired ones.
+    sweep_at: usize,
 }
 
 impl Nat {
@@ -149,6 +155,7 @@ impl Nat {
             rng: StdRng::seed_from_u64(seed),
             by_port: HashMap::new(),
             index: HashMap::new(),
+            sweep_at: SWEEP_FIRST,
         }
     }
 
@@ -157,6 +164,7 @@ impl Nat {
         self.behaviour = behaviour;
         self.by_port.clear();
         self.index.clear();
+        self.sweep_at = SWEEP_FIRST;
     }
 
     fn timeout(&self) -> Duration {
@@ -196,8 +204,9 @@ impl Nat {
     }
 
     fn allocate(&mut self, now: Time) -> Option<u16> {
-        if self.by_port.len() >= SWEEP_ABOVE {
+        if self.by_port.len() >= self.sweep_at {
             self.sweep(now);
+            self.sweep_at = (2 * self.by_port.len()).max(SWEEP_FIRST);
         }
         let free = |nat: &Nat, p: u16| nat.by_port.get(&p).is_none_or(|e| !e.alive(now));
         for _ in 0..64 {
@@ -233,6 +242,7 @@ impl Nat {
                         key,
                         expires: now,
                         permits: HashMap::new(),
+                        sweep_permits_at: SWEEP_FIRST,
                     },
                 );
                 self.index.insert(key, p);
@@ -242,6 +252,11 @@ impl Nat {
         let expires = now + self.timeout();
         let e = self.by_port.get_mut(&port)?;
         e.expires = expires;
+        if e.permits.len() >= e.sweep_permits_at && !e.permits.contains_key(&dst) {
+            // An endpoint-independent mapping talks to every peer its host meets.
+            e.permits.retain(|_, p| p.alive(now));
+            e.sweep_permits_at = (2 * e.permits.len()).max(SWEEP_FIRST);
+        }
         let permit = e.permits.entry(dst).or_insert(Permit { expires, pins: 0 });
         permit.expires = expires;
         Some(SocketAddr::new(self.public_ip, port))
