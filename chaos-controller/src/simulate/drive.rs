@@ -195,7 +195,8 @@ enum Act {
 
 struct Pending {
     round: Round,
-    sent: Vec<(usize, chaosnet_proto::CommandId, Time)>,
+    /// Per pair: the source node and its connect command (`None`: the source was down).
+    sent: Vec<Option<(usize, chaosnet_proto::CommandId)>>,
 }
 
 /// An applied fault, and how to undo it.
@@ -311,7 +312,6 @@ impl Drive<'_> {
     fn start_round(&mut self, n: u32, phase: &str) -> Pending {
         let spec = self.inp.chaos;
         let pairs = sample_pairs(&self.names, spec.sample_pairs, self.inp.scenario.seed, n);
-        let now = self.built.world.now();
         let mut sent = Vec::new();
         let mut results = Vec::new();
         for (from, to) in pairs {
@@ -327,7 +327,7 @@ impl Drive<'_> {
                 elapsed_ms: 0.0,
                 error: (!up).then(|| "agent down".to_string()),
             });
-            if up {
+            sent.push(up.then(|| {
                 let id = self.built.world.command(
                     fi,
                     Command::Connect {
@@ -335,10 +335,8 @@ impl Drive<'_> {
                         fresh: true,
                     },
                 );
-                sent.push((fi, id, now));
-            } else {
-                sent.push((usize::MAX, chaosnet_proto::CommandId(0), now));
-            }
+                (fi, id)
+            }));
         }
         let alive = self.alive();
         let kv = self.kv_probe.then(|| self.kv_agreement());
@@ -371,10 +369,8 @@ impl Drive<'_> {
         // time is exact, so a round that starts just before a heal would otherwise see its
         // connects succeed after it and be judged as if the fault let them through.
         r.active.retain(|id| self.active.contains(id));
-        for (pair, (idx, id, _)) in r.pairs.iter_mut().zip(p.sent) {
-            if idx == usize::MAX {
-                continue;
-            }
+        for (pair, sent) in r.pairs.iter_mut().zip(p.sent) {
+            let Some((idx, id)) = sent else { continue };
             match self.built.world.result(idx, id) {
                 Some(res) if res.outcome == TaskOutcome::Ok => {
                     let el = res.elapsed.as_secs_f64() * 1000.0;
